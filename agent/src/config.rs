@@ -1,0 +1,300 @@
+//! The agent's configuration: a YAML file, every field optional with a documented default, and
+//! `MODELMETER_<FIELD>` environment variables on top (nested fields joined by `__`, e.g.
+//! `MODELMETER_PROBES__TASK_MAP_ENTRIES=32768`). Unknown fields are errors, never silent defaults.
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override config fields.
+pub const ENV_PREFIX: &str = "MODELMETER_";
+/// Variables with the prefix that are not config fields.
+const ENV_NOT_FIELDS: &[&str] = &["MODELMETER_CONFIG", "MODELMETER_EBPF_PLACEHOLDER"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml { path: PathBuf, source: serde_yaml::Error },
+    #[error("invalid config at `{field}`: {message}")]
+    Field { field: String, message: String },
+    #[error("environment variable {var} is not valid: {message}")]
+    Env { var: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP API: `/metrics` (OpenMetrics text), `/healthz`, `/readyz`. Default `0.0.0.0:9464`.
+    pub listen: SocketAddr,
+    /// How often the agent collects in the background; a scrape also collects when the last
+    /// collection is older than `min_collect_interval`. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Scrapes closer together than this reuse the last collection. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub min_collect_interval: Duration,
+    /// Root of the cgroup hierarchies (v2, hybrid or v1 are detected under it). Default `/sys/fs/cgroup`.
+    pub cgroup_root: PathBuf,
+    /// The host's /proc; in a container with hostPID mount it elsewhere, e.g. `/host/proc`. Default `/proc`.
+    pub proc_root: PathBuf,
+    /// Name of this node, added as `k8s.node.name`-style `node` label. Default: the host name.
+    pub node_name: Option<String>,
+    pub probes: ProbesConfig,
+    pub attribution: AttributionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Load the eBPF probes. Without them CPU time comes from cgroup files and run-queue delay and
+    /// OOM events are not available. Default `true`.
+    pub enabled: bool,
+    /// Entries of the per-(cgroup, process) CPU map; when full, new processes are counted in
+    /// `modelmeter_probe_errors_total{error="task_cpu_map_full"}`. Default `16384`.
+    pub task_map_entries: NonZeroU32,
+    /// Size of the event ring buffer in bytes: a power of two, at least one page. Default `262144`.
+    pub ring_buffer_bytes: NonZeroU32,
+    /// Keep the kernel's bpf_stats (run time and count per probe) enabled while the agent runs.
+    /// Costs about 20 ns per probe run. Default `true`.
+    pub bpf_stats: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionConfig {
+    /// Export docker containers outside Kubernetes. Default `true`.
+    pub docker: bool,
+    /// Export systemd units (services and scopes) outside Kubernetes. Default `true`.
+    pub systemd_units: bool,
+    /// How deep below the cgroup root discovery looks. Default `12`.
+    pub max_cgroup_depth: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for `kubectl logs` and log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `modelmeter=debug`. Default `info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            interval: Duration::from_secs(10),
+            min_collect_interval: Duration::from_secs(1),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            proc_root: PathBuf::from("/proc"),
+            node_name: None,
+            probes: ProbesConfig::default(),
+            attribution: AttributionConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            task_map_entries: NonZeroU32::new(agent_common::sched::TASK_CPU_DEFAULT_ENTRIES).expect("non-zero"),
+            ring_buffer_bytes: NonZeroU32::new(agent_common::events::EVENTS_DEFAULT_BYTES).expect("non-zero"),
+            bpf_stats: true,
+        }
+    }
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self { docker: true, systemd_units: true, max_cgroup_depth: 12 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".to_owned() }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any), applies environment overrides from `env`, and validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut tree = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let value: serde_yaml::Value =
+                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?;
+                // An empty file is an empty config.
+                if value.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { value }
+            }
+            None => serde_yaml::Value::Mapping(Default::default()),
+        };
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_FIELDS.contains(&k.as_str()))
+            .collect();
+        overrides.sort();
+        for (var, value) in &overrides {
+            apply_env(&mut tree, var, value)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let field = e.path().to_string();
+            let mut message = e.inner().to_string();
+            // Name the variable when the bad field came from the environment.
+            if let Some((var, _)) = overrides.iter().find(|(var, _)| env_field(var).starts_with(&field)) {
+                message.push_str(&format!(" (set by {var})"));
+            }
+            ConfigError::Field { field, message }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let field_error = |field: &str, message: &str| {
+            Err(ConfigError::Field { field: field.to_owned(), message: message.to_owned() })
+        };
+        if self.interval.is_zero() {
+            return field_error("interval", "must be greater than zero");
+        }
+        let ring = self.probes.ring_buffer_bytes.get();
+        if !ring.is_power_of_two() || ring < 4096 {
+            return field_error("probes.ring_buffer_bytes", "must be a power of two of at least 4096");
+        }
+        if self.attribution.max_cgroup_depth == 0 {
+            return field_error("attribution.max_cgroup_depth", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The dotted field a variable names: `MODELMETER_PROBES__ENABLED` → `probes.enabled`.
+fn env_field(var: &str) -> String {
+    var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".")
+}
+
+/// Sets the field that `MODELMETER_A__B` names (`a.b`) to the value, parsed as a YAML scalar so
+/// numbers and booleans keep their types.
+fn apply_env(tree: &mut serde_yaml::Value, var: &str, value: &str) -> Result<(), ConfigError> {
+    let env_error = |message: String| ConfigError::Env { var: var.to_owned(), message };
+    let field = env_field(var);
+    let path: Vec<&str> = field.split('.').collect();
+    if path.iter().any(|part| part.is_empty()) {
+        return Err(env_error("empty field name".to_owned()));
+    }
+    let parsed: serde_yaml::Value = match serde_yaml::from_str(value) {
+        Ok(serde_yaml::Value::Mapping(_) | serde_yaml::Value::Sequence(_)) | Err(_) => {
+            serde_yaml::Value::String(value.to_owned())
+        }
+        Ok(scalar) => scalar,
+    };
+    let mut node = tree;
+    for (i, key) in path.iter().enumerate() {
+        let serde_yaml::Value::Mapping(map) = node else {
+            return Err(env_error(format!("`{}` is not a section", path[..i].join("."))));
+        };
+        let key = serde_yaml::Value::String((*key).to_owned());
+        if i + 1 == path.len() {
+            map.insert(key, parsed);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), yaml).unwrap();
+        Config::load(Some(file.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(load_str("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn fields_and_durations_parse() {
+        let config = load_str("listen: 127.0.0.1:9999\ninterval: 30s\nprobes:\n  task_map_entries: 100\n", &[]).unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.interval, Duration::from_secs(30));
+        assert_eq!(config.probes.task_map_entries.get(), 100);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = load_str("probes:\n  task_map_entrys: 100\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("probes") && err.contains("task_map_entrys"), "{err}");
+    }
+
+    #[test]
+    fn zero_where_invalid_is_named() {
+        let err = load_str("probes:\n  task_map_entries: 0\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("probes.task_map_entries"), "{err}");
+        let err = load_str("interval: 0s\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("interval"), "{err}");
+        let err = load_str("probes:\n  ring_buffer_bytes: 5000\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("probes.ring_buffer_bytes"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let config = load_str(
+            "interval: 30s\n",
+            &[
+                ("MODELMETER_INTERVAL", "5s"),
+                ("MODELMETER_PROBES__ENABLED", "false"),
+                ("MODELMETER_LOG__FORMAT", "json"),
+                ("MODELMETER_CONFIG", "/ignored"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.interval, Duration::from_secs(5));
+        assert!(!config.probes.enabled);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn env_typo_is_an_error() {
+        let err = load_str("", &[("MODELMETER_INTERVALL", "5s")]).unwrap_err().to_string();
+        assert!(err.contains("intervall"), "{err}");
+        let err = load_str("", &[("MODELMETER_LISTEN__PORT", "1")]).unwrap_err().to_string();
+        assert!(err.contains("MODELMETER_LISTEN__PORT"), "{err}");
+    }
+
+    #[test]
+    fn broken_yaml_is_an_error() {
+        assert!(matches!(load_str("listen: [", &[]), Err(ConfigError::Yaml { .. })));
+        assert!(load_str("listen: not-an-address\n", &[]).unwrap_err().to_string().contains("listen"));
+    }
+}

@@ -1,0 +1,116 @@
+//! `modelmeter doctor`: what this machine allows, in one table (or JSON) — kernel, BTF, each eBPF
+//! program type, cgroup layout, tracefs/bpffs, privileges, NVML.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{collect::cgroup::Layout, config::Config, kernel};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: String,
+    /// `ok`, `missing` or `info`.
+    pub status: &'static str,
+    pub detail: String,
+}
+
+fn check(check: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
+    Check { check: check.into(), status: if ok { "ok" } else { "missing" }, detail: detail.into() }
+}
+
+/// Capability numbers from include/uapi/linux/capability.h.
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Whether this process has a capability in its effective set (from /proc/self/status).
+pub fn has_capability(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << cap) != 0)
+}
+
+/// Whether the probes can be loaded with the privileges this process has.
+pub fn can_load_probes() -> bool {
+    has_capability(CAP_SYS_ADMIN) || (has_capability(CAP_BPF) && has_capability(CAP_PERFMON))
+}
+
+fn mounted(fs_type: &str, at: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|mounts| {
+            mounts.lines().any(|line| {
+                let mut fields = line.split_whitespace();
+                let (_, point, kind) = (fields.next(), fields.next(), fields.next());
+                point == Some(at) && kind == Some(fs_type)
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn nvml_present() -> (bool, String) {
+    // dlopen is how nvml-wrapper will load it; a present library that fails to load counts as missing.
+    // SAFETY: constant NUL-terminated name; the handle is closed right away.
+    let handle = unsafe { libc::dlopen(c"libnvidia-ml.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        return (false, "libnvidia-ml.so.1 not found: GPU metrics will be off".to_owned());
+    }
+    // SAFETY: a handle dlopen returned.
+    unsafe { libc::dlclose(handle) };
+    (true, "libnvidia-ml.so.1 loads".to_owned())
+}
+
+pub fn run(config: &Config) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    checks.push(Check { check: "kernel".into(), status: "info", detail: release.trim().to_owned() });
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    checks.push(check("BTF", btf, if btf { "/sys/kernel/btf/vmlinux" } else { "no /sys/kernel/btf/vmlinux: tp_btf and fentry cannot load" }));
+    let root = has_capability(CAP_SYS_ADMIN);
+    let caps: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
+        .into_iter()
+        .filter(|(cap, _)| has_capability(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    checks.push(check(
+        "privileges",
+        can_load_probes(),
+        if caps.is_empty() { "no CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN: probes cannot load".to_owned() } else { caps.join(", ") },
+    ));
+    if !mounted("tracefs", kernel::TRACEFS) && root {
+        // The agent mounts it itself when it can; doctor reports the state after that attempt.
+        let _ = kernel::ensure_tracefs();
+    }
+    let tracefs = mounted("tracefs", kernel::TRACEFS);
+    checks.push(check("tracefs", tracefs, if tracefs { kernel::TRACEFS.to_owned() } else { format!("not mounted at {}: classic tracepoints cannot attach", kernel::TRACEFS) }));
+    let bpffs = mounted("bpf", "/sys/fs/bpf");
+    checks.push(check("bpffs", bpffs, if bpffs { "/sys/fs/bpf" } else { "not mounted at /sys/fs/bpf (only needed for pinning)" }));
+    match Layout::detect(&config.cgroup_root) {
+        Ok(layout) => checks.push(check("cgroup layout", true, layout.describe())),
+        Err(e) => checks.push(check("cgroup layout", false, e.to_string())),
+    }
+    if can_load_probes() {
+        match kernel::check_program_types(&config.probes) {
+            Ok(types) => checks.extend(types.into_iter().map(|t| check(format!("{} {}", t.program_type, t.hook), t.ok, t.detail))),
+            Err(e) => checks.push(check("eBPF object", false, e.to_string())),
+        }
+    } else {
+        checks.push(check("eBPF program types", false, "not checked: needs CAP_BPF and CAP_PERFMON, or root"));
+    }
+    let (nvml, detail) = nvml_present();
+    checks.push(check("NVML", nvml, detail));
+    checks
+}
+
+/// The checks as an aligned table.
+pub fn table(checks: &[Check]) -> String {
+    let width = checks.iter().map(|c| c.check.len()).max().unwrap_or(5).max(5);
+    let mut out = format!("{:width$}  {:7}  DETAIL\n", "CHECK", "STATUS");
+    for c in checks {
+        out.push_str(&format!("{:width$}  {:7}  {}\n", c.check, c.status, c.detail));
+    }
+    out
+}

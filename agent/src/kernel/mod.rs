@@ -1,0 +1,463 @@
+//! The only code that touches aya: loads modelmeter's eBPF object into the kernel, attaches the
+//! scheduler, exit and OOM probes (choosing the first hook family the kernel accepts), and reads
+//! their maps, counters, ring buffer and bpf_stats.
+
+use std::{os::fd::OwnedFd, path::Path};
+
+use agent_common::{
+    counters,
+    events::{EVENTS_MAP, Event},
+    sched::{TASK_CPU_MAP, TaskCpu, TaskKey},
+};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, RawTracePoint, TracePoint},
+};
+
+use crate::config::ProbesConfig;
+
+/// The eBPF object built from agent-ebpf by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modelmeter.bpf.o"));
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("this modelmeter binary was built without eBPF programs (MODELMETER_EBPF_PLACEHOLDER=1)")]
+    NoObject,
+    #[error("loading the eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("no scheduler probe family could be attached: {0}")]
+    NoSchedulerHook(String),
+    #[error("map {name} is missing or has the wrong type")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Option<aya::maps::MapError>,
+    },
+    #[error("reading map {name}")]
+    ReadMap {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Which flavour of the scheduler hooks is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookFamily {
+    BtfTracepoint,
+    RawTracepoint,
+    Tracepoint,
+}
+
+impl HookFamily {
+    pub const ALL: [HookFamily; 3] = [HookFamily::BtfTracepoint, HookFamily::RawTracepoint, HookFamily::Tracepoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookFamily::BtfTracepoint => "tp_btf",
+            HookFamily::RawTracepoint => "raw_tracepoint",
+            HookFamily::Tracepoint => "tracepoint",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            HookFamily::BtfTracepoint => "btf",
+            HookFamily::RawTracepoint => "raw",
+            HookFamily::Tracepoint => "tp",
+        }
+    }
+}
+
+/// The scheduler events every family hooks, as (tracepoint category, name).
+const SCHED_EVENTS: [(&str, &str); 3] =
+    [("sched", "sched_switch"), ("sched", "sched_wakeup"), ("sched", "sched_wakeup_new")];
+/// Classic tracepoints attached in every family: (program, category, name).
+const EVENT_PROBES: [(&str, &str, &str); 2] =
+    [("sched_process_exit", "sched", "sched_process_exit"), ("oom_mark_victim", "oom", "mark_victim")];
+
+/// One attached program, for bpf_stats and `doctor`.
+#[derive(Debug, Clone)]
+pub struct AttachedProgram {
+    pub name: String,
+    /// `tp_btf`, `raw_tracepoint` or `tracepoint`.
+    pub kind: &'static str,
+    /// The kernel event it runs on, e.g. `sched/sched_switch`.
+    pub event: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgramStats {
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// Loaded and attached probes. Dropping it detaches and unloads everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    family: HookFamily,
+    attached: Vec<AttachedProgram>,
+    /// Probes that could not be attached, with the reason (the agent runs without them).
+    pub missing: Vec<(String, String)>,
+    task_cpu: PerCpuHashMap<MapData, TaskKey, TaskCpu>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    /// Keeps BPF_ENABLE_STATS on while held.
+    _stats: Option<OwnedFd>,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes").field("family", &self.family).field("attached", &self.attached).finish()
+    }
+}
+
+/// Mounts tracefs at its usual place when it is not there yet (classic tracepoints need it to
+/// resolve event ids). Returns why it is unusable, if it is.
+pub fn ensure_tracefs() -> Result<(), String> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    // SAFETY: constant NUL-terminated strings; mount(2) has no memory-safety preconditions.
+    let rc = unsafe {
+        libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(format!("tracefs is not mounted at {TRACEFS} and mounting it failed: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn load_object(config: &ProbesConfig) -> Result<Ebpf, KernelError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(KernelError::NoObject);
+    }
+    EbpfLoader::new()
+        .map_max_entries(TASK_CPU_MAP, config.task_map_entries.get())
+        .map_max_entries(agent_common::sched::WAKEUP_TS_MAP, config.task_map_entries.get())
+        .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes.get())
+        .load(EBPF_OBJECT)
+        .map_err(|e| KernelError::Load(Box::new(e)))
+}
+
+impl Probes {
+    /// Loads the object and attaches: the scheduler hooks of the first family that works
+    /// (tp_btf → raw_tracepoint → tracepoint), then the exit and OOM tracepoints.
+    pub fn load(config: &ProbesConfig) -> Result<Probes, KernelError> {
+        let mut ebpf = load_object(config)?;
+        let tracefs = ensure_tracefs();
+        let btf = Btf::from_sys_fs().ok();
+        let mut failures = Vec::new();
+        let mut chosen = None;
+        for family in HookFamily::ALL {
+            match attach_family(&mut ebpf, family, btf.as_ref()) {
+                Ok(attached) => {
+                    chosen = Some((family, attached));
+                    break;
+                }
+                Err(reason) => {
+                    tracing::info!(family = family.as_str(), reason = %reason, "Scheduler probe family unavailable, trying the next");
+                    failures.push(format!("{}: {reason}", family.as_str()));
+                }
+            }
+        }
+        let Some((family, mut attached)) = chosen else {
+            return Err(KernelError::NoSchedulerHook(failures.join("; ")));
+        };
+        let mut missing = Vec::new();
+        for (program, category, name) in EVENT_PROBES {
+            match attach_tracepoint(&mut ebpf, program, category, name) {
+                Ok(()) => attached.push(AttachedProgram {
+                    name: program.to_owned(),
+                    kind: "tracepoint",
+                    event: format!("{category}/{name}"),
+                }),
+                Err(e) => {
+                    let reason = match &tracefs {
+                        Err(why) => format!("{e}; {why}"),
+                        Ok(()) => e,
+                    };
+                    tracing::warn!(program, reason = %reason, "Probe not attached");
+                    missing.push((program.to_owned(), reason));
+                }
+            }
+        }
+        let stats = if config.bpf_stats {
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .inspect_err(|e| tracing::warn!(error = %e, "bpf_stats unavailable; probe run times will read 0"))
+                .ok()
+        } else {
+            None
+        };
+        let task_cpu = take_map(&mut ebpf, TASK_CPU_MAP)?;
+        let counters = take_map(&mut ebpf, counters::COUNTERS_MAP)?;
+        let events = Some(take_map(&mut ebpf, EVENTS_MAP)?);
+        Ok(Probes { ebpf, family, attached, missing, task_cpu, counters, events, _stats: stats })
+    }
+
+    pub fn family(&self) -> HookFamily {
+        self.family
+    }
+
+    pub fn attached(&self) -> &[AttachedProgram] {
+        &self.attached
+    }
+
+    /// Whether the OOM probe is attached (otherwise OOM kills come from cgroup files).
+    pub fn has_oom_probe(&self) -> bool {
+        self.attached.iter().any(|p| p.name == "oom_mark_victim")
+    }
+
+    /// The ring buffer of exit and OOM events; can be taken once.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Every (cgroup, tgid) entry, summed over CPUs.
+    pub fn read_task_cpu(&self) -> Result<Vec<(TaskKey, TaskCpu)>, KernelError> {
+        let mut out = Vec::new();
+        for entry in self.task_cpu.iter() {
+            let (key, per_cpu) = match entry {
+                Ok(entry) => entry,
+                // An entry deleted between get_next_key and lookup: skip it.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => return Err(KernelError::ReadMap { name: TASK_CPU_MAP, source }),
+            };
+            let mut total = TaskCpu::ZERO;
+            for value in per_cpu.iter() {
+                add_task_cpu(&mut total, value);
+            }
+            out.push((key, total));
+        }
+        Ok(out)
+    }
+
+    /// Removes entries of processes that are gone, after their totals were folded elsewhere.
+    pub fn remove_tasks(&mut self, keys: &[TaskKey]) {
+        for key in keys {
+            if let Err(e) = self.task_cpu.remove(key) {
+                tracing::debug!(error = %e, tgid = key.tgid, "Removing task entry failed");
+            }
+        }
+    }
+
+    /// The per-CPU error counters of the probes, summed, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        counters::NAMES
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let total = self.counters.get(&(index as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+
+    /// Run time and count of each attached program (zero unless bpf_stats is on).
+    pub fn program_stats(&self) -> Vec<(AttachedProgram, ProgramStats)> {
+        self.attached
+            .iter()
+            .map(|program| {
+                let stats = self
+                    .ebpf
+                    .program(&program.name)
+                    .and_then(|p| p.info().ok())
+                    .map(|info| ProgramStats {
+                        run_time_ns: info.run_time().as_nanos() as u64,
+                        run_count: info.run_count(),
+                    })
+                    .unwrap_or_default();
+                (program.clone(), stats)
+            })
+            .collect()
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::Map { name, source: None })?;
+    T::try_from(map).map_err(|e| KernelError::Map { name, source: Some(e) })
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} is not in the object"))?;
+    program.try_into().map_err(|e: ProgramError| format!("{name}: {e}"))
+}
+
+/// Full error chain of a program error on one line.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), String> {
+    let tp: &mut TracePoint = program_mut(ebpf, program)?;
+    tp.load().map_err(|e| format!("loading {program}: {}", describe(&e)))?;
+    tp.attach(category, name).map_err(|e| format!("attaching {program}: {}", describe(&e)))?;
+    Ok(())
+}
+
+/// Loads and attaches one family's three scheduler programs; on any failure unloads what it
+/// loaded, so the next family starts clean.
+fn attach_family(ebpf: &mut Ebpf, family: HookFamily, btf: Option<&Btf>) -> Result<Vec<AttachedProgram>, String> {
+    let mut attached = Vec::new();
+    let result = SCHED_EVENTS.iter().try_for_each(|(category, event)| {
+        let name = format!("{event}_{}", family.suffix());
+        let outcome = match family {
+            HookFamily::BtfTracepoint => {
+                let btf = btf.ok_or("kernel BTF (/sys/kernel/btf/vmlinux) is unavailable")?;
+                let program: &mut BtfTracePoint = program_mut(ebpf, &name)?;
+                program.load(event, btf).map_err(|e| describe(&e))?;
+                program.attach().map(drop).map_err(|e| describe(&e))
+            }
+            HookFamily::RawTracepoint => {
+                let program: &mut RawTracePoint = program_mut(ebpf, &name)?;
+                program.load().map_err(|e| describe(&e))?;
+                program.attach(event).map(drop).map_err(|e| describe(&e))
+            }
+            HookFamily::Tracepoint => attach_tracepoint(ebpf, &name, category, event),
+        };
+        outcome.map_err(|e| format!("{name}: {e}"))?;
+        attached.push(AttachedProgram { name, kind: family.as_str(), event: format!("{category}/{event}") });
+        Ok::<(), String>(())
+    });
+    if let Err(reason) = result {
+        for program in &attached {
+            if let Some(p) = ebpf.program_mut(&program.name) {
+                let _ = unload(p);
+            }
+        }
+        return Err(reason);
+    }
+    Ok(attached)
+}
+
+fn unload(program: &mut Program) -> Result<(), ProgramError> {
+    match program {
+        Program::BtfTracePoint(p) => p.unload(),
+        Program::RawTracePoint(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        _ => Ok(()),
+    }
+}
+
+/// Decodes one ring-buffer record; `None` for a record of the wrong size (counted by the caller).
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: `Event` is `#[repr(C)]` plain data of the size checked above; read_unaligned copes
+    // with any alignment of the record.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// Makes every CPU switch once, so that a task running uninterrupted on it has its time so far
+/// accounted by sched_switch before the maps are read. Costs one migration per CPU.
+pub fn flush_cpu_slices() {
+    let Ok(cpus) = aya::util::online_cpus() else { return };
+    let _ = std::thread::Builder::new().name("cpu-flush".into()).spawn(move || {
+        for cpu in cpus {
+            // SAFETY: cpu_set_t is plain data; sched_setaffinity on the calling thread (pid 0)
+            // migrates it to `cpu` before returning, which is a context switch there.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu as usize, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+        }
+    }).map(|handle| handle.join());
+}
+
+/// One program type's verdict for `doctor`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeCheck {
+    pub program_type: &'static str,
+    pub hook: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Loads and attaches one program of each type this object has, then detaches them all, and says
+/// which work on this kernel and why not.
+pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, KernelError> {
+    let mut ebpf = load_object(config)?;
+    let tracefs = ensure_tracefs();
+    let btf = Btf::from_sys_fs();
+    let mut checks = Vec::new();
+    let mut record = |program_type: &'static str, hook: &str, result: Result<(), String>| {
+        checks.push(ProbeCheck {
+            program_type,
+            hook: hook.to_owned(),
+            ok: result.is_ok(),
+            detail: result.err().unwrap_or_else(|| "loads and attaches".to_owned()),
+        });
+    };
+    let btf_ref = btf.as_ref().map_err(|e| format!("kernel BTF unavailable: {e}"));
+    record("tp_btf", "sched_switch", (|| {
+        let btf = btf_ref.clone()?;
+        let p: &mut BtfTracePoint = program_mut(&mut ebpf, "sched_switch_btf")?;
+        p.load("sched_switch", btf).map_err(|e| describe(&e))?;
+        p.attach().map(drop).map_err(|e| describe(&e))
+    })());
+    record("raw_tracepoint", "sched_switch", (|| {
+        let p: &mut RawTracePoint = program_mut(&mut ebpf, "sched_switch_raw")?;
+        p.load().map_err(|e| describe(&e))?;
+        p.attach("sched_switch").map(drop).map_err(|e| describe(&e))
+    })());
+    record("tracepoint", "sched/sched_switch", (|| {
+        attach_tracepoint(&mut ebpf, "sched_switch_tp", "sched", "sched_switch")
+            .map_err(|e| match &tracefs { Err(why) => format!("{e}; {why}"), Ok(()) => e })
+    })());
+    record("tracepoint", "oom/mark_victim", attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim"));
+    record("kprobe", "do_exit", (|| {
+        let p: &mut KProbe = program_mut(&mut ebpf, "doctor_kprobe")?;
+        p.load().map_err(|e| describe(&e))?;
+        p.attach("do_exit", 0).map(drop).map_err(|e| describe(&e))
+    })());
+    record("fentry", "do_exit", (|| {
+        let btf = btf_ref.clone()?;
+        let p: &mut FEntry = program_mut(&mut ebpf, "doctor_fentry")?;
+        p.load("do_exit", btf).map_err(|e| describe(&e))?;
+        p.attach().map(drop).map_err(|e| describe(&e))
+    })());
+    let ring: Result<RingBuf<MapData>, _> = take_map(&mut ebpf, EVENTS_MAP);
+    record("ringbuf map", "EVENTS", ring.map(drop).map_err(|e| describe(&e)));
+    let per_cpu: Result<PerCpuHashMap<MapData, TaskKey, TaskCpu>, _> = take_map(&mut ebpf, TASK_CPU_MAP);
+    record("percpu_hash map", "TASK_CPU", per_cpu.map(drop).map_err(|e| describe(&e)));
+    drop(ebpf);
+    Ok(checks)
+}
+
+/// Run-queue slots as (upper bound in seconds, count in this bucket alone), the last bound +Inf.
+pub fn runq_buckets(slots: &[u64]) -> Vec<(f64, u64)> {
+    slots
+        .iter()
+        .enumerate()
+        .map(|(slot, count)| (agent_common::sched::runq_slot_upper_seconds(slot).unwrap_or(f64::INFINITY), *count))
+        .collect()
+}
+
+/// Sum of two slot arrays, for folding a finished process into its container.
+pub fn add_task_cpu(into: &mut TaskCpu, from: &TaskCpu) {
+    into.on_cpu_ns += from.on_cpu_ns;
+    into.runq_delay_ns += from.runq_delay_ns;
+    for (a, b) in into.runq_slots.iter_mut().zip(from.runq_slots) {
+        *a += b;
+    }
+}

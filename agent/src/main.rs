@@ -1,0 +1,238 @@
+//! The `modelmeter` binary: `run` the agent, or `doctor` this machine.
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use modelmeter::{
+    api,
+    collect::cgroup::Layout,
+    config::{Config, LogFormat},
+    doctor, export,
+    kernel::Probes,
+    store::{Aggregator, SnapshotCell},
+};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Parser)]
+#[command(name = "modelmeter", version, about = "Attributes CPU, memory and latency to pods and the models they serve")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: load the probes, collect, serve /metrics.
+    Run {
+        /// YAML config file; MODELMETER_* environment variables override its fields.
+        #[arg(long, env = "MODELMETER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Report what this machine allows: kernel, BTF, eBPF program types, cgroups, privileges, NVML.
+    Doctor {
+        #[arg(long, env = "MODELMETER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code for a bad config or a missing privilege.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Run { config: path } | Command::Doctor { config: path, .. }) = &cli.command;
+    let config = match Config::load(path.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, &anyhow::Error::new(e)),
+    };
+    match cli.command {
+        Command::Doctor { json, .. } => {
+            let checks = doctor::run(&config);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
+            } else {
+                print!("{}", doctor::table(&checks));
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run { .. } => run(config),
+    }
+}
+
+fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
+    eprintln!("modelmeter: {error:#}");
+    ExitCode::from(code)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    init_logging(&config);
+    let layout = match Layout::detect(&config.cgroup_root) {
+        Ok(layout) => layout,
+        Err(e) => {
+            return fail(EXIT_USAGE, &anyhow::Error::new(e).context("cgroup_root names no cgroup hierarchy"));
+        }
+    };
+    tracing::info!(layout = %layout.describe(), "Detected cgroups");
+    let probes = if config.probes.enabled {
+        if !doctor::can_load_probes() {
+            return fail(
+                EXIT_USAGE,
+                &anyhow::anyhow!(
+                    "loading eBPF probes needs the CAP_BPF and CAP_PERFMON capabilities (or root); \
+                     grant them, or set probes.enabled: false"
+                ),
+            );
+        }
+        match Probes::load(&config.probes) {
+            Ok(mut probes) => {
+                tracing::info!(family = probes.family().as_str(), programs = probes.attached().len(), "Probes attached");
+                let events = probes.take_events();
+                Some((probes, events))
+            }
+            Err(e) => return fail(EXIT_USAGE, &anyhow::Error::new(e).context("loading the eBPF probes")),
+        }
+    } else {
+        tracing::warn!("Probes disabled: CPU from cgroup files, no run-queue delay or OOM events");
+        None
+    };
+    let (probes, events) = match probes {
+        Some((probes, events)) => (Some(probes), events),
+        None => (None, None),
+    };
+    let aggregator = Arc::new(Mutex::new(Aggregator::new(&config, layout, probes)));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(1, &anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    let result = runtime.block_on(serve(config, aggregator.clone(), events));
+    // Dropping the aggregator drops the probes, which detaches them.
+    drop(aggregator);
+    tracing::info!("Probes detached, exiting");
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
+    }
+}
+
+async fn serve(
+    config: Config,
+    aggregator: Arc<Mutex<Aggregator>>,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+) -> anyhow::Result<()> {
+    let cell = Arc::new(SnapshotCell::default());
+    let (refresh_tx, refresh_rx) = mpsc::channel(64);
+    let state = Arc::new(api::ApiState {
+        cell: cell.clone(),
+        registry: export::prometheus::registry(cell.clone()),
+        refresh: Some(refresh_tx),
+        min_collect_interval: config.min_collect_interval,
+        max_snapshot_age: config.interval * 3 + Duration::from_secs(30),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {} (setting `listen`)", config.listen))?;
+    tracing::info!(address = %config.listen, "Serving /metrics, /healthz, /readyz");
+    if let Some(events) = events {
+        tokio::spawn(read_events(events, aggregator.clone()));
+    }
+    let collector = tokio::spawn(collect_loop(config.interval, aggregator, cell, refresh_rx));
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    collector.abort();
+    Ok(())
+}
+
+/// Collects every `interval`, and on demand for scrapes of a stale snapshot.
+async fn collect_loop(
+    interval: Duration,
+    aggregator: Arc<Mutex<Aggregator>>,
+    cell: Arc<SnapshotCell>,
+    mut refresh: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut waiters = Vec::new();
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Some(waiter) = refresh.recv() => waiters.push(waiter),
+        }
+        // Scrapes that arrived meanwhile share this collection.
+        while let Ok(waiter) = refresh.try_recv() {
+            waiters.push(waiter);
+        }
+        let aggregator = aggregator.clone();
+        let collected = tokio::task::spawn_blocking(move || {
+            aggregator.lock().unwrap_or_else(|e| e.into_inner()).collect()
+        })
+        .await;
+        match collected {
+            Ok(snapshot) => cell.set(snapshot),
+            Err(e) => tracing::error!(error = %e, "Collection panicked"),
+        }
+        for waiter in waiters {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+/// Applies exit and OOM events as they arrive.
+async fn read_events(ring: aya::maps::RingBuf<aya::maps::MapData>, aggregator: Arc<Mutex<Aggregator>>) {
+    // SAFETY: the ring buffer owns its fd, which stays open for as long as the AsyncFd holds it.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e.into_parts().1, "Polling the event ring buffer failed; exit and OOM events are off");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::error!(error = %e, "Event ring buffer poll failed");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let mut records = Vec::new();
+        while let Some(item) = ring.next() {
+            records.push(item.to_vec());
+        }
+        guard.clear_ready();
+        let mut aggregator = aggregator.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            aggregator.on_event_bytes(&record);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Installing signal handlers failed; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

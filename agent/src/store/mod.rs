@@ -1,0 +1,418 @@
+//! One aggregation of everything collected: discovers the cgroups that identify a container, pod
+//! container, docker container or systemd unit, folds the probes' per-(cgroup, process) CPU entries
+//! into them, reads their cgroup files, and produces an immutable [`Snapshot`] that every exporter
+//! reads. Series of a cgroup that disappears vanish from the next snapshot.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_common::{
+    events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
+    sched::{TaskCpu, TaskKey},
+};
+
+use crate::{
+    collect::{
+        cgroup::{CgroupStats, Layout, cgroup_id, walk},
+        procfs,
+    },
+    config::Config,
+    identity::{Identity, identify},
+    kernel::{self, AttachedProgram, Probes, ProgramStats},
+};
+
+/// Everything known about one attributed cgroup at one collection.
+#[derive(Debug, Clone)]
+pub struct ContainerSample {
+    pub identity: Identity,
+    /// The cgroup path (relative to the hierarchy roots) whose files were read.
+    pub cgroup_path: String,
+    /// On-CPU time: from the scheduler probes, or from the cgroup's own usage without probes.
+    pub cpu_ns: u64,
+    /// Run-queue delay histogram (probes only).
+    pub runq: Option<TaskCpu>,
+    /// cgroup files; `None` when this hierarchy has no files for it (e.g. a v2-only unit on a hybrid host).
+    pub stats: Option<CgroupStats>,
+    pub oom_kills: u64,
+}
+
+/// The agent's figures about itself.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSample {
+    pub collections: u64,
+    pub last_collection_duration: Duration,
+    /// Failures by stage (`discover`, `cgroup_read`, `probe_read`).
+    pub errors: Vec<(&'static str, u64)>,
+    pub probe_family: Option<&'static str>,
+    pub probes: Vec<(AttachedProgram, ProgramStats)>,
+    pub probe_counters: Vec<(&'static str, u64)>,
+    /// CPU time of processes in no attributable cgroup (host processes, kernel threads' cgroups).
+    pub unattributed_cpu_ns: u64,
+    pub oom_kills_unattributed: u64,
+    pub malformed_events: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub taken_at: SystemTime,
+    /// Sorted by identity labels, so output is stable.
+    pub containers: Vec<ContainerSample>,
+    pub agent: AgentSample,
+}
+
+impl Snapshot {
+    pub fn empty() -> Self {
+        Snapshot { taken_at: SystemTime::now(), containers: Vec::new(), agent: AgentSample::default() }
+    }
+}
+
+/// A tracked attributable cgroup and what outlives its processes.
+#[derive(Debug)]
+struct Tracked {
+    path: String,
+    /// CPU of processes that have exited, folded in so the counter never goes back.
+    retired: TaskCpu,
+    oom_kills: u64,
+}
+
+pub struct Aggregator {
+    layout: Layout,
+    proc_root: PathBuf,
+    max_depth: usize,
+    export_docker: bool,
+    export_systemd: bool,
+    probes: Option<Probes>,
+    tracked: HashMap<Identity, Tracked>,
+    by_cgroup_id: HashMap<u64, Identity>,
+    /// tgid → identity from /proc, for processes whose v2 cgroup says nothing (v1 nodes).
+    /// Invalidated by exit events and swept when the process is gone.
+    by_tgid: HashMap<u32, Option<Identity>>,
+    /// OOM kills seen before their cgroup was discovered.
+    oom_by_cgroup_id: HashMap<u64, u64>,
+    collections: u64,
+    errors: HashMap<&'static str, u64>,
+    retired_unattributed_ns: u64,
+    oom_kills_unattributed: u64,
+    malformed_events: u64,
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregator").field("layout", &self.layout).field("tracked", &self.tracked.len()).finish()
+    }
+}
+
+impl Aggregator {
+    pub fn new(config: &Config, layout: Layout, probes: Option<Probes>) -> Self {
+        Aggregator {
+            layout,
+            proc_root: config.proc_root.clone(),
+            max_depth: config.attribution.max_cgroup_depth,
+            export_docker: config.attribution.docker,
+            export_systemd: config.attribution.systemd_units,
+            probes,
+            tracked: HashMap::new(),
+            by_cgroup_id: HashMap::new(),
+            by_tgid: HashMap::new(),
+            oom_by_cgroup_id: HashMap::new(),
+            collections: 0,
+            errors: HashMap::new(),
+            retired_unattributed_ns: 0,
+            oom_kills_unattributed: 0,
+            malformed_events: 0,
+        }
+    }
+
+    pub fn probes_mut(&mut self) -> Option<&mut Probes> {
+        self.probes.as_mut()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn wanted(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::PodContainer { .. } => true,
+            Identity::Docker { .. } => self.export_docker,
+            Identity::SystemdUnit { .. } => self.export_systemd,
+            Identity::Pod { .. } | Identity::Other => false,
+        }
+    }
+
+    fn count_error(&mut self, stage: &'static str) {
+        *self.errors.entry(stage).or_default() += 1;
+    }
+
+    /// Applies one ring-buffer record.
+    pub fn on_event_bytes(&mut self, bytes: &[u8]) {
+        match kernel::decode_event(bytes) {
+            Some(event) => self.on_event(&event),
+            None => self.malformed_events += 1,
+        }
+    }
+
+    pub fn on_event(&mut self, event: &Event) {
+        match event.kind {
+            KIND_PROCESS_EXIT => {
+                self.by_tgid.remove(&event.pid);
+            }
+            KIND_OOM_VICTIM => {
+                // In a memcg OOM the allocating task usually kills itself: then the current cgroup
+                // is the victim's. Otherwise the victim is still in /proc while being killed.
+                if event.pid == event.current_tgid {
+                    match self.by_cgroup_id.get(&event.cgroup_id).and_then(|id| self.tracked.get_mut(id)) {
+                        Some(tracked) => tracked.oom_kills += 1,
+                        None => *self.oom_by_cgroup_id.entry(event.cgroup_id).or_default() += 1,
+                    }
+                    return;
+                }
+                match self.resolve_tgid(event.pid) {
+                    Some(identity) => match self.tracked.get_mut(&identity) {
+                        Some(tracked) => tracked.oom_kills += 1,
+                        None => self.oom_kills_unattributed += 1,
+                    },
+                    None => self.oom_kills_unattributed += 1,
+                }
+            }
+            _ => self.malformed_events += 1,
+        }
+    }
+
+    fn resolve_tgid(&mut self, tgid: u32) -> Option<Identity> {
+        if let Some(cached) = self.by_tgid.get(&tgid) {
+            return cached.clone();
+        }
+        let resolved = procfs::read_proc_cgroup(&self.proc_root, tgid).and_then(|cgroups| {
+            cgroups.paths().map(identify).find(|identity| self.wanted(identity))
+        });
+        // Bounded: a host with runaway process churn must not grow this without limit.
+        if self.by_tgid.len() >= 65_536 {
+            self.by_tgid.clear();
+        }
+        self.by_tgid.insert(tgid, resolved.clone());
+        resolved
+    }
+
+    /// Walks the hierarchy and updates the set of tracked cgroups; forgets those that are gone.
+    fn discover(&mut self) {
+        let (root, has_ids) = match (&self.layout.v2_root(), self.layout.v1_roots()) {
+            (Some(v2), _) => (v2.to_path_buf(), true),
+            (None, Some(v1)) => match v1.memory.clone().or_else(|| v1.cpu.clone()) {
+                Some(root) => (root, false),
+                None => return,
+            },
+            (None, None) => return,
+        };
+        let paths = match walk(&root, self.max_depth) {
+            Ok(paths) => paths,
+            Err(e) => {
+                tracing::warn!(error = %e, "Walking the cgroup hierarchy failed");
+                self.count_error("discover");
+                return;
+            }
+        };
+        let mut seen: HashMap<Identity, String> = HashMap::new();
+        let mut by_cgroup_id = HashMap::new();
+        for path in paths {
+            let identity = identify(&path);
+            if !self.wanted(&identity) {
+                continue;
+            }
+            if has_ids {
+                // A cgroup removed mid-walk has no id any more; skip it.
+                if let Ok(id) = cgroup_id(&root.join(path.trim_start_matches('/'))) {
+                    by_cgroup_id.insert(id, identity.clone());
+                }
+            }
+            // The shallowest cgroup of an identity is the container's own; deeper ones are its sub-cgroups.
+            match seen.get_mut(&identity) {
+                Some(existing) if existing.len() <= path.len() => {}
+                Some(existing) => *existing = path,
+                None => {
+                    seen.insert(identity, path);
+                }
+            }
+        }
+        self.tracked.retain(|identity, _| seen.contains_key(identity));
+        for (identity, path) in seen {
+            match self.tracked.get_mut(&identity) {
+                Some(tracked) => tracked.path = path,
+                None => {
+                    self.tracked.insert(identity, Tracked { path, retired: TaskCpu::ZERO, oom_kills: 0 });
+                }
+            }
+        }
+        // OOM kills that arrived before their cgroup was known.
+        self.oom_by_cgroup_id.retain(|id, kills| match by_cgroup_id.get(id).and_then(|i| self.tracked.get_mut(i)) {
+            Some(tracked) => {
+                tracked.oom_kills += *kills;
+                false
+            }
+            None => false,
+        });
+        self.by_cgroup_id = by_cgroup_id;
+    }
+
+    /// Reads the probes' per-task CPU, returns the live totals per identity, and folds entries of
+    /// processes that are gone into their identity's retired totals (then deletes them).
+    fn fold_probe_cpu(&mut self) -> HashMap<Identity, TaskCpu> {
+        let mut live: HashMap<Identity, TaskCpu> = HashMap::new();
+        let Some(probes) = self.probes.as_ref() else { return live };
+        kernel::flush_cpu_slices();
+        let entries = match probes.read_task_cpu() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading probe maps failed");
+                self.count_error("probe_read");
+                return live;
+            }
+        };
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let mut finished: Vec<TaskKey> = Vec::new();
+        let mut live_unattributed = 0;
+        for (key, value) in entries {
+            let identity = match self.by_cgroup_id.get(&key.cgroup_id) {
+                Some(identity) => Some(identity.clone()),
+                None => self.resolve_tgid(key.tgid),
+            };
+            let is_alive =
+                *alive.entry(key.tgid).or_insert_with(|| procfs::process_exists(&self.proc_root, key.tgid));
+            let tracked = identity.as_ref().and_then(|i| self.tracked.get_mut(i));
+            match (is_alive, tracked) {
+                (true, Some(_)) => {
+                    kernel::add_task_cpu(live.entry(identity.expect("tracked implies identity")).or_default(), &value)
+                }
+                (true, None) => live_unattributed += value.on_cpu_ns,
+                (false, Some(tracked)) => kernel::add_task_cpu(&mut tracked.retired, &value),
+                (false, None) => self.retired_unattributed_ns += value.on_cpu_ns,
+            }
+            if !is_alive {
+                finished.push(key);
+                self.by_tgid.remove(&key.tgid);
+            }
+        }
+        if let Some(probes) = self.probes.as_mut() {
+            probes.remove_tasks(&finished);
+        }
+        live.insert(Identity::Other, TaskCpu { on_cpu_ns: live_unattributed, ..TaskCpu::ZERO });
+        live
+    }
+
+    /// One full collection.
+    pub fn collect(&mut self) -> Snapshot {
+        let started = Instant::now();
+        self.discover();
+        let mut live = self.fold_probe_cpu();
+        let unattributed_live = live.remove(&Identity::Other).map(|v| v.on_cpu_ns).unwrap_or(0);
+        let has_probes = self.probes.is_some();
+        let mut containers = Vec::with_capacity(self.tracked.len());
+        let mut vanished = Vec::new();
+        let mut read_errors = 0;
+        for (identity, tracked) in &self.tracked {
+            let stats = match self.layout.read_stats(&tracked.path) {
+                Ok(stats) => Some(stats),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, path = %tracked.path, "Reading cgroup files failed");
+                    read_errors += 1;
+                    None
+                }
+            };
+            if stats.is_none() && !self.cgroup_exists(&tracked.path) {
+                vanished.push(identity.clone());
+                continue;
+            }
+            let (cpu_ns, runq) = if has_probes {
+                let mut total = tracked.retired;
+                if let Some(value) = live.get(identity) {
+                    kernel::add_task_cpu(&mut total, value);
+                }
+                (total.on_cpu_ns, Some(total))
+            } else {
+                (stats.and_then(|s| s.cpu.usage_ns).unwrap_or(0), None)
+            };
+            let oom_kills = if self.probes.as_ref().is_some_and(Probes::has_oom_probe) {
+                tracked.oom_kills
+            } else {
+                stats.and_then(|s| s.memory.oom_kills).unwrap_or(0)
+            };
+            containers.push(ContainerSample {
+                identity: identity.clone(),
+                cgroup_path: tracked.path.clone(),
+                cpu_ns,
+                runq,
+                stats,
+                oom_kills,
+            });
+        }
+        for identity in vanished {
+            self.tracked.remove(&identity);
+        }
+        for _ in 0..read_errors {
+            self.count_error("cgroup_read");
+        }
+        containers.sort_by(|a, b| a.cgroup_path.cmp(&b.cgroup_path));
+        self.collections += 1;
+        let mut errors: Vec<_> = self.errors.iter().map(|(k, v)| (*k, *v)).collect();
+        errors.sort();
+        let agent = AgentSample {
+            collections: self.collections,
+            last_collection_duration: started.elapsed(),
+            errors,
+            probe_family: self.probes.as_ref().map(|p| p.family().as_str()),
+            probes: self.probes.as_ref().map(Probes::program_stats).unwrap_or_default(),
+            probe_counters: self.probes.as_ref().map(Probes::counters).unwrap_or_default(),
+            unattributed_cpu_ns: self.retired_unattributed_ns + unattributed_live,
+            oom_kills_unattributed: self.oom_kills_unattributed,
+            malformed_events: self.malformed_events,
+        };
+        Snapshot { taken_at: SystemTime::now(), containers, agent }
+    }
+
+    fn cgroup_exists(&self, path: &str) -> bool {
+        let rel = path.trim_start_matches('/');
+        match (self.layout.v2_root(), self.layout.v1_roots()) {
+            (Some(v2), _) => v2.join(rel).is_dir(),
+            (None, Some(v1)) => v1.memory.iter().chain(v1.cpu.iter()).any(|root| root.join(rel).is_dir()),
+            (None, None) => false,
+        }
+    }
+}
+
+/// The latest snapshot, shared between the collector and every reader.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: std::sync::RwLock<(Instant, Arc<Snapshot>)>,
+}
+
+impl Default for SnapshotCell {
+    fn default() -> Self {
+        SnapshotCell { current: std::sync::RwLock::new((Instant::now(), Arc::new(Snapshot::empty()))) }
+    }
+}
+
+impl SnapshotCell {
+    pub fn get(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// Age of the snapshot; `None` before the first collection.
+    pub fn age(&self) -> Option<Duration> {
+        let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (guard.1.agent.collections > 0).then(|| guard.0.elapsed())
+    }
+
+    pub fn set(&self, snapshot: Snapshot) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), Arc::new(snapshot));
+    }
+}
+
+/// Names the CPU seen by any process of the cgroups found, for `HashSet` dedup in tests.
+pub fn identities(snapshot: &Snapshot) -> HashSet<Identity> {
+    snapshot.containers.iter().map(|c| c.identity.clone()).collect()
+}
