@@ -59,12 +59,17 @@ fn family<T>(
     samples: impl IntoIterator<Item = (Labels, T)>,
     encode: impl Fn(prometheus_client::encoding::MetricEncoder, T) -> Result<(), std::fmt::Error>,
 ) -> Result<(), std::fmt::Error> {
-    let mut samples = samples.into_iter().peekable();
+    let mut samples: Vec<(Labels, T)> = samples.into_iter().collect();
     // OpenMetrics allows empty families, but an empty family is only noise for readers.
-    if samples.peek().is_none() {
+    if samples.is_empty() {
         return Ok(());
     }
     let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), metric_type)?;
+    if samples.len() == 1 && samples[0].0.is_empty() {
+        // A single unlabelled sample: `name 1`, not `name{} 1`.
+        let (_, value) = samples.remove(0);
+        return encode(metric, value);
+    }
     for (labels, value) in samples {
         encode(metric.encode_family(&labels)?, value)?;
     }

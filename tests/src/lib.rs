@@ -1,0 +1,463 @@
+//! Harness for modelmeter's end-to-end tests and benchmarks: kubelet-shaped cgroups that clean up
+//! after themselves, the agent and a real Prometheus as child processes, and a reader of the
+//! Prometheus text format. Everything here fails loudly when root or a tool is missing.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use modelmeter::collect::cgroup::Layout;
+
+/// Fails the test unless it runs as root (it loads eBPF programs and creates cgroups).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root: it loads eBPF programs and creates cgroups (run `sudo cargo xtask test`)");
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A binary of the workspace: `$var` if set, else `target/<profile>/<name>`.
+pub fn workspace_bin(var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        return PathBuf::from(path);
+    }
+    for profile in ["debug", "release"] {
+        let path = workspace_root().join("target").join(profile).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("{name} is not built: run `cargo build -p modelmeter` (or `cargo xtask test`), or set {var}");
+}
+
+pub fn modelmeter_bin() -> PathBuf {
+    workspace_bin("MODELMETER_BIN", "modelmeter")
+}
+
+pub fn workload_bin() -> PathBuf {
+    workspace_bin("MM_WORKLOAD_BIN", "mm-workload")
+}
+
+/// A random-looking but deterministic hex string of `len` chars, unique per `seed`.
+pub fn hex_id(seed: u64, len: usize) -> String {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from_digit((state % 16) as u32, 16).expect("digit < 16")
+        })
+        .collect()
+}
+
+/// A pod UID in Kubernetes' dashed form, unique per `seed` and per run.
+pub fn pod_uid(seed: u64) -> String {
+    let run = std::process::id() as u64;
+    let hex = hex_id(seed ^ (run << 20), 32);
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// A cgroup created at the same relative path in the v2 tree and the v1 cpu, cpuacct and memory
+/// trees (as kubelet does). Dropping it kills its processes and removes every directory it created.
+pub struct CgroupGuard {
+    pub rel: String,
+    /// Hierarchy roots the cgroup lives in, keyed `v2`, `cpu`, `cpuacct`, `memory`.
+    roots: Vec<(&'static str, PathBuf)>,
+    /// Directories this guard created, outermost first.
+    created: Vec<PathBuf>,
+}
+
+impl CgroupGuard {
+    pub fn create(rel: &str) -> CgroupGuard {
+        let layout = Layout::detect(Path::new("/sys/fs/cgroup")).expect("no cgroup hierarchy under /sys/fs/cgroup");
+        let mut roots = Vec::new();
+        if let Some(v2) = layout.v2_root() {
+            roots.push(("v2", v2.to_path_buf()));
+        }
+        if let Some(v1) = layout.v1_roots() {
+            for (name, root) in [("cpu", &v1.cpu), ("cpuacct", &v1.cpuacct), ("memory", &v1.memory)] {
+                if let Some(root) = root {
+                    roots.push((name, root.clone()));
+                }
+            }
+        }
+        let mut guard = CgroupGuard { rel: rel.to_owned(), roots, created: Vec::new() };
+        for (_, root) in guard.roots.clone() {
+            let mut dir = root.clone();
+            for part in rel.split('/').filter(|p| !p.is_empty()) {
+                dir.push(part);
+                if !dir.exists() {
+                    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+                    guard.created.push(dir.clone());
+                }
+            }
+        }
+        guard
+    }
+
+    pub fn dir(&self, hierarchy: &str) -> PathBuf {
+        let (_, root) = self
+            .roots
+            .iter()
+            .find(|(name, _)| *name == hierarchy)
+            .unwrap_or_else(|| panic!("this machine has no {hierarchy} cgroup hierarchy"));
+        root.join(self.rel.trim_start_matches('/'))
+    }
+
+    /// The `cgroup.procs` files a process writes its pid to, to join this cgroup everywhere.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.roots.iter().map(|(name, _)| self.dir(name).join("cgroup.procs")).collect()
+    }
+
+    pub fn read(&self, hierarchy: &str, file: &str) -> String {
+        let path = self.dir(hierarchy).join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    pub fn write(&self, hierarchy: &str, file: &str, value: &str) {
+        let path = self.dir(hierarchy).join(file);
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// A field of a `key value` file such as memory.stat.
+    pub fn read_keyed(&self, hierarchy: &str, file: &str, key: &str) -> u64 {
+        self.read(hierarchy, file)
+            .lines()
+            .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{file} of {} has no {key}", self.rel))
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs_files()
+            .iter()
+            .flat_map(|file| std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Starts `mm-workload <args>` inside this cgroup and waits until it says it is ready.
+    pub fn spawn_workload(&self, args: &[&str]) -> ChildGuard {
+        let mut command = Command::new(workload_bin());
+        for file in self.procs_files() {
+            command.arg("--join").arg(file);
+        }
+        let mut child = command.args(args).stdout(Stdio::piped()).spawn().expect("starting mm-workload");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("reading mm-workload's stdout");
+        assert_eq!(line.trim(), "ready", "mm-workload {args:?} did not start (status {:?})", child.try_wait());
+        ChildGuard(child)
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) on a pid read from our own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for dir in self.created.iter().rev() {
+            // A just-killed process can hold the cgroup for a moment: retry briefly.
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if dir.exists() {
+                eprintln!("warning: could not remove cgroup {}", dir.display());
+            }
+        }
+    }
+}
+
+/// A child process killed and reaped when dropped.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding an ephemeral port")
+}
+
+pub fn http_get(url: &str) -> Result<String, String> {
+    ureq::get(url).timeout(Duration::from_secs(30)).call().map_err(|e| e.to_string())?.into_string().map_err(|e| e.to_string())
+}
+
+/// The agent as a child process, with its own config, on a free port. Stopped with SIGTERM on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    _config: tempfile::NamedTempFile,
+    log: tempfile::NamedTempFile,
+}
+
+impl Agent {
+    /// Starts `modelmeter run` with `extra_yaml` appended to a config that sets the listen address,
+    /// and waits until `/readyz` answers.
+    pub fn start(extra_yaml: &str) -> Agent {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let config = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(config.path(), format!("listen: {addr}\n{extra_yaml}")).expect("writing agent config");
+        let log = tempfile::NamedTempFile::new().expect("temp file");
+        let child = Command::new(modelmeter_bin())
+            .args(["run", "--config"])
+            .arg(config.path())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("reopening log"))
+            .env_remove("MODELMETER_CONFIG")
+            .spawn()
+            .expect("starting modelmeter");
+        let mut agent = Agent { child: Some(child), addr, _config: config, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(&agent.url("/readyz")).is_err() {
+            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("modelmeter exited with {status} before becoming ready:\n{}", agent.log());
+            }
+            assert!(Instant::now() < deadline, "modelmeter not ready after 60 s:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let text = http_get(&self.url("/metrics")).unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.log()));
+        Metrics::parse(&text)
+    }
+
+    /// Stops the agent with SIGTERM and returns its exit status and log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.terminate();
+        (status.expect("agent was running"), self.log())
+    }
+
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// One sample of the text exposition format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    /// Parses the Prometheus/OpenMetrics text format (comments skipped; escapes in label values
+    /// kept as written, which is enough for the ids and names tests compare).
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("malformed line: {line}"));
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("malformed value in: {line}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, BTreeMap::new()),
+            };
+            samples.push(Sample { name: name.to_owned(), labels, value });
+        }
+        Metrics { samples }
+    }
+
+    /// Samples of `name` whose labels include all of `labels`.
+    pub fn select<'a>(&'a self, name: &'a str, labels: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The one sample of `name` with these labels, if there is exactly one.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<_> = self.select(name, labels).collect();
+        match found.as_slice() {
+            [one] => Some(one.value),
+            [] => None,
+            many => panic!("{} samples of {name} match {labels:?}", many.len()),
+        }
+    }
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut end = 0;
+        let bytes = after.as_bytes();
+        while end < bytes.len() && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\')) {
+            end += 1;
+        }
+        labels.insert(key.trim_start_matches(',').trim().to_owned(), after[..end].to_owned());
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    labels
+}
+
+/// A real Prometheus server (Debian's package) on loopback with its own data dir, scraping `target`.
+pub struct Prometheus {
+    child: ChildGuard,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(target: SocketAddr) -> Prometheus {
+        let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("prometheus is not installed: `cargo xtask setup` installs Debian's `prometheus` package");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: modelmeter\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("writing prometheus.yml");
+        let port = free_port();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log file"))
+            .spawn()
+            .expect("starting prometheus");
+        let prometheus = Prometheus { child: ChildGuard(child), port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(&format!("http://127.0.0.1:{port}/-/ready")).is_err() {
+            assert!(Instant::now() < deadline, "prometheus not ready after 60 s:\n{}", prometheus.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        prometheus
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// An instant query through the HTTP API; returns the `data.result` array.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let body = ureq::get(&format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query("query", promql)
+            .timeout(Duration::from_secs(30))
+            .call()
+            .unwrap_or_else(|e| panic!("querying prometheus for {promql}: {e}"))
+            .into_string()
+            .expect("reading query response");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("prometheus answered JSON");
+        assert_eq!(json["status"], "success", "query {promql} failed: {body}");
+        json["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Polls `condition` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exposition_text() {
+        let metrics = Metrics::parse(
+            "# TYPE a counter\na_total{x=\"1\",y=\"q\\\"uote\"} 2.5\nb 3\nc_bucket{le=\"+Inf\"} 4\n# EOF\n",
+        );
+        assert_eq!(metrics.get("a_total", &[("x", "1")]), Some(2.5));
+        assert_eq!(metrics.samples[0].labels["y"], "q\\\"uote");
+        assert_eq!(metrics.get("b", &[]), Some(3.0));
+        assert_eq!(metrics.get("c_bucket", &[("le", "+Inf")]), Some(4.0));
+        assert_eq!(metrics.get("missing", &[]), None);
+    }
+
+    #[test]
+    fn ids_have_kubernetes_shapes() {
+        assert_eq!(hex_id(1, 64).len(), 64);
+        assert_ne!(hex_id(1, 64), hex_id(2, 64));
+        let uid = pod_uid(7);
+        assert_eq!(uid.len(), 36);
+        assert_eq!(uid.matches('-').count(), 4);
+    }
+}
