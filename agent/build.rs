@@ -23,12 +23,9 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR unset")?);
     let root = manifest_dir.parent().context("agent/ has no parent")?;
     let ebpf_dir = root.join("agent-ebpf");
-    for watched in [
-        ebpf_dir.join("src"),
-        ebpf_dir.join("Cargo.toml"),
-        ebpf_dir.join("Cargo.lock"),
-        root.join("agent-common/src"),
-    ] {
+    for watched in
+        [ebpf_dir.join("src"), ebpf_dir.join("Cargo.toml"), ebpf_dir.join("Cargo.lock"), root.join("agent-common/src")]
+    {
         println!("cargo:rerun-if-changed={}", watched.display());
     }
     let target_dir = out_dir.join("ebpf-target");
@@ -68,9 +65,10 @@ fn main() -> anyhow::Result<()> {
 /// bpf-linker lands in ~/.cargo/bin, which a non-login shell may not have on PATH.
 fn path_with_cargo_bin() -> std::ffi::OsString {
     let mut paths: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| {
-        env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))
-    }) {
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    {
         paths.push(home.join("bin"));
     }
     env::join_paths(paths).unwrap_or_default()

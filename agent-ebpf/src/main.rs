@@ -11,7 +11,7 @@
 use agent_common::{
     counters,
     events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
-    sched::{CpuState, RUNQ_SLOTS, TaskCpu, TaskKey, TASK_CPU_DEFAULT_ENTRIES, runq_slot},
+    sched::{CpuState, RUNQ_SLOTS, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,

@@ -42,10 +42,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         }
     }
     match crate::export::prometheus::encode(&state.registry) {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            text,
-        )
+        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response(),
     }

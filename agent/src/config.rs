@@ -146,8 +146,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                let value: serde_yaml::Value =
-                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?;
+                let value: serde_yaml::Value = serde_yaml::from_str(&text)
+                    .map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?;
                 // An empty file is an empty config.
                 if value.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { value }
             }
@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn fields_and_durations_parse() {
-        let config = load_str("listen: 127.0.0.1:9999\ninterval: 30s\nprobes:\n  task_map_entries: 100\n", &[]).unwrap();
+        let config =
+            load_str("listen: 127.0.0.1:9999\ninterval: 30s\nprobes:\n  task_map_entries: 100\n", &[]).unwrap();
         assert_eq!(config.listen.port(), 9999);
         assert_eq!(config.interval, Duration::from_secs(30));
         assert_eq!(config.probes.task_map_entries.get(), 100);

@@ -68,7 +68,11 @@ pub fn run(config: &Config) -> Vec<Check> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     checks.push(Check { check: "kernel".into(), status: "info", detail: release.trim().to_owned() });
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-    checks.push(check("BTF", btf, if btf { "/sys/kernel/btf/vmlinux" } else { "no /sys/kernel/btf/vmlinux: tp_btf and fentry cannot load" }));
+    checks.push(check(
+        "BTF",
+        btf,
+        if btf { "/sys/kernel/btf/vmlinux" } else { "no /sys/kernel/btf/vmlinux: tp_btf and fentry cannot load" },
+    ));
     let root = has_capability(CAP_SYS_ADMIN);
     let caps: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
         .into_iter()
@@ -78,23 +82,40 @@ pub fn run(config: &Config) -> Vec<Check> {
     checks.push(check(
         "privileges",
         can_load_probes(),
-        if caps.is_empty() { "no CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN: probes cannot load".to_owned() } else { caps.join(", ") },
+        if caps.is_empty() {
+            "no CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN: probes cannot load".to_owned()
+        } else {
+            caps.join(", ")
+        },
     ));
     if !mounted("tracefs", kernel::TRACEFS) && root {
         // The agent mounts it itself when it can; doctor reports the state after that attempt.
         let _ = kernel::ensure_tracefs();
     }
     let tracefs = mounted("tracefs", kernel::TRACEFS);
-    checks.push(check("tracefs", tracefs, if tracefs { kernel::TRACEFS.to_owned() } else { format!("not mounted at {}: classic tracepoints cannot attach", kernel::TRACEFS) }));
+    checks.push(check(
+        "tracefs",
+        tracefs,
+        if tracefs {
+            kernel::TRACEFS.to_owned()
+        } else {
+            format!("not mounted at {}: classic tracepoints cannot attach", kernel::TRACEFS)
+        },
+    ));
     let bpffs = mounted("bpf", "/sys/fs/bpf");
-    checks.push(check("bpffs", bpffs, if bpffs { "/sys/fs/bpf" } else { "not mounted at /sys/fs/bpf (only needed for pinning)" }));
+    checks.push(check(
+        "bpffs",
+        bpffs,
+        if bpffs { "/sys/fs/bpf" } else { "not mounted at /sys/fs/bpf (only needed for pinning)" },
+    ));
     match Layout::detect(&config.cgroup_root) {
         Ok(layout) => checks.push(check("cgroup layout", true, layout.describe())),
         Err(e) => checks.push(check("cgroup layout", false, e.to_string())),
     }
     if can_load_probes() {
         match kernel::check_program_types(&config.probes) {
-            Ok(types) => checks.extend(types.into_iter().map(|t| check(format!("{} {}", t.program_type, t.hook), t.ok, t.detail))),
+            Ok(types) => checks
+                .extend(types.into_iter().map(|t| check(format!("{} {}", t.program_type, t.hook), t.ok, t.detail))),
             Err(e) => checks.push(check("eBPF object", false, e.to_string())),
         }
     } else {

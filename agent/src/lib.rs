@@ -7,7 +7,7 @@ pub mod api;
 pub mod collect;
 pub mod config;
 pub mod doctor;
+pub mod export;
 pub mod identity;
 pub mod kernel;
 pub mod store;
-pub mod export;

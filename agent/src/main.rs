@@ -104,7 +104,11 @@ fn run(config: Config) -> ExitCode {
         }
         match Probes::load(&config.probes) {
             Ok(mut probes) => {
-                tracing::info!(family = probes.family().as_str(), programs = probes.attached().len(), "Probes attached");
+                tracing::info!(
+                    family = probes.family().as_str(),
+                    programs = probes.attached().len(),
+                    "Probes attached"
+                );
                 let events = probes.take_events();
                 Some((probes, events))
             }
@@ -155,7 +159,10 @@ async fn serve(
         tokio::spawn(read_events(events, aggregator.clone()));
     }
     let collector = tokio::spawn(collect_loop(config.interval, aggregator, cell, refresh_rx));
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     collector.abort();
     Ok(())
 }
@@ -180,10 +187,8 @@ async fn collect_loop(
             waiters.push(waiter);
         }
         let aggregator = aggregator.clone();
-        let collected = tokio::task::spawn_blocking(move || {
-            aggregator.lock().unwrap_or_else(|e| e.into_inner()).collect()
-        })
-        .await;
+        let collected =
+            tokio::task::spawn_blocking(move || aggregator.lock().unwrap_or_else(|e| e.into_inner()).collect()).await;
         match collected {
             Ok(snapshot) => cell.set(snapshot),
             Err(e) => tracing::error!(error = %e, "Collection panicked"),

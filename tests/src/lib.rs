@@ -17,7 +17,10 @@ use modelmeter::collect::cgroup::Layout;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root: it loads eBPF programs and creates cgroups (run `sudo cargo xtask test`)");
+    assert_eq!(
+        euid, 0,
+        "this test needs root: it loads eBPF programs and creates cgroups (run `sudo cargo xtask test`)"
+    );
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -140,7 +143,13 @@ impl CgroupGuard {
     pub fn pids(&self) -> Vec<i32> {
         self.procs_files()
             .iter()
-            .flat_map(|file| std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect::<Vec<_>>())
+            .flat_map(|file| {
+                std::fs::read_to_string(file)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -210,7 +219,12 @@ pub fn free_port() -> u16 {
 }
 
 pub fn http_get(url: &str) -> Result<String, String> {
-    ureq::get(url).timeout(Duration::from_secs(30)).call().map_err(|e| e.to_string())?.into_string().map_err(|e| e.to_string())
+    ureq::get(url)
+        .timeout(Duration::from_secs(30))
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|e| e.to_string())
 }
 
 /// The agent as a child process, with its own config, on a free port. Stopped with SIGTERM on drop.
@@ -329,7 +343,11 @@ impl Metrics {
     }
 
     /// Samples of `name` whose labels include all of `labels`.
-    pub fn select<'a>(&'a self, name: &'a str, labels: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
+    pub fn select<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
         self.samples.iter().filter(move |s| {
             s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })

@@ -92,7 +92,10 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
         "burner: agent {agent_delta:.4} s vs cpuacct {cgroup_delta:.4} s over the same window"
     );
     let idle_delta = agent2_end - agent2_start;
-    println!("burner CPU over the window: agent {agent_delta:.4} s, cpuacct {cgroup_delta:.4} s; holder: agent {:.4} s", agent2_end - agent2_start);
+    println!(
+        "burner CPU over the window: agent {agent_delta:.4} s, cpuacct {cgroup_delta:.4} s; holder: agent {:.4} s",
+        agent2_end - agent2_start
+    );
     assert!(idle_delta < 0.05, "the memory holder should use almost no CPU, agent says {idle_delta:.4} s");
 
     // Memory: the holder's working set as the cgroup itself reports it.
@@ -112,7 +115,11 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
     // OOM: a process that outgrows 64 MiB is killed, and the agent counts it.
     let mut victim = pod3.spawn_workload(&["oom", "1024"]);
     let status = victim.0.wait().expect("waiting for the OOM victim");
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "expected an OOM kill, got {status}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "expected an OOM kill, got {status}"
+    );
     let kills = wait_for(Duration::from_secs(10), "the OOM kill in the agent's metrics", || {
         agent.metrics().get("container_oom_kills_total", &labels3).filter(|v| *v >= 1.0)
     });
@@ -135,7 +142,11 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
     assert!(metrics.get(CPU_TIME, &labels1).is_some());
 
     // Agent's own figures.
-    let runs = metrics.select("modelmeter_probe_runs_total", &[]).filter(|s| s.labels["event"] == "sched/sched_switch").map(|s| s.value).sum::<f64>();
+    let runs = metrics
+        .select("modelmeter_probe_runs_total", &[])
+        .filter(|s| s.labels["event"] == "sched/sched_switch")
+        .map(|s| s.value)
+        .sum::<f64>();
     assert!(runs > 0.0, "bpf_stats run count of sched_switch should be positive");
     assert_eq!(metrics.get("modelmeter_ringbuf_drops_total", &[]), Some(0.0));
 

@@ -71,9 +71,7 @@ impl Layout {
         } else if v1 != V1Roots::default() {
             Ok(Layout::Legacy { v1 })
         } else {
-            Err(CgroupError::NoHierarchy {
-                root: root.to_path_buf(),
-            })
+            Err(CgroupError::NoHierarchy { root: root.to_path_buf() })
         }
     }
 
@@ -172,10 +170,7 @@ pub struct CgroupStats {
 }
 
 fn read_stats_v2(dir: &Path) -> Result<CgroupStats, CgroupError> {
-    Ok(CgroupStats {
-        memory: read_memory_v2(dir)?,
-        cpu: read_cpu_v2(dir)?,
-    })
+    Ok(CgroupStats { memory: read_memory_v2(dir)?, cpu: read_cpu_v2(dir)? })
 }
 
 /// Reads memory.current, memory.stat, memory.max and memory.events of a v2 cgroup.
@@ -242,9 +237,7 @@ pub fn read_cpu_v2(dir: &Path) -> Result<CpuStats, CgroupError> {
 /// See <https://www.kernel.org/doc/Documentation/scheduler/sched-bwc.rst> and
 /// <https://www.kernel.org/doc/Documentation/admin-guide/cgroup-v1/cpuacct.rst>.
 pub fn read_cpu_v1(cpu_dir: Option<&Path>, cpuacct_dir: Option<&Path>) -> Result<CpuStats, CgroupError> {
-    let usage_ns = cpuacct_dir
-        .map(|dir| read_u64(&dir.join("cpuacct.usage")))
-        .transpose()?;
+    let usage_ns = cpuacct_dir.map(|dir| read_u64(&dir.join("cpuacct.usage"))).transpose()?;
     // v1 cpu.stat exists only on kernels built with CONFIG_CFS_BANDWIDTH.
     let [periods, throttled_periods, throttled_ns] = match cpu_dir {
         Some(dir) => read_keyed_optional(&dir.join("cpu.stat"), ["nr_periods", "nr_throttled", "throttled_time"])?,
@@ -316,17 +309,11 @@ fn read(path: &Path) -> Result<String, CgroupError> {
 }
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Read {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CgroupError::Read { path: path.to_path_buf(), source }
 }
 
 fn parse_error(path: &Path) -> impl FnOnce(String) -> CgroupError + '_ {
-    move |reason| CgroupError::Parse {
-        path: path.to_path_buf(),
-        reason,
-    }
+    move |reason| CgroupError::Parse { path: path.to_path_buf(), reason }
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
@@ -416,11 +403,8 @@ mod tests {
         ("cpu.stat", V2_CPU),
     ];
     const V1_STAT: &str = "rss 40\ninactive_file 10\ntotal_rss 400\ntotal_inactive_file 250\n";
-    const V1_MEMORY: &[(&str, &str)] = &[
-        ("memory.usage_in_bytes", "1000\n"),
-        ("memory.stat", V1_STAT),
-        ("memory.limit_in_bytes", "4096\n"),
-    ];
+    const V1_MEMORY: &[(&str, &str)] =
+        &[("memory.usage_in_bytes", "1000\n"), ("memory.stat", V1_STAT), ("memory.limit_in_bytes", "4096\n")];
 
     #[test]
     fn v2_with_limits() {
@@ -434,12 +418,7 @@ mod tests {
             oom_kills: Some(1),
         };
         assert_eq!(read_memory_v2(tmp.path()).unwrap(), want);
-        let want = CpuStats {
-            usage_ns: Some(5_000_000),
-            periods: 10,
-            throttled_periods: 2,
-            throttled_ns: 700_000,
-        };
+        let want = CpuStats { usage_ns: Some(5_000_000), periods: 10, throttled_periods: 2, throttled_ns: 700_000 };
         assert_eq!(read_cpu_v2(tmp.path()).unwrap(), want);
     }
 
@@ -505,17 +484,9 @@ mod tests {
     fn v1_cpu_and_cpuacct() {
         let tmp = tempfile::tempdir().unwrap();
         let (cpu, acct) = (tmp.path().join("cpu"), tmp.path().join("cpuacct"));
-        tree(
-            &cpu,
-            &[("cpu.stat", "nr_periods 7\nnr_throttled 3\nthrottled_time 123456\n")],
-        );
+        tree(&cpu, &[("cpu.stat", "nr_periods 7\nnr_throttled 3\nthrottled_time 123456\n")]);
         tree(&acct, &[("cpuacct.usage", "987654321\n")]);
-        let want = CpuStats {
-            usage_ns: Some(987_654_321),
-            periods: 7,
-            throttled_periods: 3,
-            throttled_ns: 123_456,
-        };
+        let want = CpuStats { usage_ns: Some(987_654_321), periods: 7, throttled_periods: 3, throttled_ns: 123_456 };
         assert_eq!(read_cpu_v1(Some(&cpu), Some(&acct)).unwrap(), want);
         assert_eq!(read_cpu_v1(None, None).unwrap(), CpuStats::default());
         assert!(error_naming(read_cpu_v1(None, Some(&cpu)), "cpuacct.usage").is_not_found());
@@ -562,27 +533,18 @@ mod tests {
         assert!(matches!(Layout::detect(root), Err(CgroupError::NoHierarchy { .. })));
 
         tree(&root.join("memory"), V1_MEMORY);
-        let v1 = V1Roots {
-            memory: Some(root.join("memory")),
-            ..V1Roots::default()
-        };
+        let v1 = V1Roots { memory: Some(root.join("memory")), ..V1Roots::default() };
         let legacy = Layout::detect(root).unwrap();
         assert_eq!(legacy, Layout::Legacy { v1: v1.clone() });
         assert_eq!((legacy.v2_root(), legacy.v1_roots()), (None, Some(&v1)));
-        assert_eq!(
-            (legacy.describe().as_str(), legacy.stats_from_v2()),
-            ("legacy (v1)", false)
-        );
+        assert_eq!((legacy.describe().as_str(), legacy.stats_from_v2()), ("legacy (v1)", false));
 
         let v2 = root.join("unified");
         tree(&v2, &[("cgroup.controllers", "")]);
         let hybrid = Layout::detect(root).unwrap();
         assert_eq!(hybrid, Layout::Hybrid { v2: v2.clone(), v1 });
         assert!(!hybrid.stats_from_v2());
-        assert_eq!(
-            hybrid.describe(),
-            format!("hybrid (v1 controllers + v2 at {})", v2.display())
-        );
+        assert_eq!(hybrid.describe(), format!("hybrid (v1 controllers + v2 at {})", v2.display()));
         tree(&v2, &[("cgroup.controllers", "cpu io memory pids\n")]);
         assert!(hybrid.stats_from_v2());
 
@@ -590,27 +552,17 @@ mod tests {
         let unified = Layout::detect(root).unwrap();
         assert_eq!(unified, Layout::Unified { v2: root.to_path_buf() });
         assert_eq!((unified.v2_root(), unified.v1_roots()), (Some(root), None));
-        assert_eq!(
-            (unified.describe().as_str(), unified.stats_from_v2()),
-            ("unified (v2)", true)
-        );
+        assert_eq!((unified.describe().as_str(), unified.stats_from_v2()), ("unified (v2)", true));
     }
 
     #[test]
     fn detects_combined_cpu_cpuacct_through_symlinks() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        tree(
-            &root.join("cpu,cpuacct"),
-            &[("cpu.shares", "1024"), ("cpuacct.usage", "5")],
-        );
+        tree(&root.join("cpu,cpuacct"), &[("cpu.shares", "1024"), ("cpuacct.usage", "5")]);
         symlink("cpu,cpuacct", root.join("cpu")).unwrap();
         symlink("cpu,cpuacct", root.join("cpuacct")).unwrap();
-        let v1 = V1Roots {
-            cpu: Some(root.join("cpu")),
-            cpuacct: Some(root.join("cpuacct")),
-            memory: None,
-        };
+        let v1 = V1Roots { cpu: Some(root.join("cpu")), cpuacct: Some(root.join("cpuacct")), memory: None };
         assert_eq!(Layout::detect(root).unwrap(), Layout::Legacy { v1 });
     }
 

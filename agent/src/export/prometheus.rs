@@ -92,9 +92,7 @@ fn with_stats<'a, T>(
     containers: &'a [ContainerSample],
     value: impl Fn(&crate::collect::cgroup::CgroupStats) -> Option<T> + 'a,
 ) -> impl Iterator<Item = (Labels, T)> + 'a {
-    containers
-        .iter()
-        .filter_map(move |c| c.stats.as_ref().and_then(&value).map(|v| (identity_labels(&c.identity), v)))
+    containers.iter().filter_map(move |c| c.stats.as_ref().and_then(&value).map(|v| (identity_labels(&c.identity), v)))
 }
 
 impl prometheus_client::collector::Collector for SnapshotCollector {
@@ -191,13 +189,22 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
 }
 
 impl SnapshotCollector {
-    fn encode_agent(&self, e: &mut DescriptorEncoder, agent: &crate::store::AgentSample) -> Result<(), std::fmt::Error> {
+    fn encode_agent(
+        &self,
+        e: &mut DescriptorEncoder,
+        agent: &crate::store::AgentSample,
+    ) -> Result<(), std::fmt::Error> {
         let build: Labels = vec![
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
             ("probe_family", agent.probe_family.unwrap_or("none").to_owned()),
         ];
-        e.encode_descriptor("modelmeter_build", "The agent's version and the scheduler probe family in use.", None, MetricType::Info)?
-            .encode_info(&build)?;
+        e.encode_descriptor(
+            "modelmeter_build",
+            "The agent's version and the scheduler probe family in use.",
+            None,
+            MetricType::Info,
+        )?
+        .encode_info(&build)?;
         let probe_labels = |p: &kernel::AttachedProgram| vec![("probe", p.name.clone()), ("event", p.event.clone())];
         family(
             e,
@@ -232,7 +239,11 @@ impl SnapshotCollector {
             "Failures inside the probes, by kind (a full map, a failed update).",
             None,
             MetricType::Counter,
-            agent.probe_counters.iter().filter(|(n, _)| *n != "ringbuf_drops").map(|(n, v)| (vec![("error", n.to_string())], *v)),
+            agent
+                .probe_counters
+                .iter()
+                .filter(|(n, _)| *n != "ringbuf_drops")
+                .map(|(n, v)| (vec![("error", n.to_string())], *v)),
             counter_u64,
         )?;
         family(

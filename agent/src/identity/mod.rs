@@ -45,12 +45,7 @@ impl Runtime {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
     /// A container of a Kubernetes pod.
-    PodContainer {
-        pod_uid: String,
-        container_id: String,
-        runtime: Runtime,
-        qos: QosClass,
-    },
+    PodContainer { pod_uid: String, container_id: String, runtime: Runtime, qos: QosClass },
     /// The pod's own cgroup (processes placed directly in it, e.g. a sandbox without its own cgroup).
     Pod { pod_uid: String, qos: QosClass },
     /// A Docker container outside Kubernetes.
@@ -109,21 +104,14 @@ pub fn identify(cgroup_path: &str) -> Identity {
 
 /// Finds the outermost pod component and resolves the container right below it, if any.
 fn kubernetes(parts: &[&str]) -> Option<Identity> {
-    let (i, pod_uid, qos) = parts
-        .iter()
-        .enumerate()
-        .find_map(|(i, c)| pod_component(&parts[..i], c).map(|(uid, qos)| (i, uid, qos)))?;
+    let (i, pod_uid, qos) =
+        parts.iter().enumerate().find_map(|(i, c)| pod_component(&parts[..i], c).map(|(uid, qos)| (i, uid, qos)))?;
     let Some(next) = parts.get(i + 1) else {
         return Some(Identity::Pod { pod_uid, qos });
     };
     // Anything deeper than the container component belongs to that container.
     Some(match container(next) {
-        Some((runtime, container_id)) => Identity::PodContainer {
-            pod_uid,
-            container_id,
-            runtime,
-            qos,
-        },
+        Some((runtime, container_id)) => Identity::PodContainer { pod_uid, container_id, runtime, qos },
         None => Identity::Other,
     })
 }
@@ -183,24 +171,17 @@ fn container(name: &str) -> Option<(Runtime, String)> {
     if stem.starts_with("crio-conmon-") {
         return None;
     }
-    let (runtime, id) = [
-        ("cri-containerd-", Runtime::Containerd),
-        ("crio-", Runtime::CriO),
-        ("docker-", Runtime::Docker),
-    ]
-    .into_iter()
-    .find_map(|(prefix, runtime)| stem.strip_prefix(prefix).map(|id| (runtime, id)))?;
+    let (runtime, id) =
+        [("cri-containerd-", Runtime::Containerd), ("crio-", Runtime::CriO), ("docker-", Runtime::Docker)]
+            .into_iter()
+            .find_map(|(prefix, runtime)| stem.strip_prefix(prefix).map(|id| (runtime, id)))?;
     is_container_id(id).then(|| (runtime, id.to_ascii_lowercase()))
 }
 
 /// Standalone Docker: cgroupfs `docker/<id>` or systemd `docker-<id>.scope`, outermost first.
 fn docker(parts: &[&str]) -> Option<String> {
     parts.iter().enumerate().find_map(|(i, c)| {
-        let id = if *c == "docker" {
-            parts.get(i + 1)?
-        } else {
-            c.strip_prefix("docker-")?.strip_suffix(".scope")?
-        };
+        let id = if *c == "docker" { parts.get(i + 1)? } else { c.strip_prefix("docker-")?.strip_suffix(".scope")? };
         is_container_id(id).then(|| id.to_ascii_lowercase())
     })
 }
@@ -211,9 +192,7 @@ fn is_container_id(s: &str) -> bool {
 
 /// `kubepods` (cgroupfs) or any slice with a `kubepods` dash-segment (`kubelet-kubepods-burstable.slice`).
 fn is_kubepods(c: &str) -> bool {
-    c == "kubepods"
-        || c.strip_suffix(".slice")
-            .is_some_and(|s| s.split('-').any(|seg| seg == "kubepods"))
+    c == "kubepods" || c.strip_suffix(".slice").is_some_and(|s| s.split('-').any(|seg| seg == "kubepods"))
 }
 
 /// A service or scope with a name systemd could have produced (it escapes everything else).
@@ -223,9 +202,7 @@ fn is_unit(c: &str) -> bool {
     };
     !stem.is_empty()
         && !stem.starts_with("crio-conmon-")
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
+        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
 #[cfg(test)]
@@ -241,19 +218,11 @@ mod tests {
     }
 
     fn container(runtime: Runtime, qos: QosClass) -> Identity {
-        Identity::PodContainer {
-            pod_uid: UID.into(),
-            container_id: ID.into(),
-            runtime,
-            qos,
-        }
+        Identity::PodContainer { pod_uid: UID.into(), container_id: ID.into(), runtime, qos }
     }
 
     fn pod(qos: QosClass) -> Identity {
-        Identity::Pod {
-            pod_uid: UID.into(),
-            qos,
-        }
+        Identity::Pod { pod_uid: UID.into(), qos }
     }
 
     /// (cgroupfs QoS dir, systemd QoS slice prefix) per class.
@@ -264,11 +233,7 @@ mod tests {
     ];
 
     fn systemd_pod_dir(prefix: &str, qos_prefix: &str) -> String {
-        let parent = if qos_prefix == prefix {
-            String::new()
-        } else {
-            format!("{qos_prefix}.slice/")
-        };
+        let parent = if qos_prefix == prefix { String::new() } else { format!("{qos_prefix}.slice/") };
         format!("/{prefix}.slice/{parent}{qos_prefix}-pod{}.slice", sd_uid())
     }
 
@@ -291,11 +256,7 @@ mod tests {
 
     #[test]
     fn systemd_all_qos_classes_and_runtimes() {
-        let runtimes = [
-            ("cri-containerd", Runtime::Containerd),
-            ("crio", Runtime::CriO),
-            ("docker", Runtime::Docker),
-        ];
+        let runtimes = [("cri-containerd", Runtime::Containerd), ("crio", Runtime::CriO), ("docker", Runtime::Docker)];
         for (qos, _, qos_prefix) in QOS {
             let pod_dir = systemd_pod_dir("kubepods", qos_prefix);
             assert_eq!(identify(&pod_dir), pod(qos));
@@ -338,10 +299,7 @@ mod tests {
             systemd_pod_dir("kubelet.slice/kubelet-kubepods", "kubelet-kubepods-burstable")
         );
         assert_eq!(identify(&path), container(Runtime::Containerd, QosClass::Burstable));
-        let path = format!(
-            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{}.slice",
-            sd_uid()
-        );
+        let path = format!("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{}.slice", sd_uid());
         assert_eq!(identify(&path), pod(QosClass::Guaranteed));
         // The kind node's own QoS parent is Kubernetes-owned, not the node container's workload.
         assert_eq!(identify(&format!("/docker/{ID}/kubepods/besteffort")), Identity::Other);
@@ -351,11 +309,7 @@ mod tests {
     fn static_pod_uid_and_normalisation() {
         let path = format!("/kubepods/pod{STATIC_UID}/{ID}");
         assert_eq!(identify(&path).pod_uid(), Some(STATIC_UID));
-        let path = format!(
-            "kubepods.slice/kubepods-pod{}.slice//{}/",
-            STATIC_UID.to_uppercase(),
-            ID.to_uppercase()
-        );
+        let path = format!("kubepods.slice/kubepods-pod{}.slice//{}/", STATIC_UID.to_uppercase(), ID.to_uppercase());
         let id = identify(&path);
         assert_eq!((id.pod_uid(), id.container_id()), (Some(STATIC_UID), Some(ID)));
         let path = format!("kubepods//burstable/pod{}", UID.to_uppercase());
@@ -364,20 +318,12 @@ mod tests {
 
     #[test]
     fn standalone_docker_both_drivers() {
-        let docker = Identity::Docker {
-            container_id: ID.into(),
-        };
+        let docker = Identity::Docker { container_id: ID.into() };
         assert_eq!(identify(&format!("/docker/{ID}")), docker);
         assert_eq!(identify(&format!("/system.slice/docker-{ID}.scope")), docker);
-        assert_eq!(
-            identify(&format!("/docker/{ID}/system.slice/containerd.service")),
-            docker
-        );
+        assert_eq!(identify(&format!("/docker/{ID}/system.slice/containerd.service")), docker);
         // A malformed id is just some scope unit, never a container.
-        assert_eq!(
-            identify(&format!("/system.slice/docker-{}.scope", &ID[1..])).container_id(),
-            None
-        );
+        assert_eq!(identify(&format!("/system.slice/docker-{}.scope", &ID[1..])).container_id(), None);
         assert_eq!(docker.container_id(), Some(ID));
         assert_eq!(docker.pod_uid(), None);
     }
@@ -389,17 +335,11 @@ mod tests {
             ("/user.slice/user-1000.slice/session-3.scope", "session-3.scope"),
             ("/system.slice/foo.service/sub", "foo.service"),
             ("system.slice/systemd-journald.service/", "systemd-journald.service"),
-            (
-                "/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.scope",
-                "app-foo.scope",
-            ),
+            ("/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo.scope", "app-foo.scope"),
         ] {
             assert_eq!(identify(path), Identity::SystemdUnit { unit: unit.into() }, "{path}");
         }
-        assert_eq!(
-            identify(&format!("/system.slice/crio-conmon-{ID}.scope")),
-            Identity::Other
-        );
+        assert_eq!(identify(&format!("/system.slice/crio-conmon-{ID}.scope")), Identity::Other);
         assert_eq!(identify("/system.slice/.service"), Identity::Other);
         assert_eq!(identify("/system.slice/🦀.service"), Identity::Other);
     }
@@ -429,10 +369,7 @@ mod tests {
             long,
         ] {
             let id = identify(&path);
-            assert!(
-                matches!(id, Identity::Other | Identity::Pod { .. }),
-                "{path:.200}: {id:?}"
-            );
+            assert!(matches!(id, Identity::Other | Identity::Pod { .. }), "{path:.200}: {id:?}");
             assert_eq!(id.container_id(), None, "{path:.200}");
         }
         // A truncated uid is never reported as a pod.
@@ -467,20 +404,14 @@ mod tests {
     fn check(path: &str) {
         let id = identify(path);
         if let Some(cid) = id.container_id() {
-            assert!(
-                cid.len() == 64 && cid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-                "{path:?}"
-            );
+            assert!(cid.len() == 64 && cid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{path:?}");
         }
         if let Some(uid) = id.pod_uid() {
             assert!(matches!(uid.len(), 32 | 36) && !uid.bytes().any(|b| b.is_ascii_uppercase() || b == b'_'));
         }
         if let Identity::PodContainer { container_id, .. } = &id {
             let conmon = format!("crio-conmon-{container_id}");
-            assert!(
-                !path.to_ascii_lowercase().split('/').any(|c| c.starts_with(&conmon)),
-                "{path:?}"
-            );
+            assert!(!path.to_ascii_lowercase().split('/').any(|c| c.starts_with(&conmon)), "{path:?}");
         }
     }
 

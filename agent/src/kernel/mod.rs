@@ -126,7 +126,10 @@ pub fn ensure_tracefs() -> Result<(), String> {
         libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     };
     if rc != 0 {
-        return Err(format!("tracefs is not mounted at {TRACEFS} and mounting it failed: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "tracefs is not mounted at {TRACEFS} and mounting it failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -371,17 +374,20 @@ pub fn decode_event(bytes: &[u8]) -> Option<Event> {
 /// accounted by sched_switch before the maps are read. Costs one migration per CPU.
 pub fn flush_cpu_slices() {
     let Ok(cpus) = aya::util::online_cpus() else { return };
-    let _ = std::thread::Builder::new().name("cpu-flush".into()).spawn(move || {
-        for cpu in cpus {
-            // SAFETY: cpu_set_t is plain data; sched_setaffinity on the calling thread (pid 0)
-            // migrates it to `cpu` before returning, which is a context switch there.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu as usize, &mut set);
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    let _ = std::thread::Builder::new()
+        .name("cpu-flush".into())
+        .spawn(move || {
+            for cpu in cpus {
+                // SAFETY: cpu_set_t is plain data; sched_setaffinity on the calling thread (pid 0)
+                // migrates it to `cpu` before returning, which is a context switch there.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu as usize, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
             }
-        }
-    }).map(|handle| handle.join());
+        })
+        .map(|handle| handle.join());
 }
 
 /// One program type's verdict for `doctor`.
@@ -409,33 +415,53 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
         });
     };
     let btf_ref = btf.as_ref().map_err(|e| format!("kernel BTF unavailable: {e}"));
-    record("tp_btf", "sched_switch", (|| {
-        let btf = btf_ref.clone()?;
-        let p: &mut BtfTracePoint = program_mut(&mut ebpf, "sched_switch_btf")?;
-        p.load("sched_switch", btf).map_err(|e| describe(&e))?;
-        p.attach().map(drop).map_err(|e| describe(&e))
-    })());
-    record("raw_tracepoint", "sched_switch", (|| {
-        let p: &mut RawTracePoint = program_mut(&mut ebpf, "sched_switch_raw")?;
-        p.load().map_err(|e| describe(&e))?;
-        p.attach("sched_switch").map(drop).map_err(|e| describe(&e))
-    })());
-    record("tracepoint", "sched/sched_switch", (|| {
-        attach_tracepoint(&mut ebpf, "sched_switch_tp", "sched", "sched_switch")
-            .map_err(|e| match &tracefs { Err(why) => format!("{e}; {why}"), Ok(()) => e })
-    })());
+    record(
+        "tp_btf",
+        "sched_switch",
+        (|| {
+            let btf = btf_ref.clone()?;
+            let p: &mut BtfTracePoint = program_mut(&mut ebpf, "sched_switch_btf")?;
+            p.load("sched_switch", btf).map_err(|e| describe(&e))?;
+            p.attach().map(drop).map_err(|e| describe(&e))
+        })(),
+    );
+    record(
+        "raw_tracepoint",
+        "sched_switch",
+        (|| {
+            let p: &mut RawTracePoint = program_mut(&mut ebpf, "sched_switch_raw")?;
+            p.load().map_err(|e| describe(&e))?;
+            p.attach("sched_switch").map(drop).map_err(|e| describe(&e))
+        })(),
+    );
+    record(
+        "tracepoint",
+        "sched/sched_switch",
+        attach_tracepoint(&mut ebpf, "sched_switch_tp", "sched", "sched_switch").map_err(|e| match &tracefs {
+            Err(why) => format!("{e}; {why}"),
+            Ok(()) => e,
+        }),
+    );
     record("tracepoint", "oom/mark_victim", attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim"));
-    record("kprobe", "do_exit", (|| {
-        let p: &mut KProbe = program_mut(&mut ebpf, "doctor_kprobe")?;
-        p.load().map_err(|e| describe(&e))?;
-        p.attach("do_exit", 0).map(drop).map_err(|e| describe(&e))
-    })());
-    record("fentry", "do_exit", (|| {
-        let btf = btf_ref.clone()?;
-        let p: &mut FEntry = program_mut(&mut ebpf, "doctor_fentry")?;
-        p.load("do_exit", btf).map_err(|e| describe(&e))?;
-        p.attach().map(drop).map_err(|e| describe(&e))
-    })());
+    record(
+        "kprobe",
+        "do_exit",
+        (|| {
+            let p: &mut KProbe = program_mut(&mut ebpf, "doctor_kprobe")?;
+            p.load().map_err(|e| describe(&e))?;
+            p.attach("do_exit", 0).map(drop).map_err(|e| describe(&e))
+        })(),
+    );
+    record(
+        "fentry",
+        "do_exit",
+        (|| {
+            let btf = btf_ref.clone()?;
+            let p: &mut FEntry = program_mut(&mut ebpf, "doctor_fentry")?;
+            p.load("do_exit", btf).map_err(|e| describe(&e))?;
+            p.attach().map(drop).map_err(|e| describe(&e))
+        })(),
+    );
     let ring: Result<RingBuf<MapData>, _> = take_map(&mut ebpf, EVENTS_MAP);
     record("ringbuf map", "EVENTS", ring.map(drop).map_err(|e| describe(&e)));
     let per_cpu: Result<PerCpuHashMap<MapData, TaskKey, TaskCpu>, _> = take_map(&mut ebpf, TASK_CPU_MAP);

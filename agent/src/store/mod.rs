@@ -187,9 +187,8 @@ impl Aggregator {
         if let Some(cached) = self.by_tgid.get(&tgid) {
             return cached.clone();
         }
-        let resolved = procfs::read_proc_cgroup(&self.proc_root, tgid).and_then(|cgroups| {
-            cgroups.paths().map(identify).find(|identity| self.wanted(identity))
-        });
+        let resolved = procfs::read_proc_cgroup(&self.proc_root, tgid)
+            .and_then(|cgroups| cgroups.paths().map(identify).find(|identity| self.wanted(identity)));
         // Bounded: a host with runaway process churn must not grow this without limit.
         if self.by_tgid.len() >= 65_536 {
             self.by_tgid.clear();
@@ -280,8 +279,7 @@ impl Aggregator {
                 Some(identity) => Some(identity.clone()),
                 None => self.resolve_tgid(key.tgid),
             };
-            let is_alive =
-                *alive.entry(key.tgid).or_insert_with(|| procfs::process_exists(&self.proc_root, key.tgid));
+            let is_alive = *alive.entry(key.tgid).or_insert_with(|| procfs::process_exists(&self.proc_root, key.tgid));
             let tracked = identity.as_ref().and_then(|i| self.tracked.get_mut(i));
             match (is_alive, tracked) {
                 (true, Some(_)) => {

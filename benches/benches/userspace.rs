@@ -1,0 +1,70 @@
+//! Userspace hot paths: identity of a cgroup path, cgroup file readers, /proc/<pid>/cgroup
+//! parsing, and encoding a 50-container snapshot as `/metrics` text.
+
+use std::{hint::black_box, sync::Arc, time::SystemTime};
+
+use agent_common::sched::{TaskCpu, runq_slot};
+use criterion::{Criterion, criterion_group, criterion_main};
+use modelmeter::{
+    collect::{cgroup, procfs},
+    export::prometheus,
+    identity::identify,
+    store::{AgentSample, ContainerSample, Snapshot, SnapshotCell},
+};
+
+const SYSTEMD_PATH: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_0000_4000_8000_123456789abc.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+
+fn identity(c: &mut Criterion) {
+    c.bench_function("identify systemd container path", |b| b.iter(|| identify(black_box(SYSTEMD_PATH))));
+    c.bench_function("identify systemd unit path", |b| b.iter(|| identify(black_box("/system.slice/ssh.service"))));
+    c.bench_function("runq_slot", |b| b.iter(|| runq_slot(black_box(123_456_789))));
+}
+
+fn readers(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("fixture");
+    write("memory.current", "210239488\n");
+    write("memory.max", "max\n");
+    write("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n");
+    write(
+        "memory.stat",
+        "anon 209715200\nfile 524288\nkernel 1048576\nactive_anon 209715200\ninactive_anon 0\nactive_file 262144\ninactive_file 262144\npgfault 51200\n",
+    );
+    write(
+        "cpu.stat",
+        "usage_usec 6004000\nuser_usec 6000000\nsystem_usec 4000\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n",
+    );
+    c.bench_function("read v2 memory stats", |b| {
+        b.iter(|| cgroup::read_memory_v2(black_box(dir.path())).expect("read"))
+    });
+    c.bench_function("read v2 cpu stats", |b| b.iter(|| cgroup::read_cpu_v2(black_box(dir.path())).expect("read")));
+    let proc_cgroup = "12:memory:/kubepods/burstable/podx/abc\n4:cpu,cpuacct:/kubepods/burstable/podx/abc\n1:name=systemd:/\n0::/kubepods/burstable/podx/abc\n";
+    c.bench_function("parse /proc/<pid>/cgroup", |b| b.iter(|| procfs::parse_proc_cgroup(black_box(proc_cgroup))));
+}
+
+fn encode(c: &mut Criterion) {
+    let containers = (0..50)
+        .map(|i| {
+            let path = format!("/kubepods/burstable/pod1b2c3d4e-0000-4000-8000-{i:012}/{:064x}", i);
+            let mut runq = TaskCpu::ZERO;
+            runq.runq_slots[3] = 100;
+            ContainerSample {
+                identity: identify(&path),
+                cgroup_path: path,
+                cpu_ns: 1_000_000 * i,
+                runq: Some(runq),
+                stats: Some(cgroup::CgroupStats::default()),
+                oom_kills: 0,
+            }
+        })
+        .collect();
+    let cell = Arc::new(SnapshotCell::default());
+    cell.set(Snapshot { taken_at: SystemTime::now(), containers, agent: AgentSample::default() });
+    let registry = prometheus::registry(cell);
+    c.bench_function("encode /metrics, 50 containers", |b| {
+        b.iter(|| prometheus::encode(black_box(&registry)).expect("encode"))
+    });
+}
+
+criterion_group!(benches, identity, readers, encode);
+criterion_main!(benches);
