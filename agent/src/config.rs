@@ -24,8 +24,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid YAML: {source}")]
-    Yaml { path: PathBuf, source: serde_yaml::Error },
+    #[error("config file {path} is not valid YAML")]
+    Yaml {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
     #[error("invalid config at `{field}`: {message}")]
     Field { field: String, message: String },
     #[error("environment variable {var} is not valid: {message}")]

@@ -407,11 +407,12 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
     let btf = Btf::from_sys_fs();
     let mut checks = Vec::new();
     let mut record = |program_type: &'static str, hook: &str, result: Result<(), String>| {
+        let works = if program_type.ends_with(" map") { "created" } else { "loads and attaches" };
         checks.push(ProbeCheck {
             program_type,
             hook: hook.to_owned(),
             ok: result.is_ok(),
-            detail: result.err().unwrap_or_else(|| "loads and attaches".to_owned()),
+            detail: result.err().unwrap_or_else(|| works.to_owned()),
         });
     };
     let btf_ref = btf.as_ref().map_err(|e| format!("kernel BTF unavailable: {e}"));

@@ -1,0 +1,91 @@
+//! The `modelmeter` command line: config errors and missing privileges end with one clear
+//! sentence and exit code 2; `doctor` reports what this kernel allows.
+
+use std::process::Command;
+
+use e2e::{modelmeter_bin, require_root};
+
+fn run_with_config(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(config.path(), yaml).expect("writing config");
+    let output = Command::new(modelmeter_bin())
+        .args(["run", "--config"])
+        .arg(config.path())
+        .envs(env.iter().copied())
+        .output()
+        .expect("running modelmeter");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn bad_config_names_the_field_and_exits_2() {
+    let (code, stderr) = run_with_config("probes:\n  task_map_entrys: 5\n", &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("probes.task_map_entrys"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one sentence expected: {stderr}");
+
+    let (code, stderr) = run_with_config("listen: [\n", &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not valid YAML") && stderr.contains("line"), "{stderr}");
+
+    let (code, stderr) = run_with_config("", &[("MODELMETER_INTERVAL", "soon")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("interval") && stderr.contains("MODELMETER_INTERVAL"), "{stderr}");
+
+    let (code, stderr) = run_with_config("cgroup_root: /nonexistent\n", &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cgroup_root"), "{stderr}");
+}
+
+#[test]
+fn missing_privilege_names_the_capability_and_exits_2() {
+    require_root();
+    // The same binary with every capability dropped, as an unprivileged user.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(modelmeter_bin())
+        .arg("run")
+        .env("MODELMETER_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("running setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
+}
+
+#[test]
+fn doctor_reports_this_kernel() {
+    require_root();
+    let output = Command::new(modelmeter_bin()).args(["doctor", "--json"]).output().expect("running doctor");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("doctor --json is JSON");
+    let status = |name: &str| {
+        checks.iter().find(|c| c["check"] == name).unwrap_or_else(|| panic!("doctor has no `{name}` check: {checks:?}"))
+            ["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // What this project's machines allow (DESIGN.md §3): a feature that should work and does not is a failure.
+    for works in [
+        "BTF",
+        "privileges",
+        "tracefs",
+        "cgroup layout",
+        "tp_btf sched_switch",
+        "raw_tracepoint sched_switch",
+        "tracepoint sched/sched_switch",
+        "tracepoint oom/mark_victim",
+        "ringbuf map EVENTS",
+        "percpu_hash map TASK_CPU",
+    ] {
+        assert_eq!(status(works), "ok", "{works}: {checks:?}");
+    }
+    // These exist in the object but this kernel refuses them; doctor must say so, with a reason.
+    for refused in ["kprobe do_exit", "fentry do_exit"] {
+        assert_eq!(status(refused), "missing", "{refused}: {checks:?}");
+    }
+    let table = Command::new(modelmeter_bin()).arg("doctor").output().expect("running doctor");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("CHECK") && text.contains("tp_btf sched_switch"), "{text}");
+}
