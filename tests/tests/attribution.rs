@@ -167,7 +167,7 @@ fn prometheus_scrapes_the_agent() {
         uid.replace('-', "_")
     ));
     let _worker = pod.spawn_workload(&["burn"]);
-    let agent = Agent::start("interval: 1s\n");
+    let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\n");
     let prometheus = Prometheus::start(agent.addr);
     let query = format!("{}{{pod_uid=\"{uid}\",container_id=\"{id}\"}}", CPU_TIME);
     let result = wait_for(Duration::from_secs(60), "prometheus to return the test container's CPU time", || {
@@ -183,6 +183,13 @@ fn prometheus_scrapes_the_agent() {
     assert_eq!(metric["qos_class"], "BestEffort");
     let value: f64 = result[0]["value"][1].as_str().expect("value string").parse().expect("number");
     assert!(value > 0.0, "the burner's CPU time should be positive, got {value}");
+    // The burner started before the agent: the counter still carries the cgroup's whole life.
+    let labels = [("pod_uid", uid.as_str()), ("container_id", id.as_str())];
+    let (agent_seconds, cgroup_seconds) = cpu_pair(&agent, &pod, &labels);
+    assert!(
+        within(agent_seconds, cgroup_seconds, 0.05),
+        "lifetime CPU: agent {agent_seconds:.4} s vs cpuacct {cgroup_seconds:.4} s"
+    );
     // Prometheus accepted every series of the page (a malformed page fails the whole scrape).
     let up = prometheus.query("up{job=\"modelmeter\"}");
     assert_eq!(up[0]["value"][1], "1", "scrape not healthy: {up:?}\n{}", prometheus.log());

@@ -187,9 +187,43 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     cmd("cargo", &["fmt", "--all", "--", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
     cmd("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     cmd("cargo", &["build", "-p", "modelmeter", "-p", "modelmeter-e2e"])?;
-    let mut test_args = vec!["test", "--workspace", "--"];
+    let mut test_args = vec!["test", "--workspace", "--lib", "--bins", "--tests", "--"];
     // End-to-end tests measure CPU time against the cgroups' own figures: one at a time.
     test_args.push("--test-threads=1");
     test_args.extend(args.iter().map(String::as_str));
-    cmd("cargo", &test_args)
+    let (passed, failed) = cargo_test_counting(&test_args)?;
+    println!("\nsummary: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and adds up its `test result:` lines.
+fn cargo_test_counting(args: &[&str]) -> anyhow::Result<(u64, u64)> {
+    use std::io::BufRead;
+    let mut child = Command::new("cargo")
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                result.split([';', '.']).find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+            };
+            passed += count(" passed").unwrap_or(0);
+            failed += count(" failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok((passed, failed))
 }

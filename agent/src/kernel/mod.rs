@@ -471,13 +471,28 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
     Ok(checks)
 }
 
-/// Run-queue slots as (upper bound in seconds, count in this bucket alone), the last bound +Inf.
+/// Run-queue slots as (upper bound in seconds, count in this bucket alone) for the exposition,
+/// two log2 slots per bucket (1 µs, 4 µs, 16 µs … 67 s, +Inf) to keep the series count per
+/// container modest.
 pub fn runq_buckets(slots: &[u64]) -> Vec<(f64, u64)> {
-    slots
-        .iter()
-        .enumerate()
-        .map(|(slot, count)| (agent_common::sched::runq_slot_upper_seconds(slot).unwrap_or(f64::INFINITY), *count))
-        .collect()
+    let mut buckets = Vec::with_capacity(slots.len() / 2 + 1);
+    let mut pending = 0;
+    for (slot, count) in slots.iter().enumerate() {
+        pending += count;
+        match agent_common::sched::runq_slot_upper_seconds(slot) {
+            // A bucket closes at every even slot's bound; odd slots fold into the next one.
+            Some(upper) if slot % 2 == 0 => {
+                buckets.push((upper, pending));
+                pending = 0;
+            }
+            Some(_) => {}
+            None => {
+                buckets.push((f64::INFINITY, pending));
+                pending = 0;
+            }
+        }
+    }
+    buckets
 }
 
 /// Sum of two slot arrays, for folding a finished process into its container.
@@ -486,5 +501,25 @@ pub fn add_task_cpu(into: &mut TaskCpu, from: &TaskCpu) {
     into.runq_delay_ns += from.runq_delay_ns;
     for (a, b) in into.runq_slots.iter_mut().zip(from.runq_slots) {
         *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::sched::RUNQ_SLOTS;
+
+    use super::*;
+
+    #[test]
+    fn runq_buckets_pair_slots() {
+        let slots: Vec<u64> = (0..RUNQ_SLOTS as u64).collect();
+        let buckets = runq_buckets(&slots);
+        let bounds: Vec<f64> = buckets.iter().map(|b| b.0).collect();
+        assert_eq!(bounds[..4], [1e-6, 4e-6, 16e-6, 64e-6]);
+        assert_eq!(*bounds.last().unwrap(), f64::INFINITY);
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), slots.iter().sum::<u64>());
+        assert_eq!(buckets[1].1, 1 + 2);
+        assert_eq!(buckets.len(), 15);
     }
 }

@@ -4,7 +4,7 @@
 //! reads. Series of a cgroup that disappears vanish from the next snapshot.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -77,6 +77,11 @@ struct Tracked {
     /// CPU of processes that have exited, folded in so the counter never goes back.
     retired: TaskCpu,
     oom_kills: u64,
+    /// The probes count only what ran since the agent started; this is the cgroup's own usage
+    /// at first sight minus what the probes had then, so the counter carries the cgroup's whole life.
+    cpu_offset_ns: Option<i64>,
+    /// Last CPU figure exported, so rounding between the two sources never makes it go back.
+    last_cpu_ns: u64,
 }
 
 pub struct Aggregator {
@@ -242,7 +247,9 @@ impl Aggregator {
             match self.tracked.get_mut(&identity) {
                 Some(tracked) => tracked.path = path,
                 None => {
-                    self.tracked.insert(identity, Tracked { path, retired: TaskCpu::ZERO, oom_kills: 0 });
+                    let tracked =
+                        Tracked { path, retired: TaskCpu::ZERO, oom_kills: 0, cpu_offset_ns: None, last_cpu_ns: 0 };
+                    self.tracked.insert(identity, tracked);
                 }
             }
         }
@@ -311,7 +318,8 @@ impl Aggregator {
         let mut containers = Vec::with_capacity(self.tracked.len());
         let mut vanished = Vec::new();
         let mut read_errors = 0;
-        for (identity, tracked) in &self.tracked {
+        let oom_from_probe = self.probes.as_ref().is_some_and(Probes::has_oom_probe);
+        for (identity, tracked) in self.tracked.iter_mut() {
             let stats = match self.layout.read_stats(&tracked.path) {
                 Ok(stats) => Some(stats),
                 Err(e) if e.is_not_found() => None,
@@ -321,24 +329,28 @@ impl Aggregator {
                     None
                 }
             };
-            if stats.is_none() && !self.cgroup_exists(&tracked.path) {
+            if stats.is_none() && !cgroup_exists(&self.layout, &tracked.path) {
                 vanished.push(identity.clone());
                 continue;
             }
+            let usage_ns = stats.and_then(|s| s.cpu.usage_ns);
             let (cpu_ns, runq) = if has_probes {
                 let mut total = tracked.retired;
                 if let Some(value) = live.get(identity) {
                     kernel::add_task_cpu(&mut total, value);
                 }
-                (total.on_cpu_ns, Some(total))
+                let offset = *tracked
+                    .cpu_offset_ns
+                    .get_or_insert_with(|| usage_ns.map_or(0, |usage| usage as i64 - total.on_cpu_ns as i64));
+                let cpu_ns = (total.on_cpu_ns as i64).saturating_add(offset).max(0) as u64;
+                (cpu_ns, Some(total))
             } else {
-                (stats.and_then(|s| s.cpu.usage_ns).unwrap_or(0), None)
+                (usage_ns.unwrap_or(0), None)
             };
-            let oom_kills = if self.probes.as_ref().is_some_and(Probes::has_oom_probe) {
-                tracked.oom_kills
-            } else {
-                stats.and_then(|s| s.memory.oom_kills).unwrap_or(0)
-            };
+            let cpu_ns = cpu_ns.max(tracked.last_cpu_ns);
+            tracked.last_cpu_ns = cpu_ns;
+            let oom_kills =
+                if oom_from_probe { tracked.oom_kills } else { stats.and_then(|s| s.memory.oom_kills).unwrap_or(0) };
             containers.push(ContainerSample {
                 identity: identity.clone(),
                 cgroup_path: tracked.path.clone(),
@@ -371,14 +383,15 @@ impl Aggregator {
         };
         Snapshot { taken_at: SystemTime::now(), containers, agent }
     }
+}
 
-    fn cgroup_exists(&self, path: &str) -> bool {
-        let rel = path.trim_start_matches('/');
-        match (self.layout.v2_root(), self.layout.v1_roots()) {
-            (Some(v2), _) => v2.join(rel).is_dir(),
-            (None, Some(v1)) => v1.memory.iter().chain(v1.cpu.iter()).any(|root| root.join(rel).is_dir()),
-            (None, None) => false,
-        }
+/// Whether a tracked cgroup's directory is still there (its files may be absent in one hierarchy).
+fn cgroup_exists(layout: &Layout, path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    match (layout.v2_root(), layout.v1_roots()) {
+        (Some(v2), _) => v2.join(rel).is_dir(),
+        (None, Some(v1)) => v1.memory.iter().chain(v1.cpu.iter()).any(|root| root.join(rel).is_dir()),
+        (None, None) => false,
     }
 }
 
@@ -408,9 +421,4 @@ impl SnapshotCell {
     pub fn set(&self, snapshot: Snapshot) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), Arc::new(snapshot));
     }
-}
-
-/// Names the CPU seen by any process of the cgroups found, for `HashSet` dedup in tests.
-pub fn identities(snapshot: &Snapshot) -> HashSet<Identity> {
-    snapshot.containers.iter().map(|c| c.identity.clone()).collect()
 }
