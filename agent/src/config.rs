@@ -52,8 +52,6 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// The host's /proc; in a container with hostPID mount it elsewhere, e.g. `/host/proc`. Default `/proc`.
     pub proc_root: PathBuf,
-    /// Name of this node, added as `k8s.node.name`-style `node` label. Default: the host name.
-    pub node_name: Option<String>,
     pub probes: ProbesConfig,
     pub attribution: AttributionConfig,
     pub log: LogConfig,
@@ -112,7 +110,6 @@ impl Default for Config {
             min_collect_interval: Duration::from_secs(1),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             proc_root: PathBuf::from("/proc"),
-            node_name: None,
             probes: ProbesConfig::default(),
             attribution: AttributionConfig::default(),
             log: LogConfig::default(),

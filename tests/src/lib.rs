@@ -42,7 +42,7 @@ pub fn workspace_bin(var: &str, name: &str) -> PathBuf {
 }
 
 pub fn modelmeter_bin() -> PathBuf {
-    workspace_bin("MODELMETER_BIN", "modelmeter")
+    workspace_bin("MM_AGENT_BIN", "modelmeter")
 }
 
 pub fn workload_bin() -> PathBuf {
@@ -243,14 +243,16 @@ impl Agent {
         let config = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(config.path(), format!("listen: {addr}\n{extra_yaml}")).expect("writing agent config");
         let log = tempfile::NamedTempFile::new().expect("temp file");
-        let child = Command::new(modelmeter_bin())
-            .args(["run", "--config"])
-            .arg(config.path())
-            .stdout(Stdio::null())
-            .stderr(log.reopen().expect("reopening log"))
-            .env_remove("MODELMETER_CONFIG")
-            .spawn()
-            .expect("starting modelmeter");
+        let mut command = Command::new(modelmeter_bin());
+        command.args(["run", "--config"]).arg(config.path()).stdout(Stdio::null());
+        command.stderr(log.reopen().expect("reopening log"));
+        // The config file alone decides: no override from the caller's environment.
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("MODELMETER_") {
+                command.env_remove(var);
+            }
+        }
+        let child = command.spawn().expect("starting modelmeter");
         let mut agent = Agent { child: Some(child), addr, _config: config, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(&agent.url("/readyz")).is_err() {

@@ -27,7 +27,7 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool) -> anyhow::Result<
     cmd("cargo", &["build", "--release", "-p", "modelmeter", "-p", "modelmeter-e2e"])?;
     // SAFETY: set before any thread is started; the harness reads these to find the binaries.
     unsafe {
-        std::env::set_var("MODELMETER_BIN", root().join("target/release/modelmeter"));
+        std::env::set_var("MM_AGENT_BIN", root().join("target/release/modelmeter"));
         std::env::set_var("MM_WORKLOAD_BIN", root().join("target/release/mm-workload"));
     }
     probe_overhead(load)?;
@@ -160,6 +160,9 @@ fn agent_footprint(idle: Duration) -> anyhow::Result<()> {
     );
     drop(agent);
     drop(workloads);
-    drop(cgroups);
+    // Newest first: the first guard created the shared parents, which empty out last.
+    while let Some(cgroup) = cgroups.pop() {
+        drop(cgroup);
+    }
     Ok(())
 }
