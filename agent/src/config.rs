@@ -11,6 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::kubernetes::KubernetesConfig;
+
 /// Environment variables with this prefix override config fields.
 pub const ENV_PREFIX: &str = "MODELMETER_";
 /// Variables with the prefix that are not config fields.
@@ -54,6 +56,8 @@ pub struct Config {
     pub proc_root: PathBuf,
     pub probes: ProbesConfig,
     pub attribution: AttributionConfig,
+    /// Pod names and models from the Kubernetes API server.
+    pub kubernetes: KubernetesConfig,
     pub log: LogConfig,
 }
 
@@ -112,6 +116,7 @@ impl Default for Config {
             proc_root: PathBuf::from("/proc"),
             probes: ProbesConfig::default(),
             attribution: AttributionConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -185,6 +190,9 @@ impl Config {
         let ring = self.probes.ring_buffer_bytes.get();
         if !ring.is_power_of_two() || ring < 4096 {
             return field_error("probes.ring_buffer_bytes", "must be a power of two of at least 4096");
+        }
+        if self.kubernetes.model.model_annotation.is_empty() {
+            return field_error("kubernetes.model.model_annotation", "must not be empty");
         }
         if self.attribution.max_cgroup_depth == 0 {
             return field_error("attribution.max_cgroup_depth", "must be at least 1");
@@ -292,6 +300,15 @@ mod tests {
         assert!(err.contains("intervall"), "{err}");
         let err = load_str("", &[("MODELMETER_LISTEN__PORT", "1")]).unwrap_err().to_string();
         assert!(err.contains("MODELMETER_LISTEN__PORT"), "{err}");
+    }
+
+    #[test]
+    fn model_rules_parse_in_order() {
+        use crate::identity::model::ModelRule;
+        let config = load_str("kubernetes:\n  watch: never\n  model:\n    rules: [kserve, owner]\n", &[]).unwrap();
+        assert_eq!(config.kubernetes.model.rules, vec![ModelRule::Kserve, ModelRule::Owner]);
+        let err = load_str("kubernetes:\n  model:\n    rules: [kserv]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("kubernetes.model.rules"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use modelmeter::{
     collect::cgroup::Layout,
     config::{Config, LogFormat},
     doctor, export,
+    identity::kubernetes::{self, PodCache},
     kernel::Probes,
     store::{Aggregator, SnapshotCell},
 };
@@ -122,11 +123,25 @@ fn run(config: Config) -> ExitCode {
         Some((probes, events)) => (Some(probes), events),
         None => (None, None),
     };
-    let aggregator = Arc::new(Mutex::new(Aggregator::new(&config, layout, probes)));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(1, &anyhow::Error::new(e).context("starting the async runtime")),
     };
+    let pods = if config.kubernetes.enabled() {
+        let client = match runtime.block_on(kubernetes::client(&config.kubernetes)) {
+            Ok(client) => client,
+            Err(e) => return fail(EXIT_USAGE, &anyhow::Error::new(e).context("setting `kubernetes`")),
+        };
+        let cache = Arc::new(PodCache::default());
+        let node = config.kubernetes.resolved_node_name();
+        tracing::info!(node = %node, "Watching pods of this node through the Kubernetes API");
+        runtime.spawn(kubernetes::watch_pods(client, node, cache.clone(), config.kubernetes.model.clone()));
+        Some(cache)
+    } else {
+        tracing::info!("Kubernetes API not configured: attributing by pod UID and container id");
+        None
+    };
+    let aggregator = Arc::new(Mutex::new(Aggregator::new(&config, layout, probes, pods)));
     let result = runtime.block_on(serve(config, aggregator.clone(), events));
     // Dropping the aggregator drops the probes, which detaches them.
     drop(aggregator);

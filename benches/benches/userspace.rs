@@ -55,6 +55,7 @@ fn encode(c: &mut Criterion) {
                 runq: Some(runq),
                 stats: Some(cgroup::CgroupStats::default()),
                 oom_kills: 0,
+                pod: None,
             }
         })
         .collect();

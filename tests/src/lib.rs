@@ -13,6 +13,8 @@ use std::{
 
 use modelmeter::collect::cgroup::Layout;
 
+pub mod apiserver;
+
 /// Fails the test unless it runs as root (it loads eBPF programs and creates cgroups).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -345,14 +347,13 @@ impl Metrics {
     }
 
     /// Samples of `name` whose labels include all of `labels`.
-    pub fn select<'a>(
-        &'a self,
-        name: &'a str,
-        labels: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
+    pub fn select(&self, name: &str, labels: &[(&str, &str)]) -> std::vec::IntoIter<&Sample> {
+        let matching: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .collect();
+        matching.into_iter()
     }
 
     /// The one sample of `name` with these labels, if there is exactly one.

@@ -18,15 +18,25 @@ use crate::{
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Labels that say whose series it is.
-pub fn identity_labels(identity: &Identity) -> Labels {
-    match identity {
-        Identity::PodContainer { pod_uid, container_id, runtime, qos } => vec![
-            ("pod_uid", pod_uid.clone()),
-            ("container_id", container_id.clone()),
-            ("container_runtime", runtime.as_str().to_owned()),
-            ("qos_class", qos.as_str().to_owned()),
-        ],
+/// Labels that say whose series it is. Pod containers always carry the Kubernetes names (empty
+/// until the API server tells them), so a series keeps one label set per family.
+pub fn sample_labels(sample: &ContainerSample) -> Labels {
+    match &sample.identity {
+        Identity::PodContainer { pod_uid, container_id, runtime, qos } => {
+            let pod = sample.pod.as_deref();
+            let model = pod.and_then(|p| p.model.as_ref());
+            vec![
+                ("namespace", pod.map(|p| p.namespace.clone()).unwrap_or_default()),
+                ("pod", pod.map(|p| p.name.clone()).unwrap_or_default()),
+                ("container", sample.container_name().unwrap_or_default().to_owned()),
+                ("model", model.map(|m| m.name.clone()).unwrap_or_default()),
+                ("model_version", model.map(|m| m.version.clone()).unwrap_or_default()),
+                ("pod_uid", pod_uid.clone()),
+                ("container_id", container_id.clone()),
+                ("container_runtime", runtime.as_str().to_owned()),
+                ("qos_class", qos.as_str().to_owned()),
+            ]
+        }
         Identity::Pod { pod_uid, qos } => vec![("pod_uid", pod_uid.clone()), ("qos_class", qos.as_str().to_owned())],
         Identity::Docker { container_id } => {
             vec![("container_id", container_id.clone()), ("container_runtime", "docker".to_owned())]
@@ -92,7 +102,7 @@ fn with_stats<'a, T>(
     containers: &'a [ContainerSample],
     value: impl Fn(&crate::collect::cgroup::CgroupStats) -> Option<T> + 'a,
 ) -> impl Iterator<Item = (Labels, T)> + 'a {
-    containers.iter().filter_map(move |c| c.stats.as_ref().and_then(&value).map(|v| (identity_labels(&c.identity), v)))
+    containers.iter().filter_map(move |c| c.stats.as_ref().and_then(&value).map(|v| (sample_labels(c), v)))
 }
 
 impl prometheus_client::collector::Collector for SnapshotCollector {
@@ -106,7 +116,7 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             "CPU time consumed by the container's processes (scheduler probes; cgroup usage without them).",
             Some(Unit::Seconds),
             MetricType::Counter,
-            containers.iter().map(|c| (identity_labels(&c.identity), c.cpu_ns as f64 / 1e9)),
+            containers.iter().map(|c| (sample_labels(c), c.cpu_ns as f64 / 1e9)),
             counter,
         )?;
         family(
@@ -142,7 +152,7 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             "Time the container's threads waited runnable on a run queue before getting a CPU.",
             Some(Unit::Seconds),
             MetricType::Histogram,
-            containers.iter().filter_map(|c| c.runq.map(|runq| (identity_labels(&c.identity), runq))),
+            containers.iter().filter_map(|c| c.runq.map(|runq| (sample_labels(c), runq))),
             |mut encoder, runq| {
                 let count = runq.runq_slots.iter().sum();
                 let buckets = kernel::runq_buckets(&runq.runq_slots);
@@ -181,7 +191,7 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             "Processes of the container killed by the OOM killer since the agent started watching it.",
             None,
             MetricType::Counter,
-            containers.iter().map(|c| (identity_labels(&c.identity), c.oom_kills)),
+            containers.iter().map(|c| (sample_labels(c), c.oom_kills)),
             counter_u64,
         )?;
         self.encode_agent(e, &snapshot.agent)

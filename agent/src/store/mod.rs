@@ -21,7 +21,10 @@ use crate::{
         procfs,
     },
     config::Config,
-    identity::{Identity, identify},
+    identity::{
+        Identity, identify,
+        kubernetes::{PodCache, PodLookup, PodMeta},
+    },
     kernel::{self, AttachedProgram, Probes, ProgramStats},
 };
 
@@ -38,6 +41,16 @@ pub struct ContainerSample {
     /// cgroup files; `None` when this hierarchy has no files for it (e.g. a v2-only unit on a hybrid host).
     pub stats: Option<CgroupStats>,
     pub oom_kills: u64,
+    /// The pod from the Kubernetes API, when known.
+    pub pod: Option<Arc<PodMeta>>,
+}
+
+impl ContainerSample {
+    /// The container's name in its pod spec, when the API server told.
+    pub fn container_name(&self) -> Option<&str> {
+        let id = self.identity.container_id()?;
+        self.pod.as_ref()?.containers.get(id).map(String::as_str)
+    }
 }
 
 /// The agent's figures about itself.
@@ -91,6 +104,7 @@ pub struct Aggregator {
     export_docker: bool,
     export_systemd: bool,
     probes: Option<Probes>,
+    pods: Option<Arc<PodCache>>,
     tracked: HashMap<Identity, Tracked>,
     by_cgroup_id: HashMap<u64, Identity>,
     /// tgid → identity from /proc, for processes whose v2 cgroup says nothing (v1 nodes).
@@ -112,7 +126,7 @@ impl std::fmt::Debug for Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(config: &Config, layout: Layout, probes: Option<Probes>) -> Self {
+    pub fn new(config: &Config, layout: Layout, probes: Option<Probes>, pods: Option<Arc<PodCache>>) -> Self {
         Aggregator {
             layout,
             proc_root: config.proc_root.clone(),
@@ -120,6 +134,7 @@ impl Aggregator {
             export_docker: config.attribution.docker,
             export_systemd: config.attribution.systemd_units,
             probes,
+            pods,
             tracked: HashMap::new(),
             by_cgroup_id: HashMap::new(),
             by_tgid: HashMap::new(),
@@ -349,6 +364,15 @@ impl Aggregator {
             };
             let cpu_ns = cpu_ns.max(tracked.last_cpu_ns);
             tracked.last_cpu_ns = cpu_ns;
+            let pod = match (identity.pod_uid(), &self.pods) {
+                (Some(uid), Some(pods)) => match pods.lookup(uid) {
+                    PodLookup::Known(meta) => Some(meta),
+                    // Deleted in the API: its series go now, whatever the kubelet has left behind.
+                    PodLookup::Deleted => continue,
+                    PodLookup::Unknown => None,
+                },
+                _ => None,
+            };
             let oom_kills =
                 if oom_from_probe { tracked.oom_kills } else { stats.and_then(|s| s.memory.oom_kills).unwrap_or(0) };
             containers.push(ContainerSample {
@@ -358,6 +382,7 @@ impl Aggregator {
                 runq,
                 stats,
                 oom_kills,
+                pod,
             });
         }
         for identity in vanished {
