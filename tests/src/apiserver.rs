@@ -38,8 +38,13 @@ pub struct FakeApiServer {
 
 impl FakeApiServer {
     pub fn start() -> FakeApiServer {
+        Self::start_on(0)
+    }
+
+    /// Serves on `port` (0: any free port).
+    pub fn start_on(port: u16) -> FakeApiServer {
         let mut server = FakeApiServer { state: Arc::default(), running: None, port: 0 };
-        server.port = server.serve(0);
+        server.port = server.serve(port);
         server
     }
 

@@ -152,7 +152,7 @@ fn series_carry_pod_and_model_names_from_the_api_server() {
 }
 
 #[test]
-fn without_an_api_server_the_agent_attributes_by_uid_and_warns_once() {
+fn without_an_api_server_the_agent_attributes_by_uid_warns_once_and_fills_names_in_later() {
     require_root();
     let pod = PodUnderTest::new(201);
     // A port nothing listens on.
@@ -167,7 +167,16 @@ fn without_an_api_server_the_agent_attributes_by_uid_and_warns_once() {
     assert_eq!(found, strings(["", "", "", "", ""]));
     // Several retries pass; the warning is said once.
     std::thread::sleep(Duration::from_secs(4));
+    let warnings = |log: &str| log.lines().filter(|l| l.contains("Kubernetes API unreachable")).count();
+    assert_eq!(warnings(&agent.log()), 1, "expected exactly one warning:\n{}", agent.log());
+    // The API server comes up: names fill in.
+    let api = FakeApiServer::start_on(port);
+    let annotations = [("modelmeter.io/model", "arrived")];
+    api.add_pod(TestPod { annotations: &annotations, ..pod.api("arrived-0", "node-a") }.to_json());
+    wait_for(Duration::from_secs(60), "names once the API server answers", || {
+        (names(&agent.metrics(), &pod)? == strings(["ml", "arrived-0", "server", "arrived", ""])).then_some(())
+    });
     let (_, log) = agent.stop();
-    let warnings = log.lines().filter(|l| l.contains("Kubernetes API unreachable")).count();
-    assert_eq!(warnings, 1, "expected exactly one warning:\n{log}");
+    assert_eq!(warnings(&log), 1, "still one warning:\n{log}");
+    assert!(log.contains("Watching this node's pods"), "the agent should say the watch is back:\n{log}");
 }

@@ -89,6 +89,7 @@ pub struct PodMeta {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     pub owner: Option<Owner>,
     pub qos_class: Option<String>,
     /// Container id (without the `containerd://` scheme) → container name.
@@ -124,6 +125,7 @@ impl PodMeta {
             namespace: metadata.namespace.clone().unwrap_or_default(),
             name: metadata.name.clone().unwrap_or_default(),
             labels,
+            annotations,
             owner,
             qos_class: status.and_then(|s| s.qos_class.clone()),
             containers,
