@@ -127,6 +127,85 @@ pub mod events {
     const _: () = assert!(core::mem::size_of::<Event>() == 32);
 }
 
+/// Socket payload capture for request tracing: syscall probes on watched cgroups send the first
+/// bytes of each read and write on a socket; userspace pairs requests and responses.
+pub mod traffic {
+    /// `HashMap<u64, u8>`: cgroup v2 ids whose processes are traced.
+    pub const WATCHED_CGROUPS_MAP: &str = "WATCHED_CGROUPS";
+    /// `Array<u32>`: [`WATCH_ALL`] is 1 to trace every process (standalone use); [`AGENT_TGID`]
+    /// is the agent itself, never traced (its own socket traffic would feed back).
+    pub const WATCH_CONFIG_MAP: &str = "WATCH_CONFIG";
+    pub const WATCH_ALL: u32 = 0;
+    pub const AGENT_TGID: u32 = 1;
+    /// `LruHashMap<FdKey, u8>`: what an fd is, as far as the probes know.
+    pub const FD_CLASS_MAP: &str = "FD_CLASS";
+    /// `LruHashMap<u64, ActiveCall>`: syscalls between enter and exit, by pid_tgid.
+    pub const ACTIVE_CALLS_MAP: &str = "ACTIVE_CALLS";
+    /// `RingBuf` of [`DataEvent`]s.
+    pub const DATA_EVENTS_MAP: &str = "DATA_EVENTS";
+    pub const WATCHED_CGROUPS_DEFAULT_ENTRIES: u32 = 4096;
+    pub const FD_CLASS_DEFAULT_ENTRIES: u32 = 65_536;
+    pub const DATA_EVENTS_DEFAULT_BYTES: u32 = 4 * 1024 * 1024;
+
+    /// Bytes of payload captured per syscall: enough for a request line, headers and the start of
+    /// a JSON body, or a response's status line and headers.
+    pub const CAPTURE_BYTES: usize = 512;
+
+    pub const FD_SOCKET: u8 = 1;
+    pub const FD_NOT_SOCKET: u8 = 2;
+    /// Userspace was asked ([`KIND_FD_UNKNOWN`]) and has not answered yet.
+    pub const FD_PENDING: u8 = 3;
+
+    /// Data a watched process read from a socket.
+    pub const KIND_DATA_IN: u32 = 1;
+    /// Data a watched process wrote to a socket.
+    pub const KIND_DATA_OUT: u32 = 2;
+    /// A watched process closed a socket.
+    pub const KIND_CLOSE: u32 = 3;
+    /// A watched process used an fd the probes have not classified: userspace looks at
+    /// `/proc/<tgid>/fd/<fd>` and writes the verdict to [`FD_CLASS_MAP`].
+    pub const KIND_FD_UNKNOWN: u32 = 4;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FdKey {
+        pub tgid: u32,
+        pub fd: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
+
+    /// A syscall in flight between its enter and exit tracepoints (keyed by pid_tgid).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct ActiveCall {
+        /// User buffer the data is in (the first iovec's for vectored calls).
+        pub buf: u64,
+        /// Bytes of `buf` that belong to this call (the first iovec's length for vectored calls).
+        pub buf_len: u64,
+        pub fd: u32,
+        /// [`KIND_DATA_IN`] or [`KIND_DATA_OUT`].
+        pub kind: u32,
+    }
+    const _: () = assert!(core::mem::size_of::<ActiveCall>() == 24);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct DataEvent {
+        pub kind: u32,
+        pub tgid: u32,
+        pub fd: u32,
+        /// Valid bytes in `data`.
+        pub captured: u32,
+        /// What the syscall returned: the real size of the read or write.
+        pub len: u64,
+        /// At the syscall's exit.
+        pub timestamp_ns: u64,
+        pub cgroup_id: u64,
+        pub data: [u8; CAPTURE_BYTES],
+    }
+    const _: () = assert!(core::mem::size_of::<DataEvent>() == 40 + CAPTURE_BYTES);
+}
+
 /// Per-CPU error counters, so that no failure in a handler is silent.
 pub mod counters {
     /// `PerCpuArray<u64>` indexed by the constants below.
@@ -134,9 +213,14 @@ pub mod counters {
     pub const RINGBUF_DROPS: u32 = 0;
     pub const TASK_CPU_FULL: u32 = 1;
     pub const WAKEUP_TS_ERRORS: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Payload events lost because the data ring buffer was full.
+    pub const DATA_RINGBUF_DROPS: u32 = 3;
+    /// A syscall's enter could not be remembered for its exit.
+    pub const ACTIVE_CALL_ERRORS: u32 = 4;
+    pub const COUNT: u32 = 5;
 
-    pub const NAMES: [&str; COUNT as usize] = ["ringbuf_drops", "task_cpu_map_full", "wakeup_map_errors"];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["ringbuf_drops", "task_cpu_map_full", "wakeup_map_errors", "data_ringbuf_drops", "active_call_errors"];
 }
 
 #[cfg(feature = "user")]
@@ -146,6 +230,8 @@ mod pod_impls {
     unsafe impl aya::Pod for super::sched::TaskCpu {}
     unsafe impl aya::Pod for super::sched::CpuState {}
     unsafe impl aya::Pod for super::events::Event {}
+    unsafe impl aya::Pod for super::traffic::FdKey {}
+    unsafe impl aya::Pod for super::traffic::ActiveCall {}
 }
 
 #[cfg(test)]

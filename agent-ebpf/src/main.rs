@@ -1,6 +1,10 @@
 //! modelmeter's eBPF programs: on-CPU time and run-queue delay per (cgroup, tgid) from the scheduler
 //! tracepoints, and process exits and OOM kills through a ring buffer.
 //!
+//! Request tracing: syscall tracepoints (read, readv, recvfrom, recvmsg, write, writev, sendto,
+//! sendmsg, close, accept, accept4) capture the first bytes of each socket read and write of watched
+//! cgroups into a second ring buffer; userspace parses and pairs them.
+//!
 //! The kernel side never reads kernel structs (no CO-RE in Rust eBPF): it keys by what helpers give
 //! (`bpf_get_current_pid_tgid`, `bpf_get_current_cgroup_id`) and by tracepoint arguments. Each
 //! scheduler hook exists in three flavours — `tp_btf`, `raw_tracepoint`, classic `tracepoint` — and
@@ -10,14 +14,21 @@
 
 use agent_common::{
     counters,
+    traffic::{
+        AGENT_TGID, ActiveCall, CAPTURE_BYTES, DataEvent, FD_CLASS_DEFAULT_ENTRIES, FD_PENDING, FD_SOCKET, FdKey,
+        KIND_CLOSE, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN, WATCH_ALL, WATCHED_CGROUPS_DEFAULT_ENTRIES,
+    },
     events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
     sched::{CpuState, RUNQ_SLOTS, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 
@@ -35,6 +46,21 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUN
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::events::EVENTS_DEFAULT_BYTES, 0);
+
+#[map(name = "WATCHED_CGROUPS")]
+static WATCHED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(WATCHED_CGROUPS_DEFAULT_ENTRIES, 0);
+
+#[map(name = "WATCH_CONFIG")]
+static WATCH_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
+
+#[map(name = "FD_CLASS")]
+static FD_CLASS: LruHashMap<FdKey, u8> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ACTIVE_CALLS")]
+static ACTIVE_CALLS: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
+
+#[map(name = "DATA_EVENTS")]
+static DATA_EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::traffic::DATA_EVENTS_DEFAULT_BYTES, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -243,6 +269,232 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
     if let Ok(pid) = unsafe { ctx.read_at::<i32>(8) } {
         send_event(KIND_OOM_VICTIM, pid as u32);
     }
+    0
+}
+
+// --- request tracing on syscall tracepoints. Every handler first asks `watched()`: that map
+// lookup is all an unwatched process pays. Offsets are those of
+// /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_*/format: fd @16, buffer/iovec/msghdr @24,
+// count @32 on enter; ret @16 on exit.
+
+/// Where a syscall's data is.
+#[derive(Clone, Copy)]
+enum Buffer {
+    /// `buf` @24, `count` @32 (read, write, recvfrom, sendto).
+    Direct,
+    /// `struct iovec *` @24 (readv, writev): the first iovec.
+    Iovec,
+    /// `struct user_msghdr *` @24 (recvmsg, sendmsg): the first iovec of `msg_iov`.
+    Msghdr,
+}
+
+/// Layout of `struct iovec` (include/uapi/linux/uio.h).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// Offset of `msg_iov` in `struct user_msghdr` (include/linux/socket.h): after msg_name and msg_namelen.
+const MSGHDR_IOV_OFFSET: u64 = 16;
+
+#[inline(always)]
+fn watched() -> bool {
+    if let Some(all) = WATCH_CONFIG.get(WATCH_ALL)
+        && *all != 0
+    {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        return WATCH_CONFIG.get(AGENT_TGID).is_none_or(|agent| *agent != tgid);
+    }
+    // SAFETY: helper without preconditions; the value is only tested for presence.
+    unsafe { WATCHED_CGROUPS.get(&bpf_get_current_cgroup_id()).is_some() }
+}
+
+/// Whether the fd's traffic is captured: known sockets, and fds not classified yet (reported to
+/// userspace once, which answers before it reads their data, so a connection opened before the
+/// agent started is measured from its next request). Known non-sockets are skipped.
+#[inline(always)]
+fn capture_fd(tgid: u32, fd: u32) -> bool {
+    let key = FdKey { tgid, fd };
+    // SAFETY: the value is copied out at once.
+    match unsafe { FD_CLASS.get(&key) } {
+        Some(class) => *class == FD_SOCKET || *class == FD_PENDING,
+        None => {
+            if FD_CLASS.insert(&key, &FD_PENDING, BPF_NOEXIST as u64).is_ok() {
+                send_data_header(KIND_FD_UNKNOWN, tgid, fd);
+            }
+            true
+        }
+    }
+}
+
+#[inline(always)]
+fn first_iovec(iov: u64) -> Option<(u64, u64)> {
+    // SAFETY: a user pointer read through the helper, which fails cleanly on a bad address.
+    let iovec: Iovec = unsafe { bpf_probe_read_user(iov as *const Iovec) }.ok()?;
+    Some((iovec.base, iovec.len))
+}
+
+#[inline(always)]
+fn on_data_enter(ctx: &TracePointContext, kind: u32, buffer: Buffer) {
+    if !watched() {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: offsets from the syscall tracepoints' format files.
+    let (Ok(fd), Ok(arg)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
+        return;
+    };
+    if !capture_fd((pid_tgid >> 32) as u32, fd as u32) {
+        return;
+    }
+    let located = match buffer {
+        // SAFETY: offset from the format file.
+        Buffer::Direct => unsafe { ctx.read_at::<u64>(32) }.ok().map(|count| (arg, count)),
+        Buffer::Iovec => first_iovec(arg),
+        // SAFETY: a user pointer read through the helper.
+        Buffer::Msghdr => unsafe { bpf_probe_read_user((arg + MSGHDR_IOV_OFFSET) as *const u64) }
+            .ok()
+            .and_then(first_iovec),
+    };
+    let Some((buf, buf_len)) = located else { return };
+    let call = ActiveCall { buf, buf_len, fd: fd as u32, kind };
+    if ACTIVE_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+        count(counters::ACTIVE_CALL_ERRORS);
+    }
+}
+
+#[inline(always)]
+fn on_data_exit(ctx: &TracePointContext) {
+    if !watched() {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(call) = (unsafe { ACTIVE_CALLS.get(&pid_tgid) }).copied() else { return };
+    let _ = ACTIVE_CALLS.remove(&pid_tgid);
+    // SAFETY: offset from the format file.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else { return };
+    if ret <= 0 {
+        return;
+    }
+    let Some(mut entry) = DATA_EVENTS.reserve::<DataEvent>(0) else {
+        count(counters::DATA_RINGBUF_DROPS);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let mut captured = ret as u64;
+    if captured > call.buf_len {
+        captured = call.buf_len;
+    }
+    if captured > CAPTURE_BYTES as u64 {
+        captured = CAPTURE_BYTES as u64;
+    }
+    // SAFETY: `event` points at a reserved record of the right size; the copy is bounded by
+    // CAPTURE_BYTES, the size of `data`, and reads user memory through the helper.
+    unsafe {
+        (*event).kind = call.kind;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).fd = call.fd;
+        (*event).len = ret as u64;
+        (*event).timestamp_ns = bpf_ktime_get_ns();
+        (*event).cgroup_id = bpf_get_current_cgroup_id();
+        let copied = captured as u32 & (CAPTURE_BYTES as u32 * 2 - 1);
+        let ok = copied > 0
+            && copied <= CAPTURE_BYTES as u32
+            && probe_read_user_raw((*event).data.as_mut_ptr().cast(), copied, call.buf as *const _) == 0;
+        (*event).captured = if ok { copied } else { 0 };
+    }
+    entry.submit(0);
+}
+
+/// A record with no payload (close, fd classification request).
+#[inline(always)]
+fn send_data_header(kind: u32, tgid: u32, fd: u32) {
+    let Some(mut entry) = DATA_EVENTS.reserve::<DataEvent>(0) else {
+        count(counters::DATA_RINGBUF_DROPS);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved record of the right size.
+    unsafe {
+        (*event).kind = kind;
+        (*event).tgid = tgid;
+        (*event).fd = fd;
+        (*event).captured = 0;
+        (*event).len = 0;
+        (*event).timestamp_ns = bpf_ktime_get_ns();
+        (*event).cgroup_id = bpf_get_current_cgroup_id();
+    }
+    entry.submit(0);
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $enter_event:literal, $exit_event:literal, $kind:expr, $buffer:expr) => {
+        #[tracepoint(category = "syscalls", name = $enter_event)]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_data_enter(&ctx, $kind, $buffer);
+            0
+        }
+
+        #[tracepoint(category = "syscalls", name = $exit_event)]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_data_exit(&ctx);
+            0
+        }
+    };
+}
+
+data_syscall!(enter_read, exit_read, "sys_enter_read", "sys_exit_read", KIND_DATA_IN, Buffer::Direct);
+data_syscall!(enter_readv, exit_readv, "sys_enter_readv", "sys_exit_readv", KIND_DATA_IN, Buffer::Iovec);
+data_syscall!(enter_recvfrom, exit_recvfrom, "sys_enter_recvfrom", "sys_exit_recvfrom", KIND_DATA_IN, Buffer::Direct);
+data_syscall!(enter_recvmsg, exit_recvmsg, "sys_enter_recvmsg", "sys_exit_recvmsg", KIND_DATA_IN, Buffer::Msghdr);
+data_syscall!(enter_write, exit_write, "sys_enter_write", "sys_exit_write", KIND_DATA_OUT, Buffer::Direct);
+data_syscall!(enter_writev, exit_writev, "sys_enter_writev", "sys_exit_writev", KIND_DATA_OUT, Buffer::Iovec);
+data_syscall!(enter_sendto, exit_sendto, "sys_enter_sendto", "sys_exit_sendto", KIND_DATA_OUT, Buffer::Direct);
+data_syscall!(enter_sendmsg, exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg", KIND_DATA_OUT, Buffer::Msghdr);
+
+/// close: a socket's connection state ends; the fd number may be reused for anything.
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    if !watched() {
+        return 0;
+    }
+    // SAFETY: offset from the format file.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else { return 0 };
+    let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
+    // SAFETY: the value is copied out at once.
+    if let Some(FD_SOCKET | FD_PENDING) = unsafe { FD_CLASS.get(&key) }.copied() {
+        send_data_header(KIND_CLOSE, key.tgid, key.fd);
+    }
+    let _ = FD_CLASS.remove(&key);
+    0
+}
+
+#[inline(always)]
+fn on_accept_exit(ctx: &TracePointContext) {
+    if !watched() {
+        return;
+    }
+    // SAFETY: offset from the format file.
+    let Ok(fd) = (unsafe { ctx.read_at::<i64>(16) }) else { return };
+    if fd >= 0 {
+        let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
+        let _ = FD_CLASS.insert(&key, &FD_SOCKET, 0);
+    }
+}
+
+/// accept/accept4: the new fd is a connected socket, classified without asking userspace.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
     0
 }
 

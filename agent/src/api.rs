@@ -1,4 +1,5 @@
-//! The HTTP API: `/metrics` (OpenMetrics text), `/healthz`, `/readyz`.
+//! The HTTP API: `/metrics` (OpenMetrics text), `/healthz`, `/readyz`, and `/api/v1/snapshot`
+//! (the latest snapshot as JSON, with request latency quantiles, for `modelmeter top` and tests).
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,10 +31,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/snapshot", get(snapshot))
         .with_state(state)
 }
 
-async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+/// Collects first when the snapshot is older than `min_collect_interval`.
+async fn refresh_if_stale(state: &ApiState) {
     let stale = state.cell.age().is_none_or(|age| age >= state.min_collect_interval);
     if let (true, Some(refresh)) = (stale, &state.refresh) {
         let (done, wait) = tokio::sync::oneshot::channel();
@@ -41,6 +44,52 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             let _ = wait.await;
         }
     }
+}
+
+async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
+    refresh_if_stale(&state).await;
+    let snapshot = state.cell.get();
+    let labels = |pairs: Vec<(&'static str, String)>| -> serde_json::Map<String, serde_json::Value> {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), serde_json::Value::String(v))).collect()
+    };
+    let containers: Vec<serde_json::Value> = snapshot
+        .containers
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "labels": labels(crate::export::prometheus::sample_labels(c)),
+                "cgroup": c.cgroup_path,
+                "cpu_seconds": c.cpu_ns as f64 / 1e9,
+                "memory_working_set_bytes": c.stats.map(|s| s.memory.working_set_bytes),
+                "memory_rss_bytes": c.stats.map(|s| s.memory.rss_bytes),
+                "oom_kills": c.oom_kills,
+            })
+        })
+        .collect();
+    let requests: Vec<serde_json::Value> = snapshot
+        .requests
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "labels": labels(crate::export::prometheus::request_labels(r)),
+                "count": r.latency.count,
+                "sum_seconds": r.latency.sum_ns as f64 / 1e9,
+                "p50_seconds": r.latency.quantile(0.5),
+                "p90_seconds": r.latency.quantile(0.9),
+                "p99_seconds": r.latency.quantile(0.99),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "taken_at": humantime::format_rfc3339_millis(snapshot.taken_at).to_string(),
+        "containers": containers,
+        "requests": requests,
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    refresh_if_stale(&state).await;
     match crate::export::prometheus::encode(&state.registry) {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::kubernetes::KubernetesConfig;
+use crate::{identity::kubernetes::KubernetesConfig, store::requests::RequestsConfig};
 
 /// Environment variables with this prefix override config fields.
 pub const ENV_PREFIX: &str = "MODELMETER_";
@@ -58,6 +58,8 @@ pub struct Config {
     pub attribution: AttributionConfig,
     /// Pod names and models from the Kubernetes API server.
     pub kubernetes: KubernetesConfig,
+    /// HTTP request latency measured from syscalls.
+    pub requests: RequestsConfig,
     pub log: LogConfig,
 }
 
@@ -72,6 +74,11 @@ pub struct ProbesConfig {
     pub task_map_entries: NonZeroU32,
     /// Size of the event ring buffer in bytes: a power of two, at least one page. Default `262144`.
     pub ring_buffer_bytes: NonZeroU32,
+    /// Attach the syscall probes that measure HTTP request latency (see `requests`). Default `true`.
+    pub request_tracing: bool,
+    /// Size of the ring buffer of captured socket payloads in bytes: a power of two, at least one
+    /// page. Default `4194304`.
+    pub data_ring_buffer_bytes: NonZeroU32,
     /// Keep the kernel's bpf_stats (run time and count per probe) enabled while the agent runs.
     /// Costs about 20 ns per probe run. Default `true`.
     pub bpf_stats: bool,
@@ -117,6 +124,7 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             attribution: AttributionConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            requests: RequestsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -128,6 +136,9 @@ impl Default for ProbesConfig {
             enabled: true,
             task_map_entries: NonZeroU32::new(agent_common::sched::TASK_CPU_DEFAULT_ENTRIES).expect("non-zero"),
             ring_buffer_bytes: NonZeroU32::new(agent_common::events::EVENTS_DEFAULT_BYTES).expect("non-zero"),
+            request_tracing: true,
+            data_ring_buffer_bytes: NonZeroU32::new(agent_common::traffic::DATA_EVENTS_DEFAULT_BYTES)
+                .expect("non-zero"),
             bpf_stats: true,
         }
     }
@@ -187,9 +198,13 @@ impl Config {
         if self.interval.is_zero() {
             return field_error("interval", "must be greater than zero");
         }
-        let ring = self.probes.ring_buffer_bytes.get();
-        if !ring.is_power_of_two() || ring < 4096 {
-            return field_error("probes.ring_buffer_bytes", "must be a power of two of at least 4096");
+        for (field, ring) in [
+            ("probes.ring_buffer_bytes", self.probes.ring_buffer_bytes.get()),
+            ("probes.data_ring_buffer_bytes", self.probes.data_ring_buffer_bytes.get()),
+        ] {
+            if !ring.is_power_of_two() || ring < 4096 {
+                return field_error(field, "must be a power of two of at least 4096");
+            }
         }
         if self.kubernetes.model.model_annotation.is_empty() {
             return field_error("kubernetes.model.model_annotation", "must not be empty");

@@ -10,4 +10,5 @@ pub mod doctor;
 pub mod export;
 pub mod identity;
 pub mod kernel;
+pub mod protocol;
 pub mod store;

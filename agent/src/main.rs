@@ -111,7 +111,8 @@ fn run(config: Config) -> ExitCode {
                     "Probes attached"
                 );
                 let events = probes.take_events();
-                Some((probes, events))
+                let data_events = probes.take_data_events();
+                Some((probes, events, data_events))
             }
             Err(e) => return fail(EXIT_USAGE, &anyhow::Error::new(e).context("loading the eBPF probes")),
         }
@@ -119,9 +120,9 @@ fn run(config: Config) -> ExitCode {
         tracing::warn!("Probes disabled: CPU from cgroup files, no run-queue delay or OOM events");
         None
     };
-    let (probes, events) = match probes {
-        Some((probes, events)) => (Some(probes), events),
-        None => (None, None),
+    let (probes, events, data_events) = match probes {
+        Some((probes, events, data_events)) => (Some(probes), events, data_events),
+        None => (None, None, None),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -142,7 +143,7 @@ fn run(config: Config) -> ExitCode {
         None
     };
     let aggregator = Arc::new(Mutex::new(Aggregator::new(&config, layout, probes, pods)));
-    let result = runtime.block_on(serve(config, aggregator.clone(), events));
+    let result = runtime.block_on(serve(config, aggregator.clone(), events, data_events));
     // Dropping the aggregator drops the probes, which detaches them.
     drop(aggregator);
     tracing::info!("Probes detached, exiting");
@@ -156,6 +157,7 @@ async fn serve(
     config: Config,
     aggregator: Arc<Mutex<Aggregator>>,
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    data_events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
 ) -> anyhow::Result<()> {
     let cell = Arc::new(SnapshotCell::default());
     let (refresh_tx, refresh_rx) = mpsc::channel(64);
@@ -171,7 +173,10 @@ async fn serve(
         .with_context(|| format!("listening on {} (setting `listen`)", config.listen))?;
     tracing::info!(address = %config.listen, "Serving /metrics, /healthz, /readyz");
     if let Some(events) = events {
-        tokio::spawn(read_events(events, aggregator.clone()));
+        tokio::spawn(read_ring(events, aggregator.clone(), "exit and OOM", Aggregator::on_event_bytes));
+    }
+    if let Some(data_events) = data_events {
+        tokio::spawn(read_ring(data_events, aggregator.clone(), "request payload", Aggregator::on_data_event_bytes));
     }
     let collector = tokio::spawn(collect_loop(config.interval, aggregator, cell, refresh_rx));
     axum::serve(listener, api::router(state))
@@ -214,13 +219,18 @@ async fn collect_loop(
     }
 }
 
-/// Applies exit and OOM events as they arrive.
-async fn read_events(ring: aya::maps::RingBuf<aya::maps::MapData>, aggregator: Arc<Mutex<Aggregator>>) {
+/// Applies a ring buffer's records as they arrive.
+async fn read_ring(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    aggregator: Arc<Mutex<Aggregator>>,
+    what: &'static str,
+    apply: fn(&mut Aggregator, &[u8]),
+) {
     // SAFETY: the ring buffer owns its fd, which stays open for as long as the AsyncFd holds it.
     let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::error!(error = %e.into_parts().1, "Polling the event ring buffer failed; exit and OOM events are off");
+            tracing::error!(error = %e.into_parts().1, ring = what, "Polling a ring buffer failed; its events are off");
             return;
         }
     };
@@ -228,20 +238,19 @@ async fn read_events(ring: aya::maps::RingBuf<aya::maps::MapData>, aggregator: A
         let mut guard = match fd.readable_mut().await {
             Ok(guard) => guard,
             Err(e) => {
-                tracing::error!(error = %e, "Event ring buffer poll failed");
+                tracing::error!(error = %e, ring = what, "Ring buffer poll failed");
                 return;
             }
         };
-        let ring = guard.get_inner_mut();
-        let mut records = Vec::new();
-        while let Some(item) = ring.next() {
-            records.push(item.to_vec());
+        {
+            // Records are applied in place, without copies; collections wait for the drain.
+            let ring = guard.get_inner_mut();
+            let mut aggregator = aggregator.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(item) = ring.next() {
+                apply(&mut aggregator, &item);
+            }
         }
         guard.clear_ready();
-        let mut aggregator = aggregator.lock().unwrap_or_else(|e| e.into_inner());
-        for record in records {
-            aggregator.on_event_bytes(&record);
-        }
     }
 }
 

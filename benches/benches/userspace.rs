@@ -4,7 +4,7 @@
 use std::{hint::black_box, sync::Arc, time::SystemTime};
 
 use agent_common::sched::{TaskCpu, runq_slot};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modelmeter::{
     collect::{cgroup, procfs},
     export::prometheus,
@@ -60,12 +60,51 @@ fn encode(c: &mut Criterion) {
         })
         .collect();
     let cell = Arc::new(SnapshotCell::default());
-    cell.set(Snapshot { taken_at: SystemTime::now(), containers, agent: AgentSample::default() });
+    cell.set(Snapshot { taken_at: SystemTime::now(), containers, requests: Vec::new(), agent: AgentSample::default() });
     let registry = prometheus::registry(cell);
     c.bench_function("encode /metrics, 50 containers", |b| {
         b.iter(|| prometheus::encode(black_box(&registry)).expect("encode"))
     });
 }
 
-criterion_group!(benches, identity, readers, encode);
+/// A payload record as the probes write it: header fields in `DataEvent` order, then the data.
+fn record(kind: u32, timestamp_ns: u64, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(40 + payload.len());
+    for field in [kind, 42, 7, payload.len() as u32] {
+        bytes.extend_from_slice(&field.to_ne_bytes());
+    }
+    for field in [payload.len() as u64, timestamp_ns, 1234] {
+        bytes.extend_from_slice(&field.to_ne_bytes());
+    }
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn pipeline(c: &mut Criterion) {
+    use agent_common::traffic::{FdKey, KIND_DATA_IN, KIND_DATA_OUT};
+    use modelmeter::{
+        kernel::decode_data_event,
+        store::requests::{RequestStore, RequestsConfig},
+    };
+    let request = record(KIND_DATA_IN, 1_000, b"POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}");
+    let response = record(KIND_DATA_OUT, 2_000_000, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let by_cgroup: std::collections::HashMap<u64, modelmeter::identity::Identity> =
+        [(1234, identify(SYSTEMD_PATH))].into_iter().collect();
+    let mut store = RequestStore::new(RequestsConfig::default());
+    let mut group = c.benchmark_group("request pipeline");
+    group.throughput(Throughput::Elements(2));
+    group.bench_function("decode → identity → histogram, per request (2 events)", |b| {
+        b.iter(|| {
+            for bytes in [&request, &response] {
+                let (event, captured) = decode_data_event(black_box(bytes)).expect("record");
+                let identity = &by_cgroup[&event.cgroup_id];
+                let key = FdKey { tgid: event.tgid, fd: event.fd };
+                black_box(store.feed(key, identity, event.kind, event.timestamp_ns, event.len, captured));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, identity, readers, encode, pipeline);
 criterion_main!(benches);

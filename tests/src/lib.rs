@@ -482,3 +482,155 @@ mod tests {
         assert_eq!(uid.matches('-').count(), 4);
     }
 }
+
+/// `mm-httpd` running inside a cgroup; killed on drop.
+pub struct HttpServer {
+    child: ChildGuard,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpServer {
+    /// Starts the test HTTP server with its processes in `cgroup`, and waits for its port.
+    pub fn start_in(cgroup: &CgroupGuard) -> HttpServer {
+        Self::start_joining(&cgroup.procs_files())
+    }
+
+    /// Starts it after joining these `cgroup.procs` files (none: stays in the caller's cgroup).
+    pub fn start_joining(procs_files: &[PathBuf]) -> HttpServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port_file = dir.path().join("port");
+        let mut command = Command::new(workspace_bin("MM_HTTPD_BIN", "mm-httpd"));
+        for file in procs_files {
+            command.arg("--join").arg(file);
+        }
+        let stats_file = dir.path().join("stats.json");
+        let child = ChildGuard(command.arg(&port_file).arg(&stats_file).spawn().expect("starting mm-httpd"));
+        let port = wait_for(Duration::from_secs(10), "mm-httpd's port", || {
+            std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok())
+        });
+        HttpServer { child, port, _dir: dir }
+    }
+
+    /// The server's own records: (path, status) → handling times in ns (asked for with SIGUSR1).
+    pub fn stats(&self) -> BTreeMap<(String, u16), Vec<u64>> {
+        let file = self._dir.path().join("stats.json");
+        let _ = std::fs::remove_file(&file);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.pid() as i32, libc::SIGUSR1) };
+        let body = wait_for(Duration::from_secs(10), "mm-httpd's stats", || std::fs::read(&file).ok());
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("stats JSON");
+        json.as_object()
+            .expect("stats object")
+            .iter()
+            .map(|(key, times)| {
+                let (path, status) = key.rsplit_once(' ').expect("key is 'path status'");
+                let times = times.as_array().expect("array").iter().filter_map(serde_json::Value::as_u64).collect();
+                ((path.to_owned(), status.parse().expect("status")), times)
+            })
+            .collect()
+    }
+}
+
+/// Reads one response (head and Content-Length body) from `stream`; returns (status, body).
+pub fn read_response(stream: &mut std::net::TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::Read;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            if (100..200).contains(&status) {
+                buffer.drain(..end);
+                continue;
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buffer.len() < end + length {
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            return Ok((status, buffer[end..end + length].to_vec()));
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One request on a new connection to `127.0.0.1:port`.
+pub fn http_request(port: u16, request: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(request.as_bytes())?;
+    read_response(&mut stream)
+}
+
+/// Sends `paths` (GETs) to the server from `concurrency` threads, each reusing a connection for a
+/// varying number of requests (1 to 20) before opening a new one. Returns (path, status) counts.
+pub fn drive_load(port: u16, paths: &[String], concurrency: usize) -> BTreeMap<(String, u16), u64> {
+    use std::io::Write;
+    let chunks: Vec<Vec<String>> =
+        (0..concurrency).map(|t| paths.iter().skip(t).step_by(concurrency).cloned().collect()).collect();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(t, paths)| {
+            std::thread::spawn(move || {
+                let mut counts: BTreeMap<(String, u16), u64> = BTreeMap::new();
+                let mut state = (t as u64 + 1) * 0x9E37_79B9;
+                let mut stream: Option<(std::net::TcpStream, u64)> = None;
+                for path in paths {
+                    if stream.as_ref().is_none_or(|(_, left)| *left == 0) {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let connection = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+                        connection.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+                        stream = Some((connection, 1 + state % 20));
+                    }
+                    let (connection, left) = stream.as_mut().expect("connected");
+                    *left -= 1;
+                    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: mm-load\r\n\r\n");
+                    connection.write_all(request.as_bytes()).expect("sending a request");
+                    let (status, _) = read_response(connection).expect("reading a response");
+                    *counts.entry((path, status)).or_default() += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut total = BTreeMap::new();
+    for handle in handles {
+        for (key, n) in handle.join().expect("load thread") {
+            *total.entry(key).or_default() += n;
+        }
+    }
+    total
+}
+
+impl Agent {
+    /// `/api/v1/snapshot` as JSON.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let body = http_get(&self.url("/api/v1/snapshot")).unwrap_or_else(|e| panic!("GET /api/v1/snapshot: {e}"));
+        serde_json::from_str(&body).expect("snapshot is JSON")
+    }
+}
+
+/// The `q` quantile of `values` with the same rank rule as the agent (the ⌈q·n⌉-th smallest).
+pub fn quantile(values: &[u64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64
+}

@@ -148,7 +148,7 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
         .map(|s| s.value)
         .sum::<f64>();
     assert!(runs > 0.0, "bpf_stats run count of sched_switch should be positive");
-    assert_eq!(metrics.get("modelmeter_ringbuf_drops_total", &[]), Some(0.0));
+    assert_eq!(metrics.get("modelmeter_ringbuf_drops_total", &[("ring", "events")]), Some(0.0));
 
     drop(burner);
     drop(holder);

@@ -4,7 +4,10 @@
 //!    over socket pairs (a context-switch-heavy load).
 //! 2. Agent footprint: RSS and CPU of the idle agent at its default 10 s interval with 50
 //!    kubelet-shaped cgroups, each with a process in it.
-//! 3. Userspace hot paths: the criterion benchmarks in `benches/`.
+//! 3. Request tracing: syscall probe cost for an unwatched process doing file I/O and for a
+//!    watched server's requests; the server's throughput with the agent over without; the agent's
+//!    CPU at 5,000 requests/s.
+//! 4. Userspace hot paths: the criterion benchmarks in `benches/`.
 
 use std::{
     io::{Read, Write},
@@ -17,7 +20,7 @@ use std::{
 };
 
 use anyhow::Context;
-use e2e::{Agent, CgroupGuard, Metrics, hex_id, pod_uid};
+use e2e::{Agent, CgroupGuard, HttpServer, Metrics, hex_id, pod_uid};
 
 use crate::{cmd, require_root, root, setup};
 
@@ -32,6 +35,7 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool) -> anyhow::Result<
     }
     probe_overhead(load)?;
     agent_footprint(idle)?;
+    request_tracing(load)?;
     if criterion {
         cmd("cargo", &["bench", "-p", "modelmeter-benches"])?;
     }
@@ -165,4 +169,126 @@ fn agent_footprint(idle: Duration) -> anyhow::Result<()> {
         drop(cgroup);
     }
     Ok(())
+}
+
+/// Per-probe (run time ns, runs) deltas between two scrapes, for probes whose name matches.
+fn probe_delta(before: &[(String, f64, f64)], after: &[(String, f64, f64)], probes: &[&str]) -> (f64, f64) {
+    after
+        .iter()
+        .filter(|(probe, ..)| probes.contains(&probe.as_str()))
+        .map(|(probe, time, runs)| {
+            let (t0, r0) = before.iter().find(|(p, ..)| p == probe).map(|(_, t, r)| (*t, *r)).unwrap_or((0.0, 0.0));
+            (time - t0, runs - r0)
+        })
+        .fold((0.0, 0.0), |(t, r), (dt, dr)| (t + dt, r + dr))
+}
+
+fn per_run(time_ns: f64, runs: f64) -> String {
+    if runs > 0.0 { format!("{:.1} ns/run over {runs:.0} runs", time_ns / runs) } else { "no runs".to_owned() }
+}
+
+/// A keep-alive client that speaks through read(2)/write(2) (not recvfrom/sendto), so the socket
+/// probes' recvfrom/sendto figures are the server's alone.
+fn request_loop(port: u16, until: Instant, pace: Option<Duration>) -> u64 {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    let _ = stream.set_nodelay(true);
+    // SAFETY: the fd comes from a stream we own and give up.
+    let mut file = unsafe { std::fs::File::from_raw_fd(stream.into_raw_fd()) };
+    let request = b"GET /item HTTP/1.1\r\nHost: bench\r\n\r\n";
+    let mut buffer = [0u8; 4096];
+    let mut done = 0;
+    let mut next = Instant::now();
+    while Instant::now() < until {
+        if let Some(pace) = pace {
+            next += pace;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        if file.write_all(request).is_err() {
+            break;
+        }
+        // The response fits one read: "HTTP/1.1 200 OK" + headers + "ok\n".
+        let mut got = 0;
+        while !buffer[..got].ends_with(b"ok\n") {
+            match file.read(&mut buffer[got..]) {
+                Ok(0) | Err(_) => return done,
+                Ok(n) => got += n,
+            }
+        }
+        done += 1;
+    }
+    done
+}
+
+/// Requests per second of `clients` closed-loop clients for `duration` (each paced at `pace` if set).
+fn throughput(port: u16, clients: usize, duration: Duration, pace: Option<Duration>) -> f64 {
+    let until = Instant::now() + duration;
+    let handles: Vec<_> = (0..clients).map(|_| std::thread::spawn(move || request_loop(port, until, pace))).collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / duration.as_secs_f64()
+}
+
+fn request_tracing(load: Duration) -> anyhow::Result<()> {
+    let uid = pod_uid(4000);
+    let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}/{}", hex_id(4001, 64)));
+    let server = HttpServer::start_in(&pod);
+    // Without the agent first.
+    let bare = throughput(server.port, 4, load, None);
+    let agent = Agent::start("kubernetes:\n  watch: never\n");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // An unwatched process doing file I/O.
+    let file_probes = ["enter_read", "exit_read", "enter_write", "exit_write"];
+    let before = probe_stats(&agent.metrics());
+    let dir = tempfile_dir()?;
+    let path = dir.join("io");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let block = [7u8; 4096];
+    let mut read_back = [0u8; 4096];
+    for i in 0..200_000u64 {
+        if i % 2 == 0 {
+            file.write_all(&block)?;
+        } else {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            file.read_exact(&mut read_back)?;
+        }
+    }
+    let after = probe_stats(&agent.metrics());
+    let (time, runs) = probe_delta(&before, &after, &file_probes);
+    println!("\n== Request tracing");
+    println!("syscall probes, unwatched process doing file reads/writes: {}", per_run(time, runs));
+
+    // A watched server's requests: its recvfrom/sendto are watched; the clients use read/write.
+    let before = probe_stats(&agent.metrics());
+    let traced = throughput(server.port, 4, load, None);
+    let after = probe_stats(&agent.metrics());
+    let watched = ["enter_recvfrom", "exit_recvfrom", "enter_sendto", "exit_sendto"];
+    let (time, runs) = probe_delta(&before, &after, &watched);
+    println!("syscall probes, watched server request/response (recvfrom/sendto): {}", per_run(time, runs));
+    println!("server throughput: {bare:.0} req/s without the agent, {traced:.0} with: ratio {:.3}", traced / bare);
+
+    // Agent CPU at about 5,000 requests/s (10 clients × 500/s).
+    let (cpu0, _) = cpu_and_rss(agent.pid())?;
+    let started = Instant::now();
+    let rate = throughput(server.port, 10, load, Some(Duration::from_micros(2000)));
+    let (cpu1, rss) = cpu_and_rss(agent.pid())?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "agent at {rate:.0} req/s: {:.2}% of one core, RSS {:.1} MB",
+        (cpu1 - cpu0) / elapsed * 100.0,
+        rss as f64 / 1e6
+    );
+    let counted: f64 = agent.metrics().select("http_server_request_duration_seconds_count", &[]).map(|s| s.value).sum();
+    println!("requests the agent counted: {counted:.0}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("modelmeter-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -57,6 +57,12 @@ pub fn process_exists(proc_root: &Path, tgid: u32) -> bool {
     proc_dir(proc_root, tgid).exists()
 }
 
+/// Whether `fd` of process `tgid` is a socket (its `/proc/<tgid>/fd/<fd>` link reads `socket:[…]`).
+pub fn is_socket(proc_root: &Path, tgid: u32, fd: u32) -> bool {
+    std::fs::read_link(proc_dir(proc_root, tgid).join("fd").join(fd.to_string()))
+        .is_ok_and(|target| target.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
+}
+
 fn proc_dir(proc_root: &Path, pid: u32) -> PathBuf {
     proc_root.join(pid.to_string())
 }
@@ -87,5 +93,11 @@ mod tests {
         assert!(read_proc_cgroup(Path::new("/proc"), std::process::id()).is_some());
         assert!(process_exists(Path::new("/proc"), std::process::id()));
         assert!(!process_exists(Path::new("/proc"), u32::MAX));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
+        assert!(is_socket(Path::new("/proc"), std::process::id(), fd));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file) as u32;
+        assert!(!is_socket(Path::new("/proc"), std::process::id(), fd));
     }
 }

@@ -11,32 +11,34 @@ use prometheus_client::{
 };
 
 use crate::{
-    identity::Identity,
+    identity::{Identity, kubernetes::PodMeta},
     kernel,
-    store::{ContainerSample, SnapshotCell},
+    store::{
+        ContainerSample, RequestSample, SnapshotCell,
+        requests::DURATION_BUCKETS,
+    },
 };
 
 type Labels = Vec<(&'static str, String)>;
 
 /// Labels that say whose series it is. Pod containers always carry the Kubernetes names (empty
-/// until the API server tells them), so a series keeps one label set per family.
-pub fn sample_labels(sample: &ContainerSample) -> Labels {
-    match &sample.identity {
-        Identity::PodContainer { pod_uid, container_id, runtime, qos } => {
-            let pod = sample.pod.as_deref();
-            let model = pod.and_then(|p| p.model.as_ref());
-            vec![
-                ("namespace", pod.map(|p| p.namespace.clone()).unwrap_or_default()),
-                ("pod", pod.map(|p| p.name.clone()).unwrap_or_default()),
-                ("container", sample.container_name().unwrap_or_default().to_owned()),
-                ("model", model.map(|m| m.name.clone()).unwrap_or_default()),
-                ("model_version", model.map(|m| m.version.clone()).unwrap_or_default()),
-                ("pod_uid", pod_uid.clone()),
-                ("container_id", container_id.clone()),
-                ("container_runtime", runtime.as_str().to_owned()),
-                ("qos_class", qos.as_str().to_owned()),
-            ]
-        }
+/// until the API server tells them), so a series keeps one label set per family. `model` overrides
+/// the pod's model (a request that names its own).
+fn identity_labels(identity: &Identity, pod: Option<&PodMeta>, model: Option<(&str, &str)>) -> Labels {
+    let model = model.or_else(|| pod?.model.as_ref().map(|m| (m.name.as_str(), m.version.as_str())));
+    let (model_name, model_version) = model.map(|(n, v)| (n.to_owned(), v.to_owned())).unwrap_or_default();
+    match identity {
+        Identity::PodContainer { pod_uid, container_id, runtime, qos } => vec![
+            ("namespace", pod.map(|p| p.namespace.clone()).unwrap_or_default()),
+            ("pod", pod.map(|p| p.name.clone()).unwrap_or_default()),
+            ("container", pod.and_then(|p| p.containers.get(container_id)).cloned().unwrap_or_default()),
+            ("model", model_name),
+            ("model_version", model_version),
+            ("pod_uid", pod_uid.clone()),
+            ("container_id", container_id.clone()),
+            ("container_runtime", runtime.as_str().to_owned()),
+            ("qos_class", qos.as_str().to_owned()),
+        ],
         Identity::Pod { pod_uid, qos } => vec![("pod_uid", pod_uid.clone()), ("qos_class", qos.as_str().to_owned())],
         Identity::Docker { container_id } => {
             vec![("container_id", container_id.clone()), ("container_runtime", "docker".to_owned())]
@@ -44,6 +46,31 @@ pub fn sample_labels(sample: &ContainerSample) -> Labels {
         Identity::SystemdUnit { unit } => vec![("systemd_unit", unit.clone())],
         Identity::Other => Vec::new(),
     }
+}
+
+/// Labels of a container's series.
+pub fn sample_labels(sample: &ContainerSample) -> Labels {
+    identity_labels(&sample.identity, sample.pod.as_deref(), None)
+}
+
+/// Labels of a request series: whose, then the semantic-convention attributes.
+pub fn request_labels(sample: &RequestSample) -> Labels {
+    let mut labels = identity_labels(&sample.identity, sample.pod.as_deref(), sample.key.model.as_ref().map(|(n, v)| (n.as_str(), v.as_str())));
+    if !labels.iter().any(|(k, _)| *k == "model") {
+        let (name, version) = sample.model().unwrap_or_default();
+        labels.push(("model", name.to_owned()));
+        labels.push(("model_version", version.to_owned()));
+    }
+    let status = sample.key.status;
+    labels.extend([
+        ("http_request_method", sample.key.method.to_owned()),
+        ("http_route", sample.key.route.clone()),
+        ("http_response_status_code", status.to_string()),
+        ("url_scheme", "http".to_owned()),
+        // Semantic conventions: a server's 5xx is an error, named by its status code.
+        ("error_type", if status >= 500 { status.to_string() } else { String::new() }),
+    ]);
+    labels
 }
 
 /// Encodes the current snapshot of a [`SnapshotCell`] on every scrape.
@@ -194,6 +221,23 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             containers.iter().map(|c| (sample_labels(c), c.oom_kills)),
             counter_u64,
         )?;
+        family(
+            e,
+            "http_server_request_duration",
+            "Duration of HTTP server requests, from the request's first byte read to the response's last byte written.",
+            Some(Unit::Seconds),
+            MetricType::Histogram,
+            snapshot.requests.iter().map(|r| (request_labels(r), &r.latency)),
+            |mut encoder, latency| {
+                let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(latency.buckets.iter().copied())
+                    .collect();
+                encoder.encode_histogram::<NoLabelSet>(latency.sum_ns as f64 / 1e9, latency.count, &buckets, None)
+            },
+        )?;
         self.encode_agent(e, &snapshot.agent)
     }
 }
@@ -240,7 +284,14 @@ impl SnapshotCollector {
             "Events the probes could not send because the ring buffer was full.",
             None,
             MetricType::Counter,
-            agent.probe_counters.iter().filter(|(n, _)| *n == "ringbuf_drops").map(|(_, v)| (Vec::new(), *v)),
+            agent.probe_counters.iter().filter_map(|(name, v)| {
+                let ring = match *name {
+                    "ringbuf_drops" => "events",
+                    "data_ringbuf_drops" => "payloads",
+                    _ => return None,
+                };
+                Some((vec![("ring", ring.to_owned())], *v))
+            }),
             counter_u64,
         )?;
         family(
@@ -252,7 +303,7 @@ impl SnapshotCollector {
             agent
                 .probe_counters
                 .iter()
-                .filter(|(n, _)| *n != "ringbuf_drops")
+                .filter(|(n, _)| !n.ends_with("ringbuf_drops"))
                 .map(|(n, v)| (vec![("error", n.to_string())], *v)),
             counter_u64,
         )?;
@@ -292,6 +343,43 @@ impl SnapshotCollector {
             agent.probe_family.map(|_| (Vec::new(), agent.unattributed_cpu_ns as f64 / 1e9)),
             counter,
         )?;
+        let requests = &agent.requests;
+        family(
+            e,
+            "modelmeter_http_route_overflow",
+            "Requests whose route went to `_other` because the route budget of their model was spent.",
+            None,
+            MetricType::Counter,
+            requests.route_overflow.iter().map(|(model, n)| (vec![("model", model.clone())], *n)),
+            counter_u64,
+        )?;
+        family(
+            e,
+            "modelmeter_http_skipped",
+            "Captured socket traffic that did not become a request, by reason.",
+            None,
+            MetricType::Counter,
+            requests.skipped.iter().map(|(reason, n)| (vec![("reason", reason.to_string())], *n)),
+            counter_u64,
+        )?;
+        family(
+            e,
+            "modelmeter_http_watched_cgroups",
+            "cgroups whose requests are traced.",
+            None,
+            MetricType::Gauge,
+            requests.enabled.then(|| (Vec::new(), requests.watched_cgroups as f64)),
+            gauge,
+        )?;
+        family(
+            e,
+            "modelmeter_http_connections",
+            "Connections being followed.",
+            None,
+            MetricType::Gauge,
+            requests.enabled.then(|| (Vec::new(), requests.connections as f64)),
+            gauge,
+        )?;
         family(
             e,
             "modelmeter_events_dropped",
@@ -301,6 +389,8 @@ impl SnapshotCollector {
             [
                 (vec![("reason", "malformed".to_owned())], agent.malformed_events),
                 (vec![("reason", "oom_victim_unattributed".to_owned())], agent.oom_kills_unattributed),
+                (vec![("reason", "malformed_payload".to_owned())], requests.malformed_events),
+                (vec![("reason", "request_event_rate_limited".to_owned())], requests.events_dropped),
             ],
             counter_u64,
         )

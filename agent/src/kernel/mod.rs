@@ -4,14 +4,20 @@
 
 use std::{os::fd::OwnedFd, path::Path};
 
+use std::collections::HashSet;
+
 use agent_common::{
     counters,
     events::{EVENTS_MAP, Event},
     sched::{TASK_CPU_MAP, TaskCpu, TaskKey},
+    traffic::{
+        self, DATA_EVENTS_MAP, DataEvent, FD_CLASS_MAP, FD_NOT_SOCKET, FD_SOCKET, FdKey, WATCH_CONFIG_MAP,
+        WATCHED_CGROUPS_MAP,
+    },
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, RawTracePoint, TracePoint},
 };
 
@@ -79,6 +85,39 @@ const SCHED_EVENTS: [(&str, &str); 3] =
 const EVENT_PROBES: [(&str, &str, &str); 2] =
     [("sched_process_exit", "sched", "sched_process_exit"), ("oom_mark_victim", "oom", "mark_victim")];
 
+/// Syscall tracepoints of request tracing: (program, event in category `syscalls`).
+const TRAFFIC_PROBES: [(&str, &str); 19] = [
+    ("enter_read", "sys_enter_read"),
+    ("exit_read", "sys_exit_read"),
+    ("enter_readv", "sys_enter_readv"),
+    ("exit_readv", "sys_exit_readv"),
+    ("enter_recvfrom", "sys_enter_recvfrom"),
+    ("exit_recvfrom", "sys_exit_recvfrom"),
+    ("enter_recvmsg", "sys_enter_recvmsg"),
+    ("exit_recvmsg", "sys_exit_recvmsg"),
+    ("enter_write", "sys_enter_write"),
+    ("exit_write", "sys_exit_write"),
+    ("enter_writev", "sys_enter_writev"),
+    ("exit_writev", "sys_exit_writev"),
+    ("enter_sendto", "sys_enter_sendto"),
+    ("exit_sendto", "sys_exit_sendto"),
+    ("enter_sendmsg", "sys_enter_sendmsg"),
+    ("exit_sendmsg", "sys_exit_sendmsg"),
+    ("enter_close", "sys_enter_close"),
+    ("exit_accept4", "sys_exit_accept4"),
+    ("exit_accept", "sys_exit_accept"),
+];
+
+/// The maps of request tracing, when its probes are attached.
+struct Traffic {
+    watched: BpfHashMap<MapData, u64, u8>,
+    watch_config: Array<MapData, u32>,
+    fd_class: BpfHashMap<MapData, FdKey, u8>,
+    data_events: Option<RingBuf<MapData>>,
+    /// What `watched` holds now, to update it by difference.
+    watched_now: HashSet<u64>,
+}
+
 /// One attached program, for bpf_stats and `doctor`.
 #[derive(Debug, Clone)]
 pub struct AttachedProgram {
@@ -105,6 +144,7 @@ pub struct Probes {
     task_cpu: PerCpuHashMap<MapData, TaskKey, TaskCpu>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    traffic: Option<Traffic>,
     /// Keeps BPF_ENABLE_STATS on while held.
     _stats: Option<OwnedFd>,
 }
@@ -142,6 +182,7 @@ fn load_object(config: &ProbesConfig) -> Result<Ebpf, KernelError> {
         .map_max_entries(TASK_CPU_MAP, config.task_map_entries.get())
         .map_max_entries(agent_common::sched::WAKEUP_TS_MAP, config.task_map_entries.get())
         .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes.get())
+        .map_max_entries(DATA_EVENTS_MAP, config.data_ring_buffer_bytes.get())
         .load(EBPF_OBJECT)
         .map_err(|e| KernelError::Load(Box::new(e)))
 }
@@ -188,6 +229,11 @@ impl Probes {
                 }
             }
         }
+        let traffic = if config.request_tracing {
+            attach_traffic(&mut ebpf, &mut attached, &mut missing)?
+        } else {
+            None
+        };
         let stats = if config.bpf_stats {
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .inspect_err(|e| tracing::warn!(error = %e, "bpf_stats unavailable; probe run times will read 0"))
@@ -198,7 +244,7 @@ impl Probes {
         let task_cpu = take_map(&mut ebpf, TASK_CPU_MAP)?;
         let counters = take_map(&mut ebpf, counters::COUNTERS_MAP)?;
         let events = Some(take_map(&mut ebpf, EVENTS_MAP)?);
-        Ok(Probes { ebpf, family, attached, missing, task_cpu, counters, events, _stats: stats })
+        Ok(Probes { ebpf, family, attached, missing, task_cpu, counters, events, traffic, _stats: stats })
     }
 
     pub fn family(&self) -> HookFamily {
@@ -217,6 +263,57 @@ impl Probes {
     /// The ring buffer of exit and OOM events; can be taken once.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// Whether request tracing's syscall probes are attached.
+    pub fn has_request_tracing(&self) -> bool {
+        self.traffic.is_some()
+    }
+
+    /// The ring buffer of socket payload events; can be taken once.
+    pub fn take_data_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.traffic.as_mut().and_then(|t| t.data_events.take())
+    }
+
+    /// Makes the probes trace exactly these cgroups (by v2 id).
+    pub fn set_watched_cgroups(&mut self, wanted: &HashSet<u64>) {
+        let Some(traffic) = self.traffic.as_mut() else { return };
+        for gone in traffic.watched_now.difference(wanted).copied().collect::<Vec<_>>() {
+            if traffic.watched.remove(&gone).is_ok() {
+                traffic.watched_now.remove(&gone);
+            }
+        }
+        for new in wanted.difference(&traffic.watched_now).copied().collect::<Vec<_>>() {
+            match traffic.watched.insert(new, 1, 0) {
+                Ok(()) => {
+                    traffic.watched_now.insert(new);
+                }
+                Err(e) => tracing::warn!(error = %e, cgroup_id = new, "Watching a cgroup for requests failed"),
+            }
+        }
+    }
+
+    /// Traces every process but the agent itself (standalone use), or only the watched cgroups.
+    pub fn set_watch_all(&mut self, all: bool) {
+        let Some(traffic) = self.traffic.as_mut() else { return };
+        let results = [
+            traffic.watch_config.set(traffic::AGENT_TGID, std::process::id(), 0),
+            traffic.watch_config.set(traffic::WATCH_ALL, u32::from(all), 0),
+        ];
+        for result in results {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Setting the request tracing switch failed");
+            }
+        }
+    }
+
+    /// Tells the probes what an fd they asked about is.
+    pub fn classify_fd(&mut self, key: FdKey, is_socket: bool) {
+        let Some(traffic) = self.traffic.as_mut() else { return };
+        let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
+        if let Err(e) = traffic.fd_class.insert(key, class, 0) {
+            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "Classifying an fd failed");
+        }
     }
 
     /// Every (cgroup, tgid) entry, summed over CPUs.
@@ -277,6 +374,66 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Attaches the syscall probes of request tracing; all or none (a partial set would pair reads
+/// without writes). Returns `None`, with the reason in `missing`, when the kernel refuses one.
+fn attach_traffic(
+    ebpf: &mut Ebpf,
+    attached: &mut Vec<AttachedProgram>,
+    missing: &mut Vec<(String, String)>,
+) -> Result<Option<Traffic>, KernelError> {
+    let mut done: Vec<&str> = Vec::new();
+    for (program, event) in TRAFFIC_PROBES {
+        if let Err(reason) = attach_tracepoint(ebpf, program, "syscalls", event) {
+            tracing::warn!(program, reason = %reason, "Request tracing unavailable");
+            missing.push((program.to_owned(), reason));
+            for name in &done {
+                if let Some(p) = ebpf.program_mut(name) {
+                    let _ = unload(p);
+                }
+            }
+            return Ok(None);
+        }
+        done.push(program);
+    }
+    attached.extend(TRAFFIC_PROBES.iter().map(|(program, event)| AttachedProgram {
+        name: (*program).to_owned(),
+        kind: "tracepoint",
+        event: format!("syscalls/{event}"),
+    }));
+    Ok(Some(Traffic {
+        watched: take_map(ebpf, WATCHED_CGROUPS_MAP)?,
+        watch_config: take_map(ebpf, WATCH_CONFIG_MAP)?,
+        fd_class: take_map(ebpf, FD_CLASS_MAP)?,
+        data_events: Some(take_map(ebpf, DATA_EVENTS_MAP)?),
+        watched_now: HashSet::new(),
+    }))
+}
+
+/// Decodes one payload record: its header and the captured bytes; `None` for a short record.
+pub fn decode_data_event(bytes: &[u8]) -> Option<(DataEvent, &[u8])> {
+    let header = std::mem::offset_of!(DataEvent, data);
+    if bytes.len() < header {
+        return None;
+    }
+    let field = |offset: usize, width: usize| -> u64 {
+        let mut raw = [0u8; 8];
+        raw[..width].copy_from_slice(&bytes[offset..offset + width]);
+        u64::from_ne_bytes(raw)
+    };
+    let event = DataEvent {
+        kind: field(std::mem::offset_of!(DataEvent, kind), 4) as u32,
+        tgid: field(std::mem::offset_of!(DataEvent, tgid), 4) as u32,
+        fd: field(std::mem::offset_of!(DataEvent, fd), 4) as u32,
+        captured: field(std::mem::offset_of!(DataEvent, captured), 4) as u32,
+        len: field(std::mem::offset_of!(DataEvent, len), 8),
+        timestamp_ns: field(std::mem::offset_of!(DataEvent, timestamp_ns), 8),
+        cgroup_id: field(std::mem::offset_of!(DataEvent, cgroup_id), 8),
+        data: [0; traffic::CAPTURE_BYTES],
+    };
+    let captured = (event.captured as usize).min(traffic::CAPTURE_BYTES).min(bytes.len() - header);
+    Some((event, &bytes[header..header + captured]))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>

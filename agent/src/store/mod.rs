@@ -13,7 +13,11 @@ use std::{
 use agent_common::{
     events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
     sched::{TaskCpu, TaskKey},
+    traffic::{FdKey, KIND_CLOSE, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN},
 };
+use requests::{LatencyHistogram, RequestKey, RequestStore, WatchSet};
+
+pub mod requests;
 
 use crate::{
     collect::{
@@ -67,6 +71,38 @@ pub struct AgentSample {
     pub unattributed_cpu_ns: u64,
     pub oom_kills_unattributed: u64,
     pub malformed_events: u64,
+    pub requests: RequestsAgentSample,
+}
+
+/// One request series at one collection.
+#[derive(Debug, Clone)]
+pub struct RequestSample {
+    pub identity: Identity,
+    pub pod: Option<Arc<PodMeta>>,
+    pub key: RequestKey,
+    pub latency: LatencyHistogram,
+}
+
+impl RequestSample {
+    /// The request's own model, else the pod's: (name, version).
+    pub fn model(&self) -> Option<(&str, &str)> {
+        match &self.key.model {
+            Some((name, version)) => Some((name, version)),
+            None => self.pod.as_ref()?.model.as_ref().map(|m| (m.name.as_str(), m.version.as_str())),
+        }
+    }
+}
+
+/// Request tracing's own figures.
+#[derive(Debug, Clone, Default)]
+pub struct RequestsAgentSample {
+    pub enabled: bool,
+    pub watched_cgroups: usize,
+    pub connections: usize,
+    pub route_overflow: Vec<(String, u64)>,
+    pub skipped: Vec<(&'static str, u64)>,
+    pub events_dropped: u64,
+    pub malformed_events: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -74,12 +110,18 @@ pub struct Snapshot {
     pub taken_at: SystemTime,
     /// Sorted by identity labels, so output is stable.
     pub containers: Vec<ContainerSample>,
+    pub requests: Vec<RequestSample>,
     pub agent: AgentSample,
 }
 
 impl Snapshot {
     pub fn empty() -> Self {
-        Snapshot { taken_at: SystemTime::now(), containers: Vec::new(), agent: AgentSample::default() }
+        Snapshot {
+            taken_at: SystemTime::now(),
+            containers: Vec::new(),
+            requests: Vec::new(),
+            agent: AgentSample::default(),
+        }
     }
 }
 
@@ -112,6 +154,13 @@ pub struct Aggregator {
     by_tgid: HashMap<u32, Option<Identity>>,
     /// OOM kills seen before their cgroup was discovered.
     oom_by_cgroup_id: HashMap<u64, u64>,
+    requests: RequestStore,
+    /// fds classified as not sockets, whose already-captured data is dropped.
+    not_sockets: std::collections::HashSet<FdKey>,
+    /// Request tracing follows these cgroups (when not watching everything).
+    watch_set: WatchSet,
+    watched_cgroups: usize,
+    malformed_data_events: u64,
     collections: u64,
     errors: HashMap<&'static str, u64>,
     retired_unattributed_ns: u64,
@@ -139,6 +188,15 @@ impl Aggregator {
             by_cgroup_id: HashMap::new(),
             by_tgid: HashMap::new(),
             oom_by_cgroup_id: HashMap::new(),
+            requests: RequestStore::new(config.requests.clone()),
+            not_sockets: std::collections::HashSet::new(),
+            watch_set: match config.requests.watch {
+                WatchSet::Auto if config.kubernetes.enabled() => WatchSet::Models,
+                WatchSet::Auto => WatchSet::Pods,
+                other => other,
+            },
+            watched_cgroups: 0,
+            malformed_data_events: 0,
             collections: 0,
             errors: HashMap::new(),
             retired_unattributed_ns: 0,
@@ -203,6 +261,80 @@ impl Aggregator {
         }
     }
 
+    /// Applies one record of the payload ring buffer.
+    pub fn on_data_event_bytes(&mut self, bytes: &[u8]) {
+        let Some((event, captured)) = kernel::decode_data_event(bytes) else {
+            self.malformed_data_events += 1;
+            return;
+        };
+        let key = FdKey { tgid: event.tgid, fd: event.fd };
+        match event.kind {
+            KIND_FD_UNKNOWN => {
+                // A new fd, or a reused number: whatever was followed under this key is over.
+                self.requests.close(key);
+                let is_socket = procfs::is_socket(&self.proc_root, event.tgid, event.fd);
+                if is_socket {
+                    self.not_sockets.remove(&key);
+                } else {
+                    if self.not_sockets.len() >= 65_536 {
+                        self.not_sockets.clear();
+                    }
+                    self.not_sockets.insert(key);
+                }
+                if let Some(probes) = self.probes.as_mut() {
+                    probes.classify_fd(key, is_socket);
+                }
+            }
+            KIND_CLOSE => {
+                self.requests.close(key);
+                self.not_sockets.remove(&key);
+            }
+            // Data the probes captured before the fd was classified as a file, pipe, …
+            KIND_DATA_IN | KIND_DATA_OUT if self.not_sockets.contains(&key) => {}
+            KIND_DATA_IN | KIND_DATA_OUT => {
+                let identity = match self.by_cgroup_id.get(&event.cgroup_id) {
+                    Some(identity) => identity.clone(),
+                    None => match self.resolve_tgid(event.tgid) {
+                        Some(identity) => identity,
+                        // Watching everything: a process outside any container is its own series.
+                        None => Identity::Other,
+                    },
+                };
+                let events =
+                    self.requests.feed(key, &identity, event.kind, event.timestamp_ns, event.len, captured);
+                for request in events {
+                    self.print_request_event(&identity, &request);
+                }
+            }
+            _ => self.malformed_data_events += 1,
+        }
+    }
+
+    /// Slow and failed requests as JSON lines on stdout (`kubectl logs`), with their identity.
+    fn print_request_event(&self, identity: &Identity, request: &requests::RequestEvent) {
+        let pod = match (identity.pod_uid(), &self.pods) {
+            (Some(uid), Some(pods)) => match pods.lookup(uid) {
+                PodLookup::Known(meta) => Some(meta),
+                _ => None,
+            },
+            _ => None,
+        };
+        let line = serde_json::json!({
+            "timestamp": humantime_timestamp(),
+            "event": request.event,
+            "http.request.method": request.method,
+            "http.route": request.route,
+            "http.response.status_code": request.status,
+            "duration_ms": request.duration_ms,
+            "ml.model.name": request.model.clone().or_else(|| pod.as_ref()?.model.as_ref().map(|m| m.name.clone())),
+            "k8s.pod.uid": identity.pod_uid(),
+            "container.id": identity.container_id(),
+            "k8s.namespace.name": pod.as_ref().map(|p| p.namespace.clone()),
+            "k8s.pod.name": pod.as_ref().map(|p| p.name.clone()),
+        });
+        println!("{line}");
+    }
+
     fn resolve_tgid(&mut self, tgid: u32) -> Option<Identity> {
         if let Some(cached) = self.by_tgid.get(&tgid) {
             return cached.clone();
@@ -215,6 +347,32 @@ impl Aggregator {
         }
         self.by_tgid.insert(tgid, resolved.clone());
         resolved
+    }
+
+    /// Points request tracing at the cgroups the watch set names.
+    fn update_watched_cgroups(&mut self) {
+        let Some(probes) = self.probes.as_mut() else { return };
+        if !probes.has_request_tracing() {
+            return;
+        }
+        probes.set_watch_all(self.watch_set == WatchSet::All);
+        let pods = self.pods.clone();
+        let has_model = |identity: &Identity| match (identity.pod_uid(), &pods) {
+            (Some(uid), Some(pods)) => matches!(pods.lookup(uid), PodLookup::Known(meta) if meta.model.is_some()),
+            _ => false,
+        };
+        let wanted: std::collections::HashSet<u64> = self
+            .by_cgroup_id
+            .iter()
+            .filter(|(_, identity)| match self.watch_set {
+                WatchSet::Pods | WatchSet::Auto => matches!(identity, Identity::PodContainer { .. }),
+                WatchSet::Models => matches!(identity, Identity::PodContainer { .. }) && has_model(identity),
+                WatchSet::All | WatchSet::None => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.watched_cgroups = wanted.len();
+        probes.set_watched_cgroups(&wanted);
     }
 
     /// Walks the hierarchy and updates the set of tracked cgroups; forgets those that are gone.
@@ -327,6 +485,7 @@ impl Aggregator {
     pub fn collect(&mut self) -> Snapshot {
         let started = Instant::now();
         self.discover();
+        self.update_watched_cgroups();
         let mut live = self.fold_probe_cpu();
         let unattributed_live = live.remove(&Identity::Other).map(|v| v.on_cpu_ns).unwrap_or(0);
         let has_probes = self.probes.is_some();
@@ -392,6 +551,7 @@ impl Aggregator {
             self.count_error("cgroup_read");
         }
         containers.sort_by(|a, b| a.cgroup_path.cmp(&b.cgroup_path));
+        let requests = self.request_samples(&containers);
         self.collections += 1;
         let mut errors: Vec<_> = self.errors.iter().map(|(k, v)| (*k, *v)).collect();
         errors.sort();
@@ -405,9 +565,48 @@ impl Aggregator {
             unattributed_cpu_ns: self.retired_unattributed_ns + unattributed_live,
             oom_kills_unattributed: self.oom_kills_unattributed,
             malformed_events: self.malformed_events,
+            requests: RequestsAgentSample {
+                enabled: self.probes.as_ref().is_some_and(Probes::has_request_tracing),
+                watched_cgroups: self.watched_cgroups,
+                connections: self.requests.connections(),
+                route_overflow: self.requests.route_overflow.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                skipped: self.requests.skipped.iter().map(|(k, v)| (*k, *v)).collect(),
+                events_dropped: self.requests.events_dropped,
+                malformed_events: self.malformed_data_events,
+            },
         };
-        Snapshot { taken_at: SystemTime::now(), containers, agent }
+        Snapshot { taken_at: SystemTime::now(), containers, requests, agent }
     }
+}
+
+impl Aggregator {
+    /// Request series of the identities still present (a gone container's requests go with it);
+    /// series of processes outside containers (watching everything) stay while they exist.
+    fn request_samples(&mut self, containers: &[ContainerSample]) -> Vec<RequestSample> {
+        let present: HashMap<&Identity, &ContainerSample> = containers.iter().map(|c| (&c.identity, c)).collect();
+        self.requests.retain(|identity| *identity == Identity::Other || present.contains_key(identity));
+        let mut samples: Vec<RequestSample> = self
+            .requests
+            .series
+            .iter()
+            .flat_map(|(identity, series)| {
+                let pod = present.get(identity).and_then(|c| c.pod.clone());
+                series.iter().map(move |(key, latency)| RequestSample {
+                    identity: identity.clone(),
+                    pod: pod.clone(),
+                    key: key.clone(),
+                    latency: latency.clone(),
+                })
+            })
+            .collect();
+        samples.sort_by(|a, b| a.key.cmp(&b.key));
+        samples
+    }
+}
+
+/// RFC 3339 time of now, for event lines.
+fn humantime_timestamp() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 /// Whether a tracked cgroup's directory is still there (its files may be absent in one hierarchy).

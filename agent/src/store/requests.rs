@@ -1,0 +1,392 @@
+//! Request latency per series — (identity, method, route, status, model) — fed by the exchanges
+//! that the HTTP/1 pairing finds in captured socket payloads. Routes are budgeted per identity and
+//! model (overflow goes to `_other` and is counted); slow and failed requests are sampled into
+//! structured events under a rate limit.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use agent_common::traffic::{FdKey, KIND_DATA_IN};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    identity::Identity,
+    protocol::{
+        http1::{Direction, Exchange, Http1Stream, Segment, Skip},
+        route::{RequestModel, method_label, model_from_json_body, route_of},
+    },
+};
+
+/// Bucket bounds of `http.server.request.duration` (OpenTelemetry semantic conventions), seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Route label of requests beyond the budget.
+pub const OVERFLOW_ROUTE: &str = "_other";
+/// Fine-histogram resolution: buckets per power of two (about 1.1% wide).
+const FINE_PER_OCTAVE: f64 = 64.0;
+/// Connections followed at once; beyond this new ones are counted and not followed.
+const MAX_STREAMS: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchSet {
+    /// Pods that have a model when the Kubernetes API is configured; every pod container otherwise.
+    Auto,
+    /// Every pod container.
+    Pods,
+    /// Pods with a model (from the Kubernetes API).
+    Models,
+    /// Every process on the machine but the agent (standalone use).
+    All,
+    /// Nothing.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    /// Which processes' requests are traced. Default `auto`.
+    pub watch: WatchSet,
+    /// Distinct routes kept per workload and model; more go to `_other` and are counted. Default `50`.
+    pub route_budget: usize,
+    /// Requests slower than this produce a `slow_request` event. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub slow_threshold: Duration,
+    /// At most this many slow/failed request events per second; the rest are counted. Default `5`.
+    pub events_per_second: u32,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig { watch: WatchSet::Auto, route_budget: 50, slow_threshold: Duration::from_secs(1), events_per_second: 5 }
+    }
+}
+
+/// Durations of one series: exact counts in the semantic-convention buckets, plus a log-linear
+/// histogram (≈1% resolution) for quantiles.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyHistogram {
+    pub count: u64,
+    pub sum_ns: u64,
+    /// Counts per bucket of [`DURATION_BUCKETS`], the last one +Inf (not cumulative).
+    pub buckets: [u64; DURATION_BUCKETS.len() + 1],
+    fine: BTreeMap<u32, u64>,
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, duration_ns: u64) {
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(duration_ns);
+        let seconds = duration_ns as f64 / 1e9;
+        let bucket = DURATION_BUCKETS.iter().position(|upper| seconds <= *upper).unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket] += 1;
+        *self.fine.entry(fine_index(duration_ns)).or_default() += 1;
+    }
+
+    /// The `q` quantile (0..=1) in seconds; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (index, count) in &self.fine {
+            seen += count;
+            if seen >= rank {
+                return Some(fine_value_ns(*index) / 1e9);
+            }
+        }
+        self.fine.keys().next_back().map(|index| fine_value_ns(*index) / 1e9)
+    }
+}
+
+fn fine_index(ns: u64) -> u32 {
+    ((ns.max(1) as f64).log2() * FINE_PER_OCTAVE).floor() as u32
+}
+
+/// The middle of a fine bucket, in nanoseconds.
+fn fine_value_ns(index: u32) -> f64 {
+    ((index as f64 + 0.5) / FINE_PER_OCTAVE).exp2()
+}
+
+/// What distinguishes request series of one identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub method: &'static str,
+    pub route: String,
+    pub status: u16,
+    /// The model the request itself named (URL or body); the pod's model applies otherwise.
+    pub model: Option<(String, String)>,
+}
+
+/// A finished request worth an event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestEvent {
+    pub event: &'static str,
+    pub method: &'static str,
+    pub route: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub model: Option<String>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    parser: Http1Stream,
+    identity: Identity,
+}
+
+/// Token bucket for sampled events.
+#[derive(Debug)]
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second).min(self.per_second);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestStore {
+    config: RequestsConfig,
+    streams: HashMap<FdKey, Stream>,
+    pub series: HashMap<Identity, HashMap<RequestKey, LatencyHistogram>>,
+    routes: HashMap<(Identity, Option<String>), HashSet<String>>,
+    /// Requests whose route went to `_other`, by model (empty: none).
+    pub route_overflow: BTreeMap<String, u64>,
+    /// Bytes or connections that did not become requests, by reason.
+    pub skipped: BTreeMap<&'static str, u64>,
+    pub events_dropped: u64,
+    limiter: RateLimit,
+    exchanges: Vec<Exchange>,
+    skips: Vec<Skip>,
+}
+
+fn skip_name(skip: Skip) -> &'static str {
+    match skip {
+        Skip::NotHttp => "not_http",
+        Skip::HeadTooLarge => "head_too_large",
+        Skip::Uncaptured => "uncaptured",
+        Skip::UnmatchedResponse => "unmatched_response",
+        Skip::Unfinished => "unfinished",
+    }
+}
+
+impl RequestStore {
+    pub fn new(config: RequestsConfig) -> Self {
+        let per_second = f64::from(config.events_per_second);
+        RequestStore {
+            config,
+            streams: HashMap::new(),
+            series: HashMap::new(),
+            routes: HashMap::new(),
+            route_overflow: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            events_dropped: 0,
+            limiter: RateLimit { per_second, tokens: per_second, last: Instant::now() },
+            exchanges: Vec::new(),
+            skips: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &RequestsConfig {
+        &self.config
+    }
+
+    fn count_skips(&mut self) {
+        for skip in self.skips.drain(..) {
+            *self.skipped.entry(skip_name(skip)).or_default() += 1;
+        }
+    }
+
+    /// Feeds one captured read or write of `identity`'s connection `key`; returns the events
+    /// (slow or failed requests) that passed the rate limit.
+    pub fn feed(
+        &mut self,
+        key: FdKey,
+        identity: &Identity,
+        kind: u32,
+        timestamp_ns: u64,
+        len: u64,
+        captured: &[u8],
+    ) -> Vec<RequestEvent> {
+        if !self.streams.contains_key(&key) {
+            if self.streams.len() >= MAX_STREAMS {
+                *self.skipped.entry("too_many_connections").or_default() += 1;
+                return Vec::new();
+            }
+            self.streams.insert(key, Stream { parser: Http1Stream::new(), identity: identity.clone() });
+        }
+        let Some(stream) = self.streams.get_mut(&key) else { return Vec::new() };
+        let direction = if kind == KIND_DATA_IN { Direction::In } else { Direction::Out };
+        let mut exchanges = std::mem::take(&mut self.exchanges);
+        stream.parser.feed(Segment { direction, timestamp_ns, len, captured }, &mut exchanges, &mut self.skips);
+        let identity = stream.identity.clone();
+        self.count_skips();
+        let mut events = Vec::new();
+        for exchange in exchanges.drain(..) {
+            if let Some(event) = self.record(&identity, &exchange) {
+                events.push(event);
+            }
+        }
+        self.exchanges = exchanges;
+        events
+    }
+
+    /// The connection closed (or its fd was reused): requests still waiting are dropped, counted.
+    pub fn close(&mut self, key: FdKey) {
+        if let Some(mut stream) = self.streams.remove(&key) {
+            stream.parser.close(&mut self.skips);
+            self.count_skips();
+        }
+    }
+
+    fn record(&mut self, identity: &Identity, exchange: &Exchange) -> Option<RequestEvent> {
+        let route = route_of(&exchange.target);
+        let model = route.model.or_else(|| model_from_json_body(&exchange.request_body_prefix));
+        let model = model.map(|RequestModel { name, version }| (name, version));
+        let budget_key = (identity.clone(), model.as_ref().map(|(name, _)| name.clone()));
+        let routes = self.routes.entry(budget_key).or_default();
+        let template = if routes.contains(&route.template) || routes.len() < self.config.route_budget {
+            routes.insert(route.template.clone());
+            route.template
+        } else {
+            *self.route_overflow.entry(model.as_ref().map(|(n, _)| n.clone()).unwrap_or_default()).or_default() += 1;
+            OVERFLOW_ROUTE.to_owned()
+        };
+        let duration_ns = exchange.end_ns.saturating_sub(exchange.start_ns);
+        let method = method_label(&exchange.method);
+        let key = RequestKey { method, route: template, status: exchange.status, model };
+        let event = if exchange.status >= 500 {
+            Some("failed_request")
+        } else if Duration::from_nanos(duration_ns) >= self.config.slow_threshold {
+            Some("slow_request")
+        } else {
+            None
+        };
+        let event = event.and_then(|name| {
+            if self.limiter.allow() {
+                Some(RequestEvent {
+                    event: name,
+                    method,
+                    route: key.route.clone(),
+                    status: key.status,
+                    duration_ms: duration_ns as f64 / 1e6,
+                    model: key.model.as_ref().map(|(n, _)| n.clone()),
+                })
+            } else {
+                self.events_dropped += 1;
+                None
+            }
+        });
+        self.series.entry(identity.clone()).or_default().entry(key).or_default().record(duration_ns);
+        event
+    }
+
+    /// Forgets everything about identities that are gone.
+    pub fn retain(&mut self, keep: impl Fn(&Identity) -> bool) {
+        self.series.retain(|identity, _| keep(identity));
+        self.routes.retain(|(identity, _), _| keep(identity));
+        self.streams.retain(|_, stream| keep(&stream.identity));
+    }
+
+    pub fn connections(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Identity {
+        crate::identity::identify(
+            "/kubepods/burstable/pod1b2c3d4e-0000-4000-8000-123456789abc/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        )
+    }
+
+    fn exchange(store: &mut RequestStore, fd: u32, target: &str, status: u16, start_ms: u64, took_ms: u64) -> Vec<RequestEvent> {
+        let key = FdKey { tgid: 1, fd };
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+        let (start, end) = (start_ms * 1_000_000, (start_ms + took_ms) * 1_000_000);
+        let mut events = store.feed(key, &pod(), KIND_DATA_IN, start, request.len() as u64, request.as_bytes());
+        events.extend(store.feed(key, &pod(), 2, end, response.len() as u64, response.as_bytes()));
+        events
+    }
+
+    #[test]
+    fn histogram_quantiles_are_within_about_one_percent() {
+        let mut histogram = LatencyHistogram::default();
+        for ms in 1..=100u64 {
+            histogram.record(ms * 1_000_000);
+        }
+        let p50 = histogram.quantile(0.5).unwrap();
+        let p99 = histogram.quantile(0.99).unwrap();
+        assert!((p50 - 0.050).abs() < 0.050 * 0.011, "{p50}");
+        assert!((p99 - 0.099).abs() < 0.099 * 0.011, "{p99}");
+        assert_eq!(histogram.count, 100);
+        assert_eq!(histogram.buckets.iter().sum::<u64>(), 100);
+        assert_eq!(histogram.buckets[0], 5, "≤ 5 ms");
+        assert_eq!(LatencyHistogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn exchanges_become_series_with_templates() {
+        let mut store = RequestStore::new(RequestsConfig::default());
+        exchange(&mut store, 3, "/v2/models/resnet50/versions/3/infer", 200, 0, 20);
+        exchange(&mut store, 3, "/users/123?x=1", 404, 100, 2);
+        let series = &store.series[&pod()];
+        let infer = series.keys().find(|k| k.route.contains("infer")).unwrap();
+        assert_eq!(infer.model, Some(("resnet50".to_owned(), "3".to_owned())));
+        assert_eq!(infer.method, "GET");
+        let users = series.keys().find(|k| k.status == 404).unwrap();
+        assert_eq!(users.route, "/users/{id}");
+        assert_eq!(series[users].count, 1);
+        assert_eq!(series[users].sum_ns, 2_000_000);
+    }
+
+    #[test]
+    fn routes_beyond_the_budget_go_to_other_and_are_counted() {
+        let mut store = RequestStore::new(RequestsConfig { route_budget: 3, ..RequestsConfig::default() });
+        for i in 0..10 {
+            exchange(&mut store, 4, &format!("/page{i}x"), 200, i * 10, 1);
+        }
+        let series = &store.series[&pod()];
+        assert_eq!(series.len(), 4, "{series:?}");
+        assert_eq!(series.iter().find(|(k, _)| k.route == OVERFLOW_ROUTE).unwrap().1.count, 7);
+        assert_eq!(store.route_overflow[""], 7);
+    }
+
+    #[test]
+    fn failed_and_slow_requests_make_rate_limited_events() {
+        let mut store = RequestStore::new(RequestsConfig { events_per_second: 2, ..RequestsConfig::default() });
+        assert_eq!(exchange(&mut store, 5, "/a", 500, 0, 1)[0].event, "failed_request");
+        assert_eq!(exchange(&mut store, 5, "/a", 200, 10, 1500)[0].event, "slow_request");
+        assert!(exchange(&mut store, 5, "/a", 503, 20, 1).is_empty(), "over the rate limit");
+        assert_eq!(store.events_dropped, 1);
+        assert!(exchange(&mut store, 5, "/a", 200, 30, 1).is_empty(), "neither slow nor failed");
+    }
+
+    #[test]
+    fn retain_forgets_gone_identities() {
+        let mut store = RequestStore::new(RequestsConfig::default());
+        exchange(&mut store, 6, "/a", 200, 0, 1);
+        store.retain(|_| false);
+        assert!(store.series.is_empty());
+        assert_eq!(store.connections(), 0);
+    }
+}

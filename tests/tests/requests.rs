@@ -1,0 +1,227 @@
+//! End to end, as root: request latency measured in the kernel from syscalls, for a real threaded
+//! HTTP/1.1 server in a kubelet-shaped pod cgroup, against the server's own records.
+
+use std::{collections::BTreeMap, io::Write, time::Duration};
+
+use e2e::{
+    Agent, CgroupGuard, HttpServer, drive_load, hex_id, http_request, pod_uid, quantile, read_response, require_root,
+    wait_for,
+};
+use serde_json::Value;
+
+fn pod_cgroup(seed: u64) -> (CgroupGuard, String) {
+    let uid = pod_uid(seed);
+    let cgroup = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}/{}", hex_id(seed * 3 + 1, 64)));
+    (cgroup, uid)
+}
+
+/// Request series of one pod from the snapshot: (route, status) → series JSON.
+fn series_of(snapshot: &Value, uid: &str) -> BTreeMap<(String, u16), Value> {
+    snapshot["requests"]
+        .as_array()
+        .expect("requests array")
+        .iter()
+        .filter(|r| r["labels"]["pod_uid"] == uid)
+        .map(|r| {
+            let labels = &r["labels"];
+            let route = labels["http_route"].as_str().unwrap_or_default().to_owned();
+            let status = labels["http_response_status_code"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+            ((route, status), r.clone())
+        })
+        .collect()
+}
+
+fn total_count(series: &BTreeMap<(String, u16), Value>) -> u64 {
+    series.values().map(|s| s["count"].as_u64().unwrap_or(0)).sum()
+}
+
+const AGENT_CONFIG: &str = "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n";
+
+#[test]
+fn latency_per_route_matches_the_servers_own_figures() {
+    require_root();
+    let (pod, uid) = pod_cgroup(301);
+    // Started before the agent: it is measured from its next request on.
+    let server = HttpServer::start_in(&pod);
+    let mut early = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connecting");
+    early.write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+    read_response(&mut early).expect("response");
+
+    let agent = Agent::start(AGENT_CONFIG);
+    // The connection opened before the agent: its next requests count. The server's thread was
+    // already blocked in read(2) when the probes attached, and that one read's buffer is unknown
+    // to them, so the first request may be missed — never invented.
+    for _ in 0..3 {
+        early.write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+        read_response(&mut early).expect("response");
+    }
+    drop(early);
+    let early_counted = wait_for(Duration::from_secs(10), "the early connection's requests", || {
+        let series = series_of(&agent.snapshot(), &uid);
+        series.get(&("/fast".to_owned(), 200)).and_then(|s| s["count"].as_u64()).filter(|n| *n >= 2)
+    });
+    assert!(early_counted <= 3, "more requests than were sent: {early_counted}");
+
+    // 20,000 requests from 16 threads, mixing kept-alive and new connections.
+    let mut paths = Vec::new();
+    for i in 0..20_000 {
+        paths.push(match i % 100 {
+            0 | 50 => "/slow",
+            n if n % 7 == 0 => "/medium",
+            _ => "/fast",
+        }.to_owned());
+    }
+    // The server's records from here on are the ones to compare.
+    let records_before = server.stats();
+    let sent = drive_load(server.port, &paths, 16);
+    let mut own = server.stats();
+    for (key, times) in &mut own {
+        let already = records_before.get(key).map_or(0, Vec::len);
+        times.drain(..already);
+    }
+    let early = |key: &(String, u16)| if key.0 == "/fast" { early_counted } else { 0 };
+    let agent_series = wait_for(Duration::from_secs(30), "the agent to count every request", || {
+        let series = series_of(&agent.snapshot(), &uid);
+        let counted = own
+            .iter()
+            .all(|(key, times)| series.get(key).and_then(|s| s["count"].as_u64()) == Some(times.len() as u64 + early(key)));
+        counted.then_some(series)
+    });
+    assert_eq!(sent.values().sum::<u64>(), 20_000);
+    for ((route, status), times) in &own {
+        let series = &agent_series[&(route.clone(), *status)];
+        let key = (route.clone(), *status);
+        assert_eq!(series["count"].as_u64(), Some(times.len() as u64 + early(&key)), "{route} {status}");
+        for (q, field) in [(0.5, "p50_seconds"), (0.99, "p99_seconds")] {
+            let theirs = quantile(times, q) / 1e9;
+            let ours = series[field].as_f64().expect("quantile");
+            let tolerance = (theirs * 0.05).max(0.0005);
+            println!("{route} {status} {field}: agent {:.3} ms, server {:.3} ms", ours * 1e3, theirs * 1e3);
+            assert!((ours - theirs).abs() <= tolerance, "{route} {status} {field}: agent {ours} s vs server {theirs} s");
+        }
+        let labels = &series["labels"];
+        assert_eq!(labels["http_request_method"], "GET");
+        assert_eq!(labels["url_scheme"], "http");
+        assert_eq!(labels["error_type"], if *status >= 500 { "500" } else { "" });
+    }
+    assert_eq!(agent_series.len(), own.len(), "no series beyond the server's routes: {agent_series:?}");
+
+    // The Prometheus exposition carries the semantic-convention histogram.
+    let metrics = agent.metrics();
+    let fast = [("pod_uid", uid.as_str()), ("http_route", "/fast"), ("http_response_status_code", "200")];
+    let count = metrics.get("http_server_request_duration_seconds_count", &fast).expect("histogram count");
+    assert_eq!(count as u64, own[&("/fast".to_owned(), 200)].len() as u64 + early_counted);
+    let le_5ms = metrics
+        .get("http_server_request_duration_seconds_bucket", &[fast[0], fast[1], fast[2], ("le", "0.005")])
+        .expect("5 ms bucket");
+    assert!(le_5ms > count * 0.9, "most 2 ms requests fall in the 5 ms bucket: {le_5ms} of {count}");
+}
+
+#[test]
+fn models_come_from_the_url_and_the_json_body() {
+    require_root();
+    let (pod, uid) = pod_cgroup(302);
+    let agent = Agent::start(AGENT_CONFIG);
+    let server = HttpServer::start_in(&pod);
+    let infer = "POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    let body = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}]}"#;
+    let chat = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(http_request(server.port, infer).expect("infer").0, 200);
+    assert_eq!(http_request(server.port, &chat).expect("chat").0, 200);
+    let series = wait_for(Duration::from_secs(10), "both model requests", || {
+        let series = series_of(&agent.snapshot(), &uid);
+        (total_count(&series) == 2).then_some(series)
+    });
+    let infer = &series[&("/v2/models/{model}/versions/{version}/infer".to_owned(), 200)]["labels"];
+    assert_eq!((infer["model"].as_str(), infer["model_version"].as_str()), (Some("resnet50"), Some("3")));
+    assert_eq!(infer["http_request_method"], "POST");
+    let chat = &series[&("/v1/chat/completions".to_owned(), 200)]["labels"];
+    assert_eq!(chat["model"], "llama-3-8b");
+    // Raw paths, queries and bodies never leave the agent.
+    let exposition = e2e::http_get(&agent.url("/metrics")).expect("metrics");
+    assert!(!exposition.contains("messages") && !exposition.contains("/resnet50/"), "raw request data leaked");
+}
+
+#[test]
+fn an_unwatched_server_yields_no_series() {
+    require_root();
+    let unwatched = CgroupGuard::create("/mm-test-unwatched.slice/httpd");
+    let agent = Agent::start(AGENT_CONFIG);
+    let server = HttpServer::start_in(&unwatched);
+    let paths: Vec<String> = (0..200).map(|_| "/fast".to_owned()).collect();
+    drive_load(server.port, &paths, 4);
+    assert_eq!(server.stats()[&("/fast".to_owned(), 200)].len(), 200);
+    // Give the agent time to see anything it would see.
+    std::thread::sleep(Duration::from_secs(2));
+    let snapshot = agent.snapshot();
+    let any = snapshot["requests"].as_array().expect("requests").iter().any(|r| r["labels"]["http_route"] == "/fast");
+    assert!(!any, "requests of an unwatched cgroup were traced: {snapshot}");
+}
+
+#[test]
+fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
+    require_root();
+    let (pod, uid) = pod_cgroup(303);
+    let agent = Agent::start(AGENT_CONFIG);
+    let server = HttpServer::start_in(&pod);
+    let send_raw = |bytes: &[u8], split: bool| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connecting");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        if split {
+            let _ = stream.set_nodelay(true);
+            for byte in bytes {
+                if stream.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        } else {
+            let _ = stream.write_all(bytes);
+        }
+        read_response(&mut stream).ok()
+    };
+    // Random bytes: the server hangs up; nothing is counted.
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..20 {
+        let noise: Vec<u8> = (0..1500)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        assert!(send_raw(&noise, false).is_none());
+    }
+    // A 64 KiB header: over the server's limit, so it hangs up too.
+    let huge = format!("GET /fast HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    assert!(send_raw(huge.as_bytes(), false).is_none());
+    // A request split into 1-byte writes: one real request.
+    let split = send_raw(b"GET /split-request HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", true);
+    assert_eq!(split.map(|(status, _)| status), Some(200));
+    // 1,000 distinct paths: the route budget (50) holds, the rest go to `_other`.
+    let paths: Vec<String> = (0..1000).map(|i| format!("/page{i}x")).collect();
+    drive_load(server.port, &paths, 8);
+
+    let own: u64 = server.stats().values().map(|t| t.len() as u64).sum();
+    assert_eq!(own, 1001);
+    let series = wait_for(Duration::from_secs(20), "the agent to count the real requests", || {
+        let series = series_of(&agent.snapshot(), &uid);
+        (total_count(&series) >= own).then_some(series)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let series_now = series_of(&agent.snapshot(), &uid);
+    assert_eq!(total_count(&series_now), own, "the agent invented or lost requests: {series:?}");
+    assert_eq!(series_now[&("/split-request".to_owned(), 200)]["count"], 1);
+    assert!(series_now.len() <= 51, "route budget exceeded: {} series", series_now.len());
+    let other = series_now[&("_other".to_owned(), 200)]["count"].as_u64().expect("_other count");
+    assert_eq!(other, 1000 - 49, "49 page routes fit beside /split-request");
+    let metrics = agent.metrics();
+    let overflow: f64 = metrics.select("modelmeter_http_route_overflow_total", &[]).map(|s| s.value).sum();
+    assert_eq!(overflow as u64, other);
+    let skipped: f64 = metrics.select("modelmeter_http_skipped_total", &[("reason", "not_http")]).map(|s| s.value).sum();
+    assert!(skipped >= 20.0, "random bytes should be counted as not HTTP, got {skipped}");
+}
