@@ -14,12 +14,12 @@
 
 use agent_common::{
     counters,
+    events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
+    sched::{CpuState, RUNQ_SLOTS, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
     traffic::{
         AGENT_TGID, ActiveCall, CAPTURE_BYTES, DataEvent, FD_CLASS_DEFAULT_ENTRIES, FD_PENDING, FD_SOCKET, FdKey,
         KIND_CLOSE, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN, WATCH_ALL, WATCHED_CGROUPS_DEFAULT_ENTRIES,
     },
-    events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
-    sched::{CpuState, RUNQ_SLOTS, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -354,9 +354,9 @@ fn on_data_enter(ctx: &TracePointContext, kind: u32, buffer: Buffer) {
         Buffer::Direct => unsafe { ctx.read_at::<u64>(32) }.ok().map(|count| (arg, count)),
         Buffer::Iovec => first_iovec(arg),
         // SAFETY: a user pointer read through the helper.
-        Buffer::Msghdr => unsafe { bpf_probe_read_user((arg + MSGHDR_IOV_OFFSET) as *const u64) }
-            .ok()
-            .and_then(first_iovec),
+        Buffer::Msghdr => {
+            unsafe { bpf_probe_read_user((arg + MSGHDR_IOV_OFFSET) as *const u64) }.ok().and_then(first_iovec)
+        }
     };
     let Some((buf, buf_len)) = located else { return };
     let call = ActiveCall { buf, buf_len, fd: fd as u32, kind };

@@ -86,7 +86,11 @@ fn pipeline(c: &mut Criterion) {
         kernel::decode_data_event,
         store::requests::{RequestStore, RequestsConfig},
     };
-    let request = record(KIND_DATA_IN, 1_000, b"POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}");
+    let request = record(
+        KIND_DATA_IN,
+        1_000,
+        b"POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}",
+    );
     let response = record(KIND_DATA_OUT, 2_000_000, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     let by_cgroup: std::collections::HashMap<u64, modelmeter::identity::Identity> =
         [(1234, identify(SYSTEMD_PATH))].into_iter().collect();

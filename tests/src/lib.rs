@@ -235,6 +235,7 @@ pub struct Agent {
     pub addr: SocketAddr,
     _config: tempfile::NamedTempFile,
     log: tempfile::NamedTempFile,
+    stdout: tempfile::NamedTempFile,
 }
 
 impl Agent {
@@ -245,8 +246,9 @@ impl Agent {
         let config = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(config.path(), format!("listen: {addr}\n{extra_yaml}")).expect("writing agent config");
         let log = tempfile::NamedTempFile::new().expect("temp file");
+        let stdout = tempfile::NamedTempFile::new().expect("temp file");
         let mut command = Command::new(modelmeter_bin());
-        command.args(["run", "--config"]).arg(config.path()).stdout(Stdio::null());
+        command.args(["run", "--config"]).arg(config.path()).stdout(stdout.reopen().expect("reopening stdout"));
         command.stderr(log.reopen().expect("reopening log"));
         // The config file alone decides: no override from the caller's environment.
         for (var, _) in std::env::vars_os() {
@@ -255,7 +257,7 @@ impl Agent {
             }
         }
         let child = command.spawn().expect("starting modelmeter");
-        let mut agent = Agent { child: Some(child), addr, _config: config, log };
+        let mut agent = Agent { child: Some(child), addr, _config: config, log, stdout };
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(&agent.url("/readyz")).is_err() {
             if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -271,8 +273,14 @@ impl Agent {
         format!("http://{}{path}", self.addr)
     }
 
+    /// What the agent wrote to stderr (its own log).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// What the agent wrote to stdout (event lines).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stdout.path()).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -457,32 +465,6 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut condition: impl FnMut() ->
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_exposition_text() {
-        let metrics = Metrics::parse(
-            "# TYPE a counter\na_total{x=\"1\",y=\"q\\\"uote\"} 2.5\nb 3\nc_bucket{le=\"+Inf\"} 4\n# EOF\n",
-        );
-        assert_eq!(metrics.get("a_total", &[("x", "1")]), Some(2.5));
-        assert_eq!(metrics.samples[0].labels["y"], "q\\\"uote");
-        assert_eq!(metrics.get("b", &[]), Some(3.0));
-        assert_eq!(metrics.get("c_bucket", &[("le", "+Inf")]), Some(4.0));
-        assert_eq!(metrics.get("missing", &[]), None);
-    }
-
-    #[test]
-    fn ids_have_kubernetes_shapes() {
-        assert_eq!(hex_id(1, 64).len(), 64);
-        assert_ne!(hex_id(1, 64), hex_id(2, 64));
-        let uid = pod_uid(7);
-        assert_eq!(uid.len(), 36);
-        assert_eq!(uid.matches('-').count(), 4);
-    }
-}
-
 /// `mm-httpd` running inside a cgroup; killed on drop.
 pub struct HttpServer {
     child: ChildGuard,
@@ -633,4 +615,30 @@ pub fn quantile(values: &[u64], q: f64) -> f64 {
     sorted.sort_unstable();
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1] as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exposition_text() {
+        let metrics = Metrics::parse(
+            "# TYPE a counter\na_total{x=\"1\",y=\"q\\\"uote\"} 2.5\nb 3\nc_bucket{le=\"+Inf\"} 4\n# EOF\n",
+        );
+        assert_eq!(metrics.get("a_total", &[("x", "1")]), Some(2.5));
+        assert_eq!(metrics.samples[0].labels["y"], "q\\\"uote");
+        assert_eq!(metrics.get("b", &[]), Some(3.0));
+        assert_eq!(metrics.get("c_bucket", &[("le", "+Inf")]), Some(4.0));
+        assert_eq!(metrics.get("missing", &[]), None);
+    }
+
+    #[test]
+    fn ids_have_kubernetes_shapes() {
+        assert_eq!(hex_id(1, 64).len(), 64);
+        assert_ne!(hex_id(1, 64), hex_id(2, 64));
+        let uid = pod_uid(7);
+        assert_eq!(uid.len(), 36);
+        assert_eq!(uid.matches('-').count(), 4);
+    }
 }

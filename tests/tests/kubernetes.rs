@@ -109,6 +109,10 @@ fn series_carry_pod_and_model_names_from_the_api_server() {
             metrics.select("container_memory_working_set_bytes", &pod.labels()).next().expect("working set");
         assert_eq!(working_set.labels["model"], want[3]);
     }
+    // Request tracing follows the pods that have a model: the five of this node.
+    wait_for(Duration::from_secs(10), "request tracing to watch the five model pods", || {
+        (agent.metrics().get("modelmeter_http_watched_cgroups", &[]) == Some(5.0)).then_some(())
+    });
     // The other node's pod was never sent to this agent: attributed by UID only.
     assert_eq!(names(&metrics, &other_node), Some(strings(["", "", "", "", ""])));
 

@@ -65,11 +65,14 @@ fn latency_per_route_matches_the_servers_own_figures() {
     // 20,000 requests from 16 threads, mixing kept-alive and new connections.
     let mut paths = Vec::new();
     for i in 0..20_000 {
-        paths.push(match i % 100 {
-            0 | 50 => "/slow",
-            n if n % 7 == 0 => "/medium",
-            _ => "/fast",
-        }.to_owned());
+        paths.push(
+            match i % 100 {
+                0 | 50 => "/slow",
+                n if n % 7 == 0 => "/medium",
+                _ => "/fast",
+            }
+            .to_owned(),
+        );
     }
     // The server's records from here on are the ones to compare.
     let records_before = server.stats();
@@ -82,9 +85,9 @@ fn latency_per_route_matches_the_servers_own_figures() {
     let early = |key: &(String, u16)| if key.0 == "/fast" { early_counted } else { 0 };
     let agent_series = wait_for(Duration::from_secs(30), "the agent to count every request", || {
         let series = series_of(&agent.snapshot(), &uid);
-        let counted = own
-            .iter()
-            .all(|(key, times)| series.get(key).and_then(|s| s["count"].as_u64()) == Some(times.len() as u64 + early(key)));
+        let counted = own.iter().all(|(key, times)| {
+            series.get(key).and_then(|s| s["count"].as_u64()) == Some(times.len() as u64 + early(key))
+        });
         counted.then_some(series)
     });
     assert_eq!(sent.values().sum::<u64>(), 20_000);
@@ -97,7 +100,10 @@ fn latency_per_route_matches_the_servers_own_figures() {
             let ours = series[field].as_f64().expect("quantile");
             let tolerance = (theirs * 0.05).max(0.0005);
             println!("{route} {status} {field}: agent {:.3} ms, server {:.3} ms", ours * 1e3, theirs * 1e3);
-            assert!((ours - theirs).abs() <= tolerance, "{route} {status} {field}: agent {ours} s vs server {theirs} s");
+            assert!(
+                (ours - theirs).abs() <= tolerance,
+                "{route} {status} {field}: agent {ours} s vs server {theirs} s"
+            );
         }
         let labels = &series["labels"];
         assert_eq!(labels["http_request_method"], "GET");
@@ -105,6 +111,24 @@ fn latency_per_route_matches_the_servers_own_figures() {
         assert_eq!(labels["error_type"], if *status >= 500 { "500" } else { "" });
     }
     assert_eq!(agent_series.len(), own.len(), "no series beyond the server's routes: {agent_series:?}");
+
+    // Failed requests (the 500s of /slow) come out as rate-limited JSON lines with their identity.
+    let events: Vec<Value> = agent
+        .stdout()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["event"] == "failed_request")
+        .collect();
+    assert!(!events.is_empty(), "no failed_request events:\n{}", agent.stdout());
+    let slow_total = own[&("/slow".to_owned(), 500)].len();
+    assert!(events.len() < slow_total, "events are sampled: {} of {slow_total}", events.len());
+    for event in &events {
+        assert_eq!(event["http.route"], "/slow");
+        assert_eq!(event["http.response.status_code"], 500);
+        assert_eq!(event["k8s.pod.uid"], uid.as_str());
+    }
+    let limited = agent.metrics().get("modelmeter_events_dropped_total", &[("reason", "request_event_rate_limited")]);
+    assert!(limited.unwrap_or(0.0) > 0.0, "rate-limited events are counted");
 
     // The Prometheus exposition carries the semantic-convention histogram.
     let metrics = agent.metrics();
@@ -180,6 +204,8 @@ fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
             }
         } else {
             let _ = stream.write_all(bytes);
+            // Nothing more is coming: a server still waiting for a head's end sees EOF and hangs up.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
         }
         read_response(&mut stream).ok()
     };
@@ -222,6 +248,7 @@ fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
     let metrics = agent.metrics();
     let overflow: f64 = metrics.select("modelmeter_http_route_overflow_total", &[]).map(|s| s.value).sum();
     assert_eq!(overflow as u64, other);
-    let skipped: f64 = metrics.select("modelmeter_http_skipped_total", &[("reason", "not_http")]).map(|s| s.value).sum();
+    let skipped: f64 =
+        metrics.select("modelmeter_http_skipped_total", &[("reason", "not_http")]).map(|s| s.value).sum();
     assert!(skipped >= 20.0, "random bytes should be counted as not HTTP, got {skipped}");
 }

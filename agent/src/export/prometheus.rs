@@ -13,10 +13,7 @@ use prometheus_client::{
 use crate::{
     identity::{Identity, kubernetes::PodMeta},
     kernel,
-    store::{
-        ContainerSample, RequestSample, SnapshotCell,
-        requests::DURATION_BUCKETS,
-    },
+    store::{ContainerSample, RequestSample, SnapshotCell, requests::DURATION_BUCKETS},
 };
 
 type Labels = Vec<(&'static str, String)>;
@@ -55,7 +52,11 @@ pub fn sample_labels(sample: &ContainerSample) -> Labels {
 
 /// Labels of a request series: whose, then the semantic-convention attributes.
 pub fn request_labels(sample: &RequestSample) -> Labels {
-    let mut labels = identity_labels(&sample.identity, sample.pod.as_deref(), sample.key.model.as_ref().map(|(n, v)| (n.as_str(), v.as_str())));
+    let mut labels = identity_labels(
+        &sample.identity,
+        sample.pod.as_deref(),
+        sample.key.model.as_ref().map(|(n, v)| (n.as_str(), v.as_str())),
+    );
     if !labels.iter().any(|(k, _)| *k == "model") {
         let (name, version) = sample.model().unwrap_or_default();
         labels.push(("model", name.to_owned()));

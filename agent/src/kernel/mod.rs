@@ -229,11 +229,8 @@ impl Probes {
                 }
             }
         }
-        let traffic = if config.request_tracing {
-            attach_traffic(&mut ebpf, &mut attached, &mut missing)?
-        } else {
-            None
-        };
+        let traffic =
+            if config.request_tracing { attach_traffic(&mut ebpf, &mut attached, &mut missing)? } else { None };
         let stats = if config.bpf_stats {
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .inspect_err(|e| tracing::warn!(error = %e, "bpf_stats unavailable; probe run times will read 0"))

@@ -300,8 +300,7 @@ impl Aggregator {
                         None => Identity::Other,
                     },
                 };
-                let events =
-                    self.requests.feed(key, &identity, event.kind, event.timestamp_ns, event.len, captured);
+                let events = self.requests.feed(key, &identity, event.kind, event.timestamp_ns, event.len, captured);
                 for request in events {
                     self.print_request_event(&identity, &request);
                 }

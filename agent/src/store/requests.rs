@@ -20,7 +20,8 @@ use crate::{
 };
 
 /// Bucket bounds of `http.server.request.duration` (OpenTelemetry semantic conventions), seconds.
-pub const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 /// Route label of requests beyond the budget.
 pub const OVERFLOW_ROUTE: &str = "_other";
 /// Fine-histogram resolution: buckets per power of two (about 1.1% wide).
@@ -59,7 +60,12 @@ pub struct RequestsConfig {
 
 impl Default for RequestsConfig {
     fn default() -> Self {
-        RequestsConfig { watch: WatchSet::Auto, route_budget: 50, slow_threshold: Duration::from_secs(1), events_per_second: 5 }
+        RequestsConfig {
+            watch: WatchSet::Auto,
+            route_budget: 50,
+            slow_threshold: Duration::from_secs(1),
+            events_per_second: 5,
+        }
     }
 }
 
@@ -148,7 +154,8 @@ struct RateLimit {
 impl RateLimit {
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second).min(self.per_second);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second).min(self.per_second);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -318,7 +325,14 @@ mod tests {
         )
     }
 
-    fn exchange(store: &mut RequestStore, fd: u32, target: &str, status: u16, start_ms: u64, took_ms: u64) -> Vec<RequestEvent> {
+    fn exchange(
+        store: &mut RequestStore,
+        fd: u32,
+        target: &str,
+        status: u16,
+        start_ms: u64,
+        took_ms: u64,
+    ) -> Vec<RequestEvent> {
         let key = FdKey { tgid: 1, fd };
         let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
         let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");

@@ -96,9 +96,9 @@ fn serve(mut stream: TcpStream, records: &Records) {
             return;
         }
         let header = |name: &str| {
-            head.split("\r\n")
-                .skip(1)
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+            head.split("\r\n").skip(1).find_map(|l| {
+                l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned())
+            })
         };
         let content_length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
