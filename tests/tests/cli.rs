@@ -76,6 +76,8 @@ fn doctor_reports_this_kernel() {
         "raw_tracepoint sched_switch",
         "tracepoint sched/sched_switch",
         "tracepoint oom/mark_victim",
+        "tracepoint syscalls/sys_enter_read",
+        "tracepoint syscalls/sys_exit_read",
         "ringbuf map EVENTS",
         "percpu_hash map TASK_CPU",
     ] {

@@ -599,6 +599,16 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
     );
     record("tracepoint", "oom/mark_victim", attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim"));
     record(
+        "tracepoint",
+        "syscalls/sys_enter_read",
+        attach_tracepoint(&mut ebpf, "enter_read", "syscalls", "sys_enter_read"),
+    );
+    record(
+        "tracepoint",
+        "syscalls/sys_exit_read",
+        attach_tracepoint(&mut ebpf, "exit_read", "syscalls", "sys_exit_read"),
+    );
+    record(
         "kprobe",
         "do_exit",
         (|| {
@@ -663,6 +673,27 @@ mod tests {
     use agent_common::sched::RUNQ_SLOTS;
 
     use super::*;
+
+    #[test]
+    fn data_events_decode_from_their_wire_layout() {
+        let mut bytes = Vec::new();
+        for field in [agent_common::traffic::KIND_DATA_OUT, 42, 7, 5] {
+            bytes.extend_from_slice(&field.to_ne_bytes());
+        }
+        for field in [1000u64, 123_456, 99] {
+            bytes.extend_from_slice(&field.to_ne_bytes());
+        }
+        bytes.extend_from_slice(b"HTTP/");
+        bytes.resize(std::mem::size_of::<DataEvent>(), 0xAA);
+        let (event, captured) = decode_data_event(&bytes).unwrap();
+        assert_eq!((event.kind, event.tgid, event.fd, event.len), (agent_common::traffic::KIND_DATA_OUT, 42, 7, 1000));
+        assert_eq!((event.timestamp_ns, event.cgroup_id), (123_456, 99));
+        assert_eq!(captured, b"HTTP/");
+        // A record shorter than its header, or claiming more than it carries, is cut, never read past.
+        assert!(decode_data_event(&bytes[..20]).is_none());
+        bytes[12..16].copy_from_slice(&10_000u32.to_ne_bytes());
+        assert_eq!(decode_data_event(&bytes[..50]).unwrap().1.len(), 10);
+    }
 
     #[test]
     fn runq_buckets_pair_slots() {
