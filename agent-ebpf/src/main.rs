@@ -15,14 +15,15 @@
 use agent_common::{
     counters,
     events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
-    sched::{CpuState, RUNQ_SLOTS, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
+    sched::{CpuState, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
     traffic::{
         AGENT_TGID, ActiveCall, CAPTURE_BYTES, DataEvent, FD_CLASS_DEFAULT_ENTRIES, FD_PENDING, FD_SOCKET, FdKey,
         KIND_CLOSE, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN, WATCH_ALL, WATCHED_CGROUPS_DEFAULT_ENTRIES,
     },
 };
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    Global,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
@@ -31,6 +32,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
+
+/// 1 when `sched_process_exit` has the `group_dead` field (kernels from 2025 on); else the exit
+/// of the thread group leader stands for the process's. Set by the loader from the format file.
+#[unsafe(no_mangle)]
+static EXIT_HAS_GROUP_DEAD: Global<u8> = Global::new(1);
+
+/// Payload records that wake the reader at once: beyond this much unread data. Below it the
+/// reader's periodic poll picks them up, which spares a wakeup (an irq_work) per record.
+const DATA_WAKEUP_BYTES: u64 = 256 * 1024;
 
 #[map(name = "TASK_CPU")]
 static TASK_CPU: PerCpuHashMap<TaskKey, TaskCpu> = PerCpuHashMap::with_max_entries(TASK_CPU_DEFAULT_ENTRIES, 0);
@@ -107,30 +117,32 @@ fn on_switch(prev_key: u64, next_key: u64, prev_requeued: bool) {
 }
 
 #[inline(always)]
+fn add_to(value: &mut TaskCpu, ran_ns: u64, has_runq: bool, runq_ns: u64) {
+    value.on_cpu_ns += ran_ns;
+    if has_runq {
+        value.runq_delay_ns += runq_ns;
+        if let Some(slot) = value.runq_slots.get_mut(runq_slot(runq_ns)) {
+            *slot += 1;
+        }
+    }
+}
+
+#[inline(always)]
 fn account(key: &TaskKey, ran_ns: u64, has_runq: bool, runq_ns: u64) {
     if let Some(value) = TASK_CPU.get_ptr_mut(key) {
         // SAFETY: this CPU's copy of a per-CPU value.
-        let value = unsafe { &mut *value };
-        value.on_cpu_ns += ran_ns;
-        if has_runq {
-            value.runq_delay_ns += runq_ns;
-            if let Some(slot) = value.runq_slots.get_mut(runq_slot(runq_ns)) {
-                *slot += 1;
-            }
-        }
+        add_to(unsafe { &mut *value }, ran_ns, has_runq, runq_ns);
         return;
     }
     let mut value = TaskCpu::ZERO;
-    value.on_cpu_ns = ran_ns;
-    if has_runq {
-        value.runq_delay_ns = runq_ns;
-        let slot = runq_slot(runq_ns);
-        if slot < RUNQ_SLOTS {
-            value.runq_slots[slot] = 1;
-        }
-    }
+    add_to(&mut value, ran_ns, has_runq, runq_ns);
     if TASK_CPU.insert(key, &value, BPF_NOEXIST as u64).is_err() {
-        count(counters::TASK_CPU_FULL);
+        // Another CPU may have created the entry meanwhile: add to it; only a full map loses time.
+        match TASK_CPU.get_ptr_mut(key) {
+            // SAFETY: this CPU's copy of a per-CPU value.
+            Some(existing) => add_to(unsafe { &mut *existing }, ran_ns, has_runq, runq_ns),
+            None => count(counters::TASK_CPU_FULL),
+        }
     }
 }
 
@@ -251,12 +263,19 @@ fn send_event(kind: u32, pid: u32) {
     }
 }
 
-/// sched_process_exit: group_dead @32 (bool) — only the last thread of a process reports its tgid.
+/// sched_process_exit: group_dead @32 (bool) — only the last thread of a process reports its
+/// tgid. Kernels without the field report the leader's exit instead.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the event's format file.
-    if let Ok(1) = unsafe { ctx.read_at::<u8>(32) } {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let process_gone = if EXIT_HAS_GROUP_DEAD.load() != 0 {
+        // SAFETY: offset from the event's format file.
+        matches!(unsafe { ctx.read_at::<u8>(32) }, Ok(1))
+    } else {
+        pid_tgid as u32 == tgid
+    };
+    if process_gone {
         send_event(KIND_PROCESS_EXIT, tgid);
     }
     0
@@ -406,7 +425,16 @@ fn on_data_exit(ctx: &TracePointContext) {
             && probe_read_user_raw((*event).data.as_mut_ptr().cast(), copied, call.buf as *const _) == 0;
         (*event).captured = if ok { copied } else { 0 };
     }
-    entry.submit(0);
+    entry.submit(data_wakeup_flags());
+}
+
+#[inline(always)]
+fn data_wakeup_flags() -> u64 {
+    if DATA_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= DATA_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 /// A record with no payload (close, fd classification request).
@@ -427,7 +455,7 @@ fn send_data_header(kind: u32, tgid: u32, fd: u32) {
         (*event).timestamp_ns = bpf_ktime_get_ns();
         (*event).cgroup_id = bpf_get_current_cgroup_id();
     }
-    entry.submit(0);
+    entry.submit(data_wakeup_flags());
 }
 
 macro_rules! data_syscall {
@@ -482,6 +510,9 @@ fn on_accept_exit(ctx: &TracePointContext) {
     if fd >= 0 {
         let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
         let _ = FD_CLASS.insert(&key, &FD_SOCKET, 0);
+        // A fresh connection on this fd number: whatever userspace knew of the number is over
+        // (its close may have gone unseen, or it was a file).
+        send_data_header(KIND_CLOSE, key.tgid, key.fd);
     }
 }
 

@@ -172,19 +172,22 @@ async fn serve(
         .await
         .with_context(|| format!("listening on {} (setting `listen`)", config.listen))?;
     tracing::info!(address = %config.listen, "Serving /metrics, /healthz, /readyz");
+    let mut tasks = Vec::new();
     if let Some(events) = events {
-        tokio::spawn(read_ring(events, aggregator.clone(), "exit and OOM", Aggregator::on_event_bytes));
+        tasks.push(tokio::spawn(read_ring(events, aggregator.clone(), "exit and OOM", Aggregator::on_event_bytes)));
     }
     if let Some(data_events) = data_events {
-        tokio::spawn(read_ring(data_events, aggregator.clone(), "request payload", Aggregator::on_data_event_bytes));
+        let reader = read_ring(data_events, aggregator.clone(), "request payload", Aggregator::on_data_event_bytes);
+        tasks.push(tokio::spawn(reader));
     }
-    let collector = tokio::spawn(collect_loop(config.interval, aggregator, cell, refresh_rx));
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
-    collector.abort();
-    Ok(())
+    tasks.push(tokio::spawn(collect_loop(config.interval, aggregator, cell, refresh_rx)));
+    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await;
+    // The tasks hold the aggregator (and so the probes): end them so that dropping it detaches.
+    for task in tasks {
+        task.abort();
+        let _ = task.await;
+    }
+    served.context("serving HTTP")
 }
 
 /// Collects every `interval`, and on demand for scrapes of a stale snapshot.
@@ -207,8 +210,12 @@ async fn collect_loop(
             waiters.push(waiter);
         }
         let aggregator = aggregator.clone();
-        let collected =
-            tokio::task::spawn_blocking(move || aggregator.lock().unwrap_or_else(|e| e.into_inner()).collect()).await;
+        let collected = tokio::task::spawn_blocking(move || {
+            // Before taking the lock: the ring readers keep going while CPUs switch.
+            modelmeter::kernel::flush_cpu_slices();
+            aggregator.lock().unwrap_or_else(|e| e.into_inner()).collect()
+        })
+        .await;
         match collected {
             Ok(snapshot) => cell.set(snapshot),
             Err(e) => tracing::error!(error = %e, "Collection panicked"),
@@ -219,7 +226,14 @@ async fn collect_loop(
     }
 }
 
-/// Applies a ring buffer's records as they arrive.
+/// Records applied under one hold of the aggregator's lock, so a busy ring cannot starve
+/// collections (and the runtime) for long.
+const RING_BATCH: usize = 1024;
+/// How often a ring is read when the probes do not wake the reader (they skip wakeups for small
+/// backlogs, which saves an irq_work per record).
+const RING_POLL: Duration = Duration::from_millis(20);
+
+/// Applies a ring buffer's records as they arrive, woken by the kernel or every `RING_POLL`.
 async fn read_ring(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     aggregator: Arc<Mutex<Aggregator>>,
@@ -235,22 +249,33 @@ async fn read_ring(
         }
     };
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(guard) => guard,
-            Err(e) => {
-                tracing::error!(error = %e, ring = what, "Ring buffer poll failed");
-                return;
-            }
-        };
-        {
-            // Records are applied in place, without copies; collections wait for the drain.
-            let ring = guard.get_inner_mut();
-            let mut aggregator = aggregator.lock().unwrap_or_else(|e| e.into_inner());
-            while let Some(item) = ring.next() {
-                apply(&mut aggregator, &item);
-            }
+        tokio::select! {
+            ready = fd.readable_mut() => match ready {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    tracing::error!(error = %e, ring = what, "Ring buffer poll failed");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(RING_POLL) => {}
         }
-        guard.clear_ready();
+        loop {
+            let mut applied = 0;
+            {
+                // Records are applied in place, without copies.
+                let ring = fd.get_mut();
+                let mut aggregator = aggregator.lock().unwrap_or_else(|e| e.into_inner());
+                while applied < RING_BATCH {
+                    let Some(item) = ring.next() else { break };
+                    apply(&mut aggregator, &item);
+                    applied += 1;
+                }
+            }
+            if applied < RING_BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -57,7 +57,8 @@ fn latency_per_route_matches_the_servers_own_figures() {
     }
     drop(early);
     let early_counted = wait_for(Duration::from_secs(10), "the early connection's requests", || {
-        let series = series_of(&agent.snapshot(), &uid);
+        let snapshot = agent.snapshot();
+        let series = series_of(&snapshot, &uid);
         series.get(&("/fast".to_owned(), 200)).and_then(|s| s["count"].as_u64()).filter(|n| *n >= 2)
     });
     assert!(early_counted <= 3, "more requests than were sent: {early_counted}");

@@ -57,10 +57,12 @@ pub fn process_exists(proc_root: &Path, tgid: u32) -> bool {
     proc_dir(proc_root, tgid).exists()
 }
 
-/// Whether `fd` of process `tgid` is a socket (its `/proc/<tgid>/fd/<fd>` link reads `socket:[…]`).
-pub fn is_socket(proc_root: &Path, tgid: u32, fd: u32) -> bool {
+/// Whether `fd` of process `tgid` is a socket (its `/proc/<tgid>/fd/<fd>` link reads `socket:[…]`);
+/// `None` when the fd (or the process) is already gone.
+pub fn is_socket(proc_root: &Path, tgid: u32, fd: u32) -> Option<bool> {
     std::fs::read_link(proc_dir(proc_root, tgid).join("fd").join(fd.to_string()))
-        .is_ok_and(|target| target.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
+        .ok()
+        .map(|target| target.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
 }
 
 fn proc_dir(proc_root: &Path, pid: u32) -> PathBuf {
@@ -95,9 +97,10 @@ mod tests {
         assert!(!process_exists(Path::new("/proc"), u32::MAX));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener) as u32;
-        assert!(is_socket(Path::new("/proc"), std::process::id(), fd));
+        assert_eq!(is_socket(Path::new("/proc"), std::process::id(), fd), Some(true));
         let file = std::fs::File::open("/proc/self/status").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file) as u32;
-        assert!(!is_socket(Path::new("/proc"), std::process::id(), fd));
+        assert_eq!(is_socket(Path::new("/proc"), std::process::id(), fd), Some(false));
+        assert_eq!(is_socket(Path::new("/proc"), std::process::id(), 1_000_000), None);
     }
 }

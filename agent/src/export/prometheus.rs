@@ -356,6 +356,15 @@ impl SnapshotCollector {
         )?;
         family(
             e,
+            "modelmeter_http_model_overflow",
+            "Requests labelled model `_other` because their workload's requests named too many models.",
+            None,
+            MetricType::Counter,
+            requests.enabled.then_some((Vec::new(), requests.model_overflow)),
+            counter_u64,
+        )?;
+        family(
+            e,
             "modelmeter_http_skipped",
             "Captured socket traffic that did not become a request, by reason.",
             None,

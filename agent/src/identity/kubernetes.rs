@@ -156,7 +156,6 @@ struct CacheInner {
     pods: HashMap<String, Arc<PodMeta>>,
     deleted: HashSet<String>,
     deleted_order: VecDeque<String>,
-    synced: bool,
 }
 
 impl CacheInner {
@@ -201,19 +200,6 @@ impl PodCache {
         }
     }
 
-    /// Whether a full list has been received since start.
-    pub fn synced(&self) -> bool {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).synced
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).pods.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Applies one watcher event. During a re-list pods are buffered in `relist` and swapped in
     /// whole at the end, so pods deleted while the watch was down disappear too.
     pub fn apply(&self, event: watcher::Event<Pod>, relist: &mut Option<Vec<Pod>>, models: &ModelConfig) {
@@ -223,7 +209,8 @@ impl PodCache {
             watcher::Event::InitApply(pod) => relist.get_or_insert_with(Vec::new).push(pod),
             watcher::Event::InitDone => {
                 let pods = relist.take().unwrap_or_default();
-                let old: Vec<String> = inner.pods.values().map(|m| m.uid.clone()).collect();
+                // Keys, not UIDs: a static pod's mirror UID must be remembered as deleted too.
+                let old: Vec<String> = inner.pods.keys().cloned().collect();
                 inner.pods.clear();
                 for pod in &pods {
                     inner.insert(pod, models);
@@ -233,7 +220,6 @@ impl PodCache {
                         inner.remember_deleted(uid);
                     }
                 }
-                inner.synced = true;
             }
             watcher::Event::Apply(pod) => inner.insert(&pod, models),
             watcher::Event::Delete(pod) => {
@@ -376,7 +362,6 @@ mod tests {
         );
         assert!(matches!(cache.lookup("u1"), PodLookup::Unknown), "buffered until InitDone");
         cache.apply(watcher::Event::InitDone, &mut relist, &models);
-        assert!(cache.synced());
         assert!(matches!(cache.lookup("u1"), PodLookup::Known(_)));
         assert!(matches!(cache.lookup("hash2"), PodLookup::Known(m) if m.name == "b"), "static pod by mirror UID");
         cache.apply(
@@ -392,7 +377,7 @@ mod tests {
         cache.apply(watcher::Event::InitApply(pod("u3", "c", &[], &[])), &mut relist, &models);
         cache.apply(watcher::Event::InitDone, &mut relist, &models);
         assert!(matches!(cache.lookup("u2"), PodLookup::Deleted));
-        assert!(matches!(cache.lookup("hash2"), PodLookup::Unknown));
+        assert!(matches!(cache.lookup("hash2"), PodLookup::Deleted), "the static pod's mirror UID too");
         assert!(matches!(cache.lookup("u3"), PodLookup::Known(_)));
         assert!(matches!(cache.lookup("never"), PodLookup::Unknown));
     }

@@ -174,11 +174,19 @@ pub fn ensure_tracefs() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether this kernel's `sched_process_exit` carries `group_dead` (added in 2025).
+fn exit_has_group_dead() -> u8 {
+    let format = Path::new(TRACEFS).join("events/sched/sched_process_exit/format");
+    u8::from(std::fs::read_to_string(format).is_ok_and(|f| f.contains("group_dead")))
+}
+
 fn load_object(config: &ProbesConfig) -> Result<Ebpf, KernelError> {
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
+    let group_dead = exit_has_group_dead();
     EbpfLoader::new()
+        .override_global("EXIT_HAS_GROUP_DEAD", &group_dead, true)
         .map_max_entries(TASK_CPU_MAP, config.task_map_entries.get())
         .map_max_entries(agent_common::sched::WAKEUP_TS_MAP, config.task_map_entries.get())
         .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes.get())
@@ -191,8 +199,8 @@ impl Probes {
     /// Loads the object and attaches: the scheduler hooks of the first family that works
     /// (tp_btf → raw_tracepoint → tracepoint), then the exit and OOM tracepoints.
     pub fn load(config: &ProbesConfig) -> Result<Probes, KernelError> {
-        let mut ebpf = load_object(config)?;
         let tracefs = ensure_tracefs();
+        let mut ebpf = load_object(config)?;
         let btf = Btf::from_sys_fs().ok();
         let mut failures = Vec::new();
         let mut chosen = None;
@@ -272,6 +280,11 @@ impl Probes {
         self.traffic.as_mut().and_then(|t| t.data_events.take())
     }
 
+    /// How many cgroups the probes trace now.
+    pub fn watched_cgroups(&self) -> usize {
+        self.traffic.as_ref().map_or(0, |t| t.watched_now.len())
+    }
+
     /// Makes the probes trace exactly these cgroups (by v2 id).
     pub fn set_watched_cgroups(&mut self, wanted: &HashSet<u64>) {
         let Some(traffic) = self.traffic.as_mut() else { return };
@@ -308,7 +321,8 @@ impl Probes {
     pub fn classify_fd(&mut self, key: FdKey, is_socket: bool) {
         let Some(traffic) = self.traffic.as_mut() else { return };
         let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
-        if let Err(e) = traffic.fd_class.insert(key, class, 0) {
+        // BPF_EXIST: an fd closed before this answer came has no entry, and must not get one back.
+        if let Err(e) = traffic.fd_class.insert(key, class, 2) {
             tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "Classifying an fd failed");
         }
     }
@@ -508,8 +522,6 @@ fn unload(program: &mut Program) -> Result<(), ProgramError> {
         Program::BtfTracePoint(p) => p.unload(),
         Program::RawTracePoint(p) => p.unload(),
         Program::TracePoint(p) => p.unload(),
-        Program::KProbe(p) => p.unload(),
-        Program::FEntry(p) => p.unload(),
         _ => Ok(()),
     }
 }
@@ -556,8 +568,8 @@ pub struct ProbeCheck {
 /// Loads and attaches one program of each type this object has, then detaches them all, and says
 /// which work on this kernel and why not.
 pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, KernelError> {
-    let mut ebpf = load_object(config)?;
     let tracefs = ensure_tracefs();
+    let mut ebpf = load_object(config)?;
     let btf = Btf::from_sys_fs();
     let mut checks = Vec::new();
     let mut record = |program_type: &'static str, hook: &str, result: Result<(), String>| {

@@ -1094,3 +1094,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod first_seen_mid_connection {
+    use super::*;
+
+    #[test]
+    fn a_response_before_any_request_does_not_stop_later_pairs() {
+        let mut stream = Http1Stream::new();
+        let (mut out, mut skipped) = (Vec::new(), Vec::new());
+        let response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nfast\n";
+        let request = b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n";
+        let mut feed = |direction, t, bytes: &[u8]| {
+            stream.feed(
+                Segment { direction, timestamp_ns: t, len: bytes.len() as u64, captured: bytes },
+                &mut out,
+                &mut skipped,
+            )
+        };
+        feed(Direction::Out, 1, response);
+        feed(Direction::In, 2, request);
+        feed(Direction::Out, 3, response);
+        feed(Direction::In, 4, request);
+        feed(Direction::Out, 5, response);
+        assert_eq!(out.len(), 2, "{out:?} {skipped:?}");
+        assert_eq!(skipped, vec![Skip::UnmatchedResponse]);
+    }
+}

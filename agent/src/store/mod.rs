@@ -49,14 +49,6 @@ pub struct ContainerSample {
     pub pod: Option<Arc<PodMeta>>,
 }
 
-impl ContainerSample {
-    /// The container's name in its pod spec, when the API server told.
-    pub fn container_name(&self) -> Option<&str> {
-        let id = self.identity.container_id()?;
-        self.pod.as_ref()?.containers.get(id).map(String::as_str)
-    }
-}
-
 /// The agent's figures about itself.
 #[derive(Debug, Clone, Default)]
 pub struct AgentSample {
@@ -100,6 +92,7 @@ pub struct RequestsAgentSample {
     pub watched_cgroups: usize,
     pub connections: usize,
     pub route_overflow: Vec<(String, u64)>,
+    pub model_overflow: u64,
     pub skipped: Vec<(&'static str, u64)>,
     pub events_dropped: u64,
     pub malformed_events: u64,
@@ -160,6 +153,8 @@ pub struct Aggregator {
     /// Request tracing follows these cgroups (when not watching everything).
     watch_set: WatchSet,
     watched_cgroups: usize,
+    /// The agent's own v2 cgroup, never traced.
+    own_cgroup_id: Option<u64>,
     malformed_data_events: u64,
     collections: u64,
     errors: HashMap<&'static str, u64>,
@@ -176,6 +171,7 @@ impl std::fmt::Debug for Aggregator {
 
 impl Aggregator {
     pub fn new(config: &Config, layout: Layout, probes: Option<Probes>, pods: Option<Arc<PodCache>>) -> Self {
+        let own_cgroup_id = own_cgroup_id(&layout);
         Aggregator {
             layout,
             proc_root: config.proc_root.clone(),
@@ -196,6 +192,7 @@ impl Aggregator {
                 other => other,
             },
             watched_cgroups: 0,
+            own_cgroup_id,
             malformed_data_events: 0,
             collections: 0,
             errors: HashMap::new(),
@@ -203,14 +200,6 @@ impl Aggregator {
             oom_kills_unattributed: 0,
             malformed_events: 0,
         }
-    }
-
-    pub fn probes_mut(&mut self) -> Option<&mut Probes> {
-        self.probes.as_mut()
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
     }
 
     fn wanted(&self, identity: &Identity) -> bool {
@@ -238,6 +227,9 @@ impl Aggregator {
         match event.kind {
             KIND_PROCESS_EXIT => {
                 self.by_tgid.remove(&event.pid);
+                // Its fds closed inside exit, where no close(2) was seen.
+                self.requests.forget_process(event.pid);
+                self.not_sockets.retain(|key| key.tgid != event.pid);
             }
             KIND_OOM_VICTIM => {
                 // In a memcg OOM the allocating task usually kills itself: then the current cgroup
@@ -272,17 +264,25 @@ impl Aggregator {
             KIND_FD_UNKNOWN => {
                 // A new fd, or a reused number: whatever was followed under this key is over.
                 self.requests.close(key);
-                let is_socket = procfs::is_socket(&self.proc_root, event.tgid, event.fd);
-                if is_socket {
-                    self.not_sockets.remove(&key);
-                } else {
-                    if self.not_sockets.len() >= 65_536 {
-                        self.not_sockets.clear();
+                match procfs::is_socket(&self.proc_root, event.tgid, event.fd) {
+                    Some(is_socket) => {
+                        if is_socket {
+                            self.not_sockets.remove(&key);
+                        } else {
+                            if self.not_sockets.len() >= 65_536 {
+                                self.not_sockets.clear();
+                            }
+                            self.not_sockets.insert(key);
+                        }
+                        if let Some(probes) = self.probes.as_mut() {
+                            probes.classify_fd(key, is_socket);
+                        }
                     }
-                    self.not_sockets.insert(key);
-                }
-                if let Some(probes) = self.probes.as_mut() {
-                    probes.classify_fd(key, is_socket);
+                    // Closed before this record was read (the reader runs in batches): its data
+                    // goes to the parser, which skips whatever is not HTTP.
+                    None => {
+                        self.not_sockets.remove(&key);
+                    }
                 }
             }
             KIND_CLOSE => {
@@ -370,8 +370,13 @@ impl Aggregator {
             })
             .map(|(id, _)| *id)
             .collect();
-        self.watched_cgroups = wanted.len();
+        let mut wanted = wanted;
+        // The agent's own traffic (its reads of /proc and cgroups, its /metrics) would feed back.
+        if let Some(own) = self.own_cgroup_id {
+            wanted.remove(&own);
+        }
         probes.set_watched_cgroups(&wanted);
+        self.watched_cgroups = probes.watched_cgroups();
     }
 
     /// Walks the hierarchy and updates the set of tracked cgroups; forgets those that are gone.
@@ -426,13 +431,15 @@ impl Aggregator {
             }
         }
         // OOM kills that arrived before their cgroup was known.
-        self.oom_by_cgroup_id.retain(|id, kills| match by_cgroup_id.get(id).and_then(|i| self.tracked.get_mut(i)) {
-            Some(tracked) => {
-                tracked.oom_kills += *kills;
-                false
+        let mut unattributed = 0;
+        for (id, kills) in self.oom_by_cgroup_id.drain() {
+            match by_cgroup_id.get(&id).and_then(|i| self.tracked.get_mut(i)) {
+                Some(tracked) => tracked.oom_kills += kills,
+                // Its cgroup is not one the agent attributes (or is gone): counted, not lost.
+                None => unattributed += kills,
             }
-            None => false,
-        });
+        }
+        self.oom_kills_unattributed += unattributed;
         self.by_cgroup_id = by_cgroup_id;
     }
 
@@ -441,7 +448,7 @@ impl Aggregator {
     fn fold_probe_cpu(&mut self) -> HashMap<Identity, TaskCpu> {
         let mut live: HashMap<Identity, TaskCpu> = HashMap::new();
         let Some(probes) = self.probes.as_ref() else { return live };
-        kernel::flush_cpu_slices();
+        // The caller ran `kernel::flush_cpu_slices` just before, outside the lock.
         let entries = match probes.read_task_cpu() {
             Ok(entries) => entries,
             Err(e) => {
@@ -486,6 +493,8 @@ impl Aggregator {
         self.discover();
         self.update_watched_cgroups();
         let mut live = self.fold_probe_cpu();
+        let proc_root = self.proc_root.clone();
+        self.requests.forget_processes_where(|tgid| !procfs::process_exists(&proc_root, tgid));
         let unattributed_live = live.remove(&Identity::Other).map(|v| v.on_cpu_ns).unwrap_or(0);
         let has_probes = self.probes.is_some();
         let mut containers = Vec::with_capacity(self.tracked.len());
@@ -569,6 +578,7 @@ impl Aggregator {
                 watched_cgroups: self.watched_cgroups,
                 connections: self.requests.connections(),
                 route_overflow: self.requests.route_overflow.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                model_overflow: self.requests.model_overflow,
                 skipped: self.requests.skipped.iter().map(|(k, v)| (*k, *v)).collect(),
                 events_dropped: self.requests.events_dropped,
                 malformed_events: self.malformed_data_events,
@@ -584,23 +594,37 @@ impl Aggregator {
     fn request_samples(&mut self, containers: &[ContainerSample]) -> Vec<RequestSample> {
         let present: HashMap<&Identity, &ContainerSample> = containers.iter().map(|c| (&c.identity, c)).collect();
         self.requests.retain(|identity| *identity == Identity::Other || present.contains_key(identity));
-        let mut samples: Vec<RequestSample> = self
-            .requests
-            .series
-            .iter()
-            .flat_map(|(identity, series)| {
-                let pod = present.get(identity).and_then(|c| c.pod.clone());
-                series.iter().map(move |(key, latency)| RequestSample {
-                    identity: identity.clone(),
-                    pod: pod.clone(),
-                    key: key.clone(),
-                    latency: latency.clone(),
-                })
-            })
+        // A request that names its pod's own model and one that names none are the same series.
+        let mut merged: HashMap<(Identity, RequestKey), MergedSeries> = HashMap::new();
+        for (identity, series) in &self.requests.series {
+            let pod = present.get(identity).and_then(|c| c.pod.clone());
+            let pod_model = pod.as_ref().and_then(|p| p.model.as_ref()).map(|m| (m.name.clone(), m.version.clone()));
+            for (key, latency) in series {
+                let mut key = key.clone();
+                if key.model.is_some() && key.model == pod_model {
+                    key.model = None;
+                }
+                let entry =
+                    merged.entry((identity.clone(), key)).or_insert_with(|| (pod.clone(), LatencyHistogram::default()));
+                entry.1.merge(latency);
+            }
+        }
+        let mut samples: Vec<RequestSample> = merged
+            .into_iter()
+            .map(|((identity, key), (pod, latency))| RequestSample { identity, pod, key, latency })
             .collect();
         samples.sort_by(|a, b| a.key.cmp(&b.key));
         samples
     }
+}
+
+/// A request series' pod and observations while series are merged.
+type MergedSeries = (Option<Arc<PodMeta>>, LatencyHistogram);
+
+/// The v2 cgroup id of the agent itself.
+fn own_cgroup_id(layout: &Layout) -> Option<u64> {
+    let path = procfs::read_proc_cgroup(std::path::Path::new("/proc"), std::process::id())?.v2?;
+    cgroup_id(&layout.v2_root()?.join(path.trim_start_matches('/'))).ok()
 }
 
 /// RFC 3339 time of now, for event lines.

@@ -24,6 +24,8 @@ pub const DURATION_BUCKETS: [f64; 14] =
     [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 /// Route label of requests beyond the budget.
 pub const OVERFLOW_ROUTE: &str = "_other";
+/// Model label of requests naming models beyond the model budget.
+pub const OVERFLOW_MODEL: &str = "_other";
 /// Fine-histogram resolution: buckets per power of two (about 1.1% wide).
 const FINE_PER_OCTAVE: f64 = 64.0;
 /// Connections followed at once; beyond this new ones are counted and not followed.
@@ -51,6 +53,9 @@ pub struct RequestsConfig {
     pub watch: WatchSet,
     /// Distinct routes kept per workload and model; more go to `_other` and are counted. Default `50`.
     pub route_budget: usize,
+    /// Distinct models (name and version) that requests of one workload may name; more are
+    /// labelled `_other` and counted. Default `20`.
+    pub model_budget: usize,
     /// Requests slower than this produce a `slow_request` event. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub slow_threshold: Duration,
@@ -63,6 +68,7 @@ impl Default for RequestsConfig {
         RequestsConfig {
             watch: WatchSet::Auto,
             route_budget: 50,
+            model_budget: 20,
             slow_threshold: Duration::from_secs(1),
             events_per_second: 5,
         }
@@ -91,6 +97,18 @@ impl LatencyHistogram {
     }
 
     /// The `q` quantile (0..=1) in seconds; `None` when empty.
+    /// Adds another histogram's observations.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        self.count += other.count;
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        for (index, count) in &other.fine {
+            *self.fine.entry(*index).or_default() += count;
+        }
+    }
+
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
             return None;
@@ -172,8 +190,11 @@ pub struct RequestStore {
     streams: HashMap<FdKey, Stream>,
     pub series: HashMap<Identity, HashMap<RequestKey, LatencyHistogram>>,
     routes: HashMap<(Identity, Option<String>), HashSet<String>>,
+    models: HashMap<Identity, HashSet<(String, String)>>,
     /// Requests whose route went to `_other`, by model (empty: none).
     pub route_overflow: BTreeMap<String, u64>,
+    /// Requests whose model went to `_other`.
+    pub model_overflow: u64,
     /// Bytes or connections that did not become requests, by reason.
     pub skipped: BTreeMap<&'static str, u64>,
     pub events_dropped: u64,
@@ -200,17 +221,15 @@ impl RequestStore {
             streams: HashMap::new(),
             series: HashMap::new(),
             routes: HashMap::new(),
+            models: HashMap::new(),
             route_overflow: BTreeMap::new(),
+            model_overflow: 0,
             skipped: BTreeMap::new(),
             events_dropped: 0,
             limiter: RateLimit { per_second, tokens: per_second, last: Instant::now() },
             exchanges: Vec::new(),
             skips: Vec::new(),
         }
-    }
-
-    pub fn config(&self) -> &RequestsConfig {
-        &self.config
     }
 
     fn count_skips(&mut self) {
@@ -264,7 +283,18 @@ impl RequestStore {
     fn record(&mut self, identity: &Identity, exchange: &Exchange) -> Option<RequestEvent> {
         let route = route_of(&exchange.target);
         let model = route.model.or_else(|| model_from_json_body(&exchange.request_body_prefix));
-        let model = model.map(|RequestModel { name, version }| (name, version));
+        let model = model.map(|RequestModel { name, version }| {
+            // Request-named models are client input: budget them like routes.
+            let known = self.models.entry(identity.clone()).or_default();
+            let model = (name, version);
+            if known.contains(&model) || known.len() < self.config.model_budget {
+                known.insert(model.clone());
+                model
+            } else {
+                self.model_overflow += 1;
+                (OVERFLOW_MODEL.to_owned(), String::new())
+            }
+        });
         let budget_key = (identity.clone(), model.as_ref().map(|(name, _)| name.clone()));
         let routes = self.routes.entry(budget_key).or_default();
         let template = if routes.contains(&route.template) || routes.len() < self.config.route_budget {
@@ -303,10 +333,22 @@ impl RequestStore {
         event
     }
 
+    /// Forgets the connections of a process that has exited.
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.streams.retain(|key, _| key.tgid != tgid);
+    }
+
+    /// Forgets the connections of processes for which `gone` says so (checked once per process).
+    pub fn forget_processes_where(&mut self, gone: impl Fn(u32) -> bool) {
+        let mut verdicts: HashMap<u32, bool> = HashMap::new();
+        self.streams.retain(|key, _| !*verdicts.entry(key.tgid).or_insert_with(|| gone(key.tgid)));
+    }
+
     /// Forgets everything about identities that are gone.
     pub fn retain(&mut self, keep: impl Fn(&Identity) -> bool) {
         self.series.retain(|identity, _| keep(identity));
         self.routes.retain(|(identity, _), _| keep(identity));
+        self.models.retain(|identity, _| keep(identity));
         self.streams.retain(|_, stream| keep(&stream.identity));
     }
 
@@ -383,6 +425,31 @@ mod tests {
         assert_eq!(series.len(), 4, "{series:?}");
         assert_eq!(series.iter().find(|(k, _)| k.route == OVERFLOW_ROUTE).unwrap().1.count, 7);
         assert_eq!(store.route_overflow[""], 7);
+    }
+
+    #[test]
+    fn request_named_models_beyond_the_budget_go_to_other() {
+        let mut store = RequestStore::new(RequestsConfig { model_budget: 2, ..RequestsConfig::default() });
+        for i in 0..5 {
+            exchange(&mut store, 7, &format!("/v2/models/m/versions/{i}/infer"), 200, i * 10, 1);
+        }
+        let series = &store.series[&pod()];
+        assert_eq!(series.len(), 3, "{series:?}");
+        let other = series.iter().find(|(k, _)| k.model.as_ref().is_some_and(|(n, _)| n == OVERFLOW_MODEL)).unwrap();
+        assert_eq!(other.1.count, 3);
+        assert_eq!(store.model_overflow, 3);
+    }
+
+    #[test]
+    fn exited_processes_lose_their_connections() {
+        let mut store = RequestStore::new(RequestsConfig::default());
+        let key = FdKey { tgid: 1, fd: 9 };
+        store.feed(key, &pod(), KIND_DATA_IN, 0, 4, b"GET ");
+        assert_eq!(store.connections(), 1);
+        store.forget_processes_where(|tgid| tgid == 2);
+        assert_eq!(store.connections(), 1);
+        store.forget_process(1);
+        assert_eq!(store.connections(), 0);
     }
 
     #[test]
