@@ -174,10 +174,18 @@ async fn serve(
     tracing::info!(address = %config.listen, "Serving /metrics, /healthz, /readyz");
     let mut tasks = Vec::new();
     if let Some(events) = events {
-        tasks.push(tokio::spawn(read_ring(events, aggregator.clone(), "exit and OOM", Aggregator::on_event_bytes)));
+        // Exit and OOM records wake the reader each time: they are rare.
+        let reader = read_ring(events, aggregator.clone(), "exit and OOM", None, Aggregator::on_event_bytes);
+        tasks.push(tokio::spawn(reader));
     }
     if let Some(data_events) = data_events {
-        let reader = read_ring(data_events, aggregator.clone(), "request payload", Aggregator::on_data_event_bytes);
+        let reader = read_ring(
+            data_events,
+            aggregator.clone(),
+            "request payload",
+            Some(RING_POLL),
+            Aggregator::on_data_event_bytes,
+        );
         tasks.push(tokio::spawn(reader));
     }
     tasks.push(tokio::spawn(collect_loop(config.interval, aggregator, cell, refresh_rx)));
@@ -229,15 +237,17 @@ async fn collect_loop(
 /// Records applied under one hold of the aggregator's lock, so a busy ring cannot starve
 /// collections (and the runtime) for long.
 const RING_BATCH: usize = 1024;
-/// How often a ring is read when the probes do not wake the reader (they skip wakeups for small
-/// backlogs, which saves an irq_work per record).
-const RING_POLL: Duration = Duration::from_millis(20);
+/// How often the payload ring is read: its probes wake the reader only for a large backlog,
+/// which saves an irq_work per record.
+const RING_POLL: Duration = Duration::from_millis(50);
 
-/// Applies a ring buffer's records as they arrive, woken by the kernel or every `RING_POLL`.
+/// Applies a ring buffer's records as they arrive: when the kernel wakes the reader, and every
+/// `poll` if given.
 async fn read_ring(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     aggregator: Arc<Mutex<Aggregator>>,
     what: &'static str,
+    poll: Option<Duration>,
     apply: fn(&mut Aggregator, &[u8]),
 ) {
     // SAFETY: the ring buffer owns its fd, which stays open for as long as the AsyncFd holds it.
@@ -257,7 +267,7 @@ async fn read_ring(
                     return;
                 }
             },
-            _ = tokio::time::sleep(RING_POLL) => {}
+            _ = tokio::time::sleep(poll.unwrap_or(Duration::MAX)), if poll.is_some() => {}
         }
         loop {
             let mut applied = 0;

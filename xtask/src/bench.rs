@@ -236,7 +236,8 @@ fn request_tracing(load: Duration) -> anyhow::Result<()> {
     let server = HttpServer::start_in(&pod);
     // Without the agent first.
     let bare = throughput(server.port, 4, load, None);
-    let agent = Agent::start("kubernetes:\n  watch: never\n");
+    // Collect on every scrape, so the figures cover exactly each phase.
+    let agent = Agent::start("min_collect_interval: 0s\nkubernetes:\n  watch: never\n");
     std::thread::sleep(Duration::from_secs(2));
 
     // An unwatched process doing file I/O.
