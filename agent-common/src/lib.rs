@@ -145,7 +145,7 @@ pub mod traffic {
     pub const DATA_EVENTS_MAP: &str = "DATA_EVENTS";
     pub const WATCHED_CGROUPS_DEFAULT_ENTRIES: u32 = 4096;
     pub const FD_CLASS_DEFAULT_ENTRIES: u32 = 65_536;
-    pub const DATA_EVENTS_DEFAULT_BYTES: u32 = 4 * 1024 * 1024;
+    pub const DATA_EVENTS_DEFAULT_BYTES: u32 = 1024 * 1024;
 
     /// Bytes of payload captured per syscall: enough for a request line, headers and the start of
     /// a JSON body, or a response's status line and headers.

@@ -77,7 +77,7 @@ pub struct ProbesConfig {
     /// Attach the syscall probes that measure HTTP request latency (see `requests`). Default `true`.
     pub request_tracing: bool,
     /// Size of the ring buffer of captured socket payloads in bytes: a power of two, at least one
-    /// page. Default `4194304`.
+    /// page. Default `1048576`.
     pub data_ring_buffer_bytes: NonZeroU32,
     /// Keep the kernel's bpf_stats (run time and count per probe) enabled while the agent runs.
     /// Costs about 20 ns per probe run. Default `true`.

@@ -239,7 +239,7 @@ async fn collect_loop(
 const RING_BATCH: usize = 1024;
 /// How often the payload ring is read: its probes wake the reader only for a large backlog,
 /// which saves an irq_work per record.
-const RING_POLL: Duration = Duration::from_millis(50);
+const RING_POLL: Duration = Duration::from_millis(100);
 
 /// Applies a ring buffer's records as they arrive: when the kernel wakes the reader, and every
 /// `poll` if given.
