@@ -77,13 +77,30 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
 }
 
+/// A command run from xtask. `cargo run` gives xtask its own package's variables
+/// (CARGO_MANIFEST_DIR, CARGO_PKG_*); an inner cargo that inherits them sees build scripts' inputs
+/// changed and rebuilds dependencies (ring, for one) every time.
+pub fn command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_CRATE_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            command.env_remove(&var);
+        }
+    }
+    command
+}
+
 /// Runs a command in the workspace root, failing with its command line when it fails.
 pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root())
-        .status()
-        .with_context(|| format!("starting `{program}`"))?;
+    let status =
+        command(program).args(args).current_dir(root()).status().with_context(|| format!("starting `{program}`"))?;
     if !status.success() {
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
@@ -138,6 +155,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         e2e::http_get(&format!("{url}/readyz")).is_ok()
     });
     if ready {
+        // Past the agent's default min_collect_interval, so the scrape collects afresh.
+        std::thread::sleep(Duration::from_millis(1500));
         if let Ok(text) = e2e::http_get(&format!("{url}/metrics")) {
             print!("{}", summary(&e2e::Metrics::parse(&text)));
         }
@@ -178,6 +197,12 @@ fn summary(metrics: &e2e::Metrics) -> String {
     for (who, cpu, memory) in rows.iter().take(15) {
         out.push_str(&format!("{who:<60} {cpu:>12.3} {:>14.1}\n", memory / 1048576.0));
     }
+    if rows.is_empty() {
+        let outside = metrics.get("modelmeter_unattributed_cpu_time_seconds_total", &[]).unwrap_or(0.0);
+        out.push_str(&format!(
+            "(no pod, docker or systemd unit cgroups on this machine yet; {outside:.3} CPU seconds ran outside them)\n"
+        ));
+    }
     out
 }
 
@@ -202,7 +227,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 /// Runs `cargo test`, passing its output through, and adds up its `test result:` lines.
 fn cargo_test_counting(args: &[&str]) -> anyhow::Result<(u64, u64)> {
     use std::io::BufRead;
-    let mut child = Command::new("cargo")
+    let mut child = command("cargo")
         .args(args)
         .current_dir(root())
         .stdout(std::process::Stdio::piped())

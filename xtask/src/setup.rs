@@ -65,7 +65,7 @@ fn apt_packages() -> anyhow::Result<()> {
     cmd("apt-get", &["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
-    let status = Command::new("apt-get")
+    let status = crate::command("apt-get")
         .args(&args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
@@ -92,7 +92,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     step(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)"));
     let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
-    let status = Command::new("cargo")
+    let status = crate::command("cargo")
         .args([
             "install",
             "bpf-linker",
