@@ -71,6 +71,12 @@ pub fn pod_uid(seed: u64) -> String {
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
+/// The systemd-driver cgroup path kubelet gives a container: `qos` is `burstable` or `besteffort`,
+/// `scope` the runtime's scope name (`cri-containerd-<id>.scope`, …).
+pub fn systemd_container_path(qos: &str, uid: &str, scope: &str) -> String {
+    format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{}.slice/{scope}", uid.replace('-', "_"))
+}
+
 /// A cgroup created at the same relative path in the v2 tree and the v1 cpu, cpuacct and memory
 /// trees (as kubelet does). Dropping it kills its processes and removes every directory it created.
 pub struct CgroupGuard {

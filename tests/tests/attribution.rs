@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{Agent, CgroupGuard, Metrics, Prometheus, hex_id, pod_uid, require_root, wait_for};
+use e2e::{Agent, CgroupGuard, Metrics, Prometheus, hex_id, pod_uid, require_root, systemd_container_path, wait_for};
 
 const CPU_TIME: &str = "container_cpu_time_seconds_total";
 
@@ -42,10 +42,7 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
     // Pod 1: burstable, systemd driver, containerd.
     let uid1 = pod_uid(1);
     let id1 = hex_id(11, 64);
-    let pod1 = CgroupGuard::create(&format!(
-        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id1}.scope",
-        uid1.replace('-', "_")
-    ));
+    let pod1 = CgroupGuard::create(&systemd_container_path("burstable", &uid1, &format!("cri-containerd-{id1}.scope")));
     // Pod 2: guaranteed (no QoS level), cgroupfs driver, CRI-O.
     let uid2 = pod_uid(2);
     let id2 = hex_id(22, 64);
@@ -162,10 +159,7 @@ fn prometheus_scrapes_the_agent() {
     require_root();
     let uid = pod_uid(4);
     let id = hex_id(44, 64);
-    let pod = CgroupGuard::create(&format!(
-        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/docker-{id}.scope",
-        uid.replace('-', "_")
-    ));
+    let pod = CgroupGuard::create(&systemd_container_path("besteffort", &uid, &format!("docker-{id}.scope")));
     let _worker = pod.spawn_workload(&["burn"]);
     let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\n");
     let prometheus = Prometheus::start(agent.addr);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use e2e::{
     Agent, CgroupGuard, ChildGuard, Metrics,
     apiserver::{FakeApiServer, TestPod, kubeconfig_for, query_params},
-    hex_id, pod_uid, require_root, wait_for,
+    hex_id, pod_uid, require_root, systemd_container_path, wait_for,
 };
 
 const CPU_TIME: &str = "container_cpu_time_seconds_total";
@@ -24,10 +24,8 @@ impl PodUnderTest {
     fn new(seed: u64) -> PodUnderTest {
         let uid = pod_uid(seed);
         let container_id = hex_id(seed * 7 + 1, 64);
-        let cgroup = CgroupGuard::create(&format!(
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container_id}.scope",
-            uid.replace('-', "_")
-        ));
+        let scope = format!("cri-containerd-{container_id}.scope");
+        let cgroup = CgroupGuard::create(&systemd_container_path("burstable", &uid, &scope));
         let workload = cgroup.spawn_workload(&["sleep"]);
         PodUnderTest { uid, container_id, _workload: workload, _cgroup: cgroup }
     }

@@ -57,10 +57,11 @@ pub fn request_labels(sample: &RequestSample) -> Labels {
         sample.pod.as_deref(),
         sample.key.model.as_ref().map(|(n, v)| (n.as_str(), v.as_str())),
     );
+    // Pod containers carry the model already; other identities have only the request's own.
     if !labels.iter().any(|(k, _)| *k == "model") {
-        let (name, version) = sample.model().unwrap_or_default();
-        labels.push(("model", name.to_owned()));
-        labels.push(("model_version", version.to_owned()));
+        let (name, version) = sample.key.model.clone().unwrap_or_default();
+        labels.push(("model", name));
+        labels.push(("model_version", version));
     }
     let status = sample.key.status;
     labels.extend([

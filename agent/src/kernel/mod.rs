@@ -228,10 +228,7 @@ impl Probes {
                     event: format!("{category}/{name}"),
                 }),
                 Err(e) => {
-                    let reason = match &tracefs {
-                        Err(why) => format!("{e}; {why}"),
-                        Ok(()) => e,
-                    };
+                    let reason = with_tracefs_reason(e, &tracefs);
                     tracing::warn!(program, reason = %reason, "Probe not attached");
                     missing.push((program.to_owned(), reason));
                 }
@@ -475,6 +472,27 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Adds why tracefs is unusable, if it is, to a classic tracepoint's failure.
+fn with_tracefs_reason(error: String, tracefs: &Result<(), String>) -> String {
+    match tracefs {
+        Err(why) => format!("{error}; {why}"),
+        Ok(()) => error,
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, program: &str, function: &str, btf: Option<&Btf>) -> Result<(), String> {
+    let btf = btf.ok_or("kernel BTF (/sys/kernel/btf/vmlinux) is unavailable")?;
+    let p: &mut BtfTracePoint = program_mut(ebpf, program)?;
+    p.load(function, btf).map_err(|e| describe(&e))?;
+    p.attach().map(drop).map_err(|e| describe(&e))
+}
+
+fn attach_raw(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {
+    let p: &mut RawTracePoint = program_mut(ebpf, program)?;
+    p.load().map_err(|e| describe(&e))?;
+    p.attach(tracepoint).map(drop).map_err(|e| describe(&e))
+}
+
 fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), String> {
     let tp: &mut TracePoint = program_mut(ebpf, program)?;
     tp.load().map_err(|e| format!("loading {program}: {}", describe(&e)))?;
@@ -489,17 +507,8 @@ fn attach_family(ebpf: &mut Ebpf, family: HookFamily, btf: Option<&Btf>) -> Resu
     let result = SCHED_EVENTS.iter().try_for_each(|(category, event)| {
         let name = format!("{event}_{}", family.suffix());
         let outcome = match family {
-            HookFamily::BtfTracepoint => {
-                let btf = btf.ok_or("kernel BTF (/sys/kernel/btf/vmlinux) is unavailable")?;
-                let program: &mut BtfTracePoint = program_mut(ebpf, &name)?;
-                program.load(event, btf).map_err(|e| describe(&e))?;
-                program.attach().map(drop).map_err(|e| describe(&e))
-            }
-            HookFamily::RawTracepoint => {
-                let program: &mut RawTracePoint = program_mut(ebpf, &name)?;
-                program.load().map_err(|e| describe(&e))?;
-                program.attach(event).map(drop).map_err(|e| describe(&e))
-            }
+            HookFamily::BtfTracepoint => attach_btf(ebpf, &name, event, btf),
+            HookFamily::RawTracepoint => attach_raw(ebpf, &name, event),
             HookFamily::Tracepoint => attach_tracepoint(ebpf, &name, category, event),
         };
         outcome.map_err(|e| format!("{name}: {e}"))?;
@@ -570,7 +579,7 @@ pub struct ProbeCheck {
 pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, KernelError> {
     let tracefs = ensure_tracefs();
     let mut ebpf = load_object(config)?;
-    let btf = Btf::from_sys_fs();
+    let btf = Btf::from_sys_fs().ok();
     let mut checks = Vec::new();
     let mut record = |program_type: &'static str, hook: &str, result: Result<(), String>| {
         let works = if program_type.ends_with(" map") { "created" } else { "loads and attaches" };
@@ -581,34 +590,10 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
             detail: result.err().unwrap_or_else(|| works.to_owned()),
         });
     };
-    let btf_ref = btf.as_ref().map_err(|e| format!("kernel BTF unavailable: {e}"));
-    record(
-        "tp_btf",
-        "sched_switch",
-        (|| {
-            let btf = btf_ref.clone()?;
-            let p: &mut BtfTracePoint = program_mut(&mut ebpf, "sched_switch_btf")?;
-            p.load("sched_switch", btf).map_err(|e| describe(&e))?;
-            p.attach().map(drop).map_err(|e| describe(&e))
-        })(),
-    );
-    record(
-        "raw_tracepoint",
-        "sched_switch",
-        (|| {
-            let p: &mut RawTracePoint = program_mut(&mut ebpf, "sched_switch_raw")?;
-            p.load().map_err(|e| describe(&e))?;
-            p.attach("sched_switch").map(drop).map_err(|e| describe(&e))
-        })(),
-    );
-    record(
-        "tracepoint",
-        "sched/sched_switch",
-        attach_tracepoint(&mut ebpf, "sched_switch_tp", "sched", "sched_switch").map_err(|e| match &tracefs {
-            Err(why) => format!("{e}; {why}"),
-            Ok(()) => e,
-        }),
-    );
+    record("tp_btf", "sched_switch", attach_btf(&mut ebpf, "sched_switch_btf", "sched_switch", btf.as_ref()));
+    record("raw_tracepoint", "sched_switch", attach_raw(&mut ebpf, "sched_switch_raw", "sched_switch"));
+    let switch_tp = attach_tracepoint(&mut ebpf, "sched_switch_tp", "sched", "sched_switch");
+    record("tracepoint", "sched/sched_switch", switch_tp.map_err(|e| with_tracefs_reason(e, &tracefs)));
     record("tracepoint", "oom/mark_victim", attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim"));
     record(
         "tracepoint",
@@ -633,7 +618,7 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
         "fentry",
         "do_exit",
         (|| {
-            let btf = btf_ref.clone()?;
+            let btf = btf.as_ref().ok_or("kernel BTF (/sys/kernel/btf/vmlinux) is unavailable")?;
             let p: &mut FEntry = program_mut(&mut ebpf, "doctor_fentry")?;
             p.load("do_exit", btf).map_err(|e| describe(&e))?;
             p.attach().map(drop).map_err(|e| describe(&e))

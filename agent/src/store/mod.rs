@@ -75,16 +75,6 @@ pub struct RequestSample {
     pub latency: LatencyHistogram,
 }
 
-impl RequestSample {
-    /// The request's own model, else the pod's: (name, version).
-    pub fn model(&self) -> Option<(&str, &str)> {
-        match &self.key.model {
-            Some((name, version)) => Some((name, version)),
-            None => self.pod.as_ref()?.model.as_ref().map(|m| (m.name.as_str(), m.version.as_str())),
-        }
-    }
-}
-
 /// Request tracing's own figures.
 #[derive(Debug, Clone, Default)]
 pub struct RequestsAgentSample {
@@ -311,12 +301,9 @@ impl Aggregator {
 
     /// Slow and failed requests as JSON lines on stdout (`kubectl logs`), with their identity.
     fn print_request_event(&self, identity: &Identity, request: &requests::RequestEvent) {
-        let pod = match (identity.pod_uid(), &self.pods) {
-            (Some(uid), Some(pods)) => match pods.lookup(uid) {
-                PodLookup::Known(meta) => Some(meta),
-                _ => None,
-            },
-            _ => None,
+        let pod = match lookup_pod(&self.pods, identity) {
+            PodLookup::Known(meta) => Some(meta),
+            PodLookup::Deleted | PodLookup::Unknown => None,
         };
         let line = serde_json::json!({
             "timestamp": humantime_timestamp(),
@@ -355,11 +342,9 @@ impl Aggregator {
             return;
         }
         probes.set_watch_all(self.watch_set == WatchSet::All);
-        let pods = self.pods.clone();
-        let has_model = |identity: &Identity| match (identity.pod_uid(), &pods) {
-            (Some(uid), Some(pods)) => matches!(pods.lookup(uid), PodLookup::Known(meta) if meta.model.is_some()),
-            _ => false,
-        };
+        let pods = &self.pods;
+        let has_model =
+            |identity: &Identity| matches!(lookup_pod(pods, identity), PodLookup::Known(meta) if meta.model.is_some());
         let wanted: std::collections::HashSet<u64> = self
             .by_cgroup_id
             .iter()
@@ -445,33 +430,33 @@ impl Aggregator {
 
     /// Reads the probes' per-task CPU, returns the live totals per identity, and folds entries of
     /// processes that are gone into their identity's retired totals (then deletes them).
-    fn fold_probe_cpu(&mut self) -> HashMap<Identity, TaskCpu> {
-        let mut live: HashMap<Identity, TaskCpu> = HashMap::new();
-        let Some(probes) = self.probes.as_ref() else { return live };
+    fn fold_probe_cpu(&mut self) -> ProbeCpu {
+        let mut cpu = ProbeCpu::default();
+        let Some(probes) = self.probes.as_ref() else { return cpu };
         // The caller ran `kernel::flush_cpu_slices` just before, outside the lock.
         let entries = match probes.read_task_cpu() {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "Reading probe maps failed");
                 self.count_error("probe_read");
-                return live;
+                return cpu;
             }
         };
-        let mut alive: HashMap<u32, bool> = HashMap::new();
         let mut finished: Vec<TaskKey> = Vec::new();
-        let mut live_unattributed = 0;
         for (key, value) in entries {
             let identity = match self.by_cgroup_id.get(&key.cgroup_id) {
                 Some(identity) => Some(identity.clone()),
                 None => self.resolve_tgid(key.tgid),
             };
-            let is_alive = *alive.entry(key.tgid).or_insert_with(|| procfs::process_exists(&self.proc_root, key.tgid));
+            let is_alive =
+                *cpu.alive.entry(key.tgid).or_insert_with(|| procfs::process_exists(&self.proc_root, key.tgid));
             let tracked = identity.as_ref().and_then(|i| self.tracked.get_mut(i));
             match (is_alive, tracked) {
-                (true, Some(_)) => {
-                    kernel::add_task_cpu(live.entry(identity.expect("tracked implies identity")).or_default(), &value)
-                }
-                (true, None) => live_unattributed += value.on_cpu_ns,
+                (true, Some(_)) => kernel::add_task_cpu(
+                    cpu.live.entry(identity.expect("tracked implies identity")).or_default(),
+                    &value,
+                ),
+                (true, None) => cpu.unattributed_ns += value.on_cpu_ns,
                 (false, Some(tracked)) => kernel::add_task_cpu(&mut tracked.retired, &value),
                 (false, None) => self.retired_unattributed_ns += value.on_cpu_ns,
             }
@@ -483,8 +468,7 @@ impl Aggregator {
         if let Some(probes) = self.probes.as_mut() {
             probes.remove_tasks(&finished);
         }
-        live.insert(Identity::Other, TaskCpu { on_cpu_ns: live_unattributed, ..TaskCpu::ZERO });
-        live
+        cpu
     }
 
     /// One full collection.
@@ -492,10 +476,12 @@ impl Aggregator {
         let started = Instant::now();
         self.discover();
         self.update_watched_cgroups();
-        let mut live = self.fold_probe_cpu();
+        let ProbeCpu { live, unattributed_ns: unattributed_live, alive } = self.fold_probe_cpu();
+        // Connections of processes that are gone; the fold has already looked up most tgids.
         let proc_root = self.proc_root.clone();
-        self.requests.forget_processes_where(|tgid| !procfs::process_exists(&proc_root, tgid));
-        let unattributed_live = live.remove(&Identity::Other).map(|v| v.on_cpu_ns).unwrap_or(0);
+        self.requests.forget_processes_where(|tgid| {
+            !alive.get(&tgid).copied().unwrap_or_else(|| procfs::process_exists(&proc_root, tgid))
+        });
         let has_probes = self.probes.is_some();
         let mut containers = Vec::with_capacity(self.tracked.len());
         let mut vanished = Vec::new();
@@ -531,14 +517,11 @@ impl Aggregator {
             };
             let cpu_ns = cpu_ns.max(tracked.last_cpu_ns);
             tracked.last_cpu_ns = cpu_ns;
-            let pod = match (identity.pod_uid(), &self.pods) {
-                (Some(uid), Some(pods)) => match pods.lookup(uid) {
-                    PodLookup::Known(meta) => Some(meta),
-                    // Deleted in the API: its series go now, whatever the kubelet has left behind.
-                    PodLookup::Deleted => continue,
-                    PodLookup::Unknown => None,
-                },
-                _ => None,
+            let pod = match lookup_pod(&self.pods, identity) {
+                PodLookup::Known(meta) => Some(meta),
+                // Deleted in the API: its series go now, whatever the kubelet has left behind.
+                PodLookup::Deleted => continue,
+                PodLookup::Unknown => None,
             };
             let oom_kills =
                 if oom_from_probe { tracked.oom_kills } else { stats.and_then(|s| s.memory.oom_kills).unwrap_or(0) };
@@ -615,6 +598,25 @@ impl Aggregator {
             .collect();
         samples.sort_by(|a, b| a.key.cmp(&b.key));
         samples
+    }
+}
+
+/// The probes' CPU as of one collection.
+#[derive(Debug, Default)]
+struct ProbeCpu {
+    /// Totals of live processes per identity.
+    live: HashMap<Identity, TaskCpu>,
+    /// On-CPU time of live processes outside any attributed cgroup.
+    unattributed_ns: u64,
+    /// Whether each tgid seen in the map still exists.
+    alive: HashMap<u32, bool>,
+}
+
+/// What the Kubernetes API says of an identity's pod; `Unknown` without a pod or without the API.
+fn lookup_pod(pods: &Option<Arc<PodCache>>, identity: &Identity) -> PodLookup {
+    match (identity.pod_uid(), pods) {
+        (Some(uid), Some(pods)) => pods.lookup(uid),
+        _ => PodLookup::Unknown,
     }
 }
 

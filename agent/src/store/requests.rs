@@ -260,11 +260,10 @@ impl RequestStore {
         let direction = if kind == KIND_DATA_IN { Direction::In } else { Direction::Out };
         let mut exchanges = std::mem::take(&mut self.exchanges);
         stream.parser.feed(Segment { direction, timestamp_ns, len, captured }, &mut exchanges, &mut self.skips);
-        let identity = stream.identity.clone();
         self.count_skips();
         let mut events = Vec::new();
         for exchange in exchanges.drain(..) {
-            if let Some(event) = self.record(&identity, &exchange) {
+            if let Some(event) = self.record(identity, &exchange) {
                 events.push(event);
             }
         }
