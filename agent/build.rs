@@ -4,10 +4,12 @@
 //! With `MODELMETER_EBPF_PLACEHOLDER=1` an empty object is written instead, so `cargo check`,
 //! clippy and docs work without nightly; a binary built that way reports that it has no probes.
 
+#[path = "ebpf_build.rs"]
+mod ebpf_build;
+
 use std::{
     env,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{Context, bail};
@@ -16,6 +18,7 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR unset")?);
     let object = out_dir.join("modelmeter.bpf.o");
     println!("cargo:rerun-if-env-changed=MODELMETER_EBPF_PLACEHOLDER");
+    println!("cargo:rerun-if-changed=ebpf_build.rs");
     if env::var("MODELMETER_EBPF_PLACEHOLDER").is_ok_and(|v| v == "1") {
         std::fs::write(&object, b"")?;
         return Ok(());
@@ -29,49 +32,17 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", watched.display());
     }
     let target_dir = out_dir.join("ebpf-target");
-    let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "-Z", "build-std=core"])
-        .args(["--target", "bpfel-unknown-none", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(&ebpf_dir);
-    // The outer build's settings are for the host; none of them may leak into the eBPF build.
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO",
-        "CARGO_MAKEFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("PATH", path_with_cargo_bin());
-    let status = cmd.status().context("running `rustup run nightly cargo build` for agent-ebpf")?;
+    let status = ebpf_build::nightly_build(&ebpf_dir, &target_dir)
+        .status()
+        .context("running `rustup run nightly cargo build` for agent-ebpf")?;
     if !status.success() {
         bail!(
             "building agent-ebpf failed ({status}); run `cargo xtask setup` to install the nightly \
              toolchain, rust-src and bpf-linker, or set MODELMETER_EBPF_PLACEHOLDER=1 to build without probes"
         );
     }
-    let built = target_dir.join("bpfel-unknown-none/release/modelmeter");
+    let built = target_dir.join(ebpf_build::OBJECT_IN_TARGET);
     copy(&built, &object)
-}
-
-/// bpf-linker lands in ~/.cargo/bin, which a non-login shell may not have on PATH.
-fn path_with_cargo_bin() -> std::ffi::OsString {
-    let mut paths: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-    {
-        paths.push(home.join("bin"));
-    }
-    env::join_paths(paths).unwrap_or_default()
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {

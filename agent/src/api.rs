@@ -12,14 +12,14 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 
-use crate::store::SnapshotCell;
+use crate::{app::Control, store::SnapshotCell};
 
 /// What the handlers share.
 pub struct ApiState {
     pub cell: Arc<SnapshotCell>,
     pub registry: Registry,
     /// Asks the collector for a fresh snapshot and waits for it; `None` when collecting on demand is off.
-    pub refresh: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
+    pub refresh: Option<crossbeam_channel::Sender<Control>>,
     /// A snapshot younger than this is served as it is.
     pub min_collect_interval: Duration,
     /// A snapshot older than this means the collector is stuck: `/healthz` fails.
@@ -40,7 +40,7 @@ async fn refresh_if_stale(state: &ApiState) {
     let stale = state.cell.age().is_none_or(|age| age >= state.min_collect_interval);
     if let (true, Some(refresh)) = (stale, &state.refresh) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if refresh.send(done).await.is_ok() {
+        if refresh.send(Control::Collect(done)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -49,19 +49,19 @@ async fn refresh_if_stale(state: &ApiState) {
 async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
     refresh_if_stale(&state).await;
     let snapshot = state.cell.get();
-    let labels = |pairs: Vec<(&'static str, String)>| -> serde_json::Map<String, serde_json::Value> {
-        pairs.into_iter().map(|(k, v)| (k.to_owned(), serde_json::Value::String(v))).collect()
+    let prometheus = |attributes: &[(crate::attributes::Attr, String)]| -> serde_json::Map<String, serde_json::Value> {
+        attributes.iter().map(|(a, v)| (a.prometheus().to_owned(), serde_json::Value::String(v.clone()))).collect()
     };
     let containers: Vec<serde_json::Value> = snapshot
         .containers
         .iter()
         .map(|c| {
             serde_json::json!({
-                "labels": labels(crate::export::prometheus::sample_labels(c)),
-                "cgroup": c.cgroup_path,
-                "cpu_seconds": c.cpu_ns as f64 / 1e9,
-                "memory_working_set_bytes": c.stats.map(|s| s.memory.working_set_bytes),
-                "memory_rss_bytes": c.stats.map(|s| s.memory.rss_bytes),
+                "labels": prometheus(&c.attributes),
+                "cgroup": c.cgroup,
+                "cpu_seconds": c.cpu_seconds,
+                "memory_working_set_bytes": c.memory.map(|m| m.working_set_bytes),
+                "memory_rss_bytes": c.memory.map(|m| m.rss_bytes),
                 "oom_kills": c.oom_kills,
             })
         })
@@ -71,12 +71,12 @@ async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
         .iter()
         .map(|r| {
             serde_json::json!({
-                "labels": labels(crate::export::prometheus::request_labels(r)),
-                "count": r.latency.count,
-                "sum_seconds": r.latency.sum_ns as f64 / 1e9,
-                "p50_seconds": r.latency.quantile(0.5),
-                "p90_seconds": r.latency.quantile(0.9),
-                "p99_seconds": r.latency.quantile(0.99),
+                "labels": prometheus(&r.attributes),
+                "count": r.duration.count,
+                "sum_seconds": r.duration.sum,
+                "p50_seconds": r.p50_seconds,
+                "p90_seconds": r.p90_seconds,
+                "p99_seconds": r.p99_seconds,
             })
         })
         .collect();
@@ -90,7 +90,7 @@ async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     refresh_if_stale(&state).await;
-    match crate::export::prometheus::encode(&state.registry) {
+    match crate::sinks::prometheus::encode(&state.registry) {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response(),

@@ -10,13 +10,12 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use serde_yaml_ng as serde_yaml;
 
-use crate::{identity::kubernetes::KubernetesConfig, store::requests::RequestsConfig};
+use crate::{sources::kubernetes::KubernetesConfig, store::requests::RequestsConfig};
 
 /// Environment variables with this prefix override config fields.
 pub const ENV_PREFIX: &str = "MODELMETER_";
-/// Variables with the prefix that are not config fields.
-const ENV_NOT_FIELDS: &[&str] = &["MODELMETER_CONFIG", "MODELMETER_EBPF_PLACEHOLDER"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -170,9 +169,10 @@ impl Config {
             }
             None => serde_yaml::Value::Mapping(Default::default()),
         };
+        let known = top_level_fields();
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_FIELDS.contains(&k.as_str()))
+            .filter(|(var, _)| var.starts_with(ENV_PREFIX) && names_a_field(var, &known))
             .collect();
         overrides.sort();
         for (var, value) in &overrides {
@@ -214,6 +214,24 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The config's top-level field names, from its own serialisation so they never drift.
+fn top_level_fields() -> Vec<String> {
+    match serde_yaml::to_value(Config::default()) {
+        Ok(serde_yaml::Value::Mapping(map)) => map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `MODELMETER_<X>[__…]` names a config field: only then is it config. Kubernetes injects
+/// `<SERVICE>_SERVICE_HOST` and `<SERVICE>_PORT_*` for every Service in the namespace (a Service
+/// named `modelmeter` gives `MODELMETER_PORT=tcp://…`), and other tools set their own variables
+/// with this prefix (`MODELMETER_CONFIG`, `MODELMETER_EBPF_PLACEHOLDER`): none of them is a field.
+fn names_a_field(var: &str, known: &[String]) -> bool {
+    let field = env_field(var);
+    let top = field.split('.').next().unwrap_or_default();
+    known.iter().any(|k| k == top)
 }
 
 /// The dotted field a variable names: `MODELMETER_PROBES__ENABLED` → `probes.enabled`.
@@ -310,11 +328,28 @@ mod tests {
     }
 
     #[test]
-    fn env_typo_is_an_error() {
-        let err = load_str("", &[("MODELMETER_INTERVALL", "5s")]).unwrap_err().to_string();
-        assert!(err.contains("intervall"), "{err}");
+    fn env_typo_below_a_known_field_is_an_error() {
+        let err = load_str("", &[("MODELMETER_PROBES__ENABLD", "false")]).unwrap_err().to_string();
+        assert!(err.contains("enabld"), "{err}");
         let err = load_str("", &[("MODELMETER_LISTEN__PORT", "1")]).unwrap_err().to_string();
         assert!(err.contains("MODELMETER_LISTEN__PORT"), "{err}");
+    }
+
+    #[test]
+    fn service_link_variables_are_not_config() {
+        // What kubelet injects for a Service named `modelmeter` in the agent's namespace.
+        let links = [
+            ("MODELMETER_PORT", "tcp://10.96.0.10:9464"),
+            ("MODELMETER_PORT_9464_TCP", "tcp://10.96.0.10:9464"),
+            ("MODELMETER_PORT_9464_TCP_ADDR", "10.96.0.10"),
+            ("MODELMETER_SERVICE_HOST", "10.96.0.10"),
+            ("MODELMETER_SERVICE_PORT", "9464"),
+            ("MODELMETER_SERVICE_PORT_METRICS", "9464"),
+        ];
+        assert_eq!(load_str("", &links).unwrap(), Config::default());
+        // A known field next to them still applies.
+        let config = load_str("", &[links[0], ("MODELMETER_INTERVAL", "5s")]).unwrap();
+        assert_eq!(config.interval, Duration::from_secs(5));
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::{collect::cgroup::Layout, config::Config, kernel};
+use crate::{
+    config::Config,
+    sources::{cgroup::Layout, kernel},
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {

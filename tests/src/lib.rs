@@ -11,8 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelmeter::collect::cgroup::Layout;
-
 pub mod apiserver;
 
 /// Fails the test unless it runs as root (it loads eBPF programs and creates cgroups).
@@ -77,6 +75,27 @@ pub fn systemd_container_path(qos: &str, uid: &str, scope: &str) -> String {
     format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{}.slice/{scope}", uid.replace('-', "_"))
 }
 
+/// The cgroup hierarchies under `root` that a kubelet places a container in: the v2 tree (at the
+/// root, or `unified/` on a hybrid host) and the v1 cpu, cpuacct and memory controllers. The
+/// harness keeps its own small copy of this rule so that xtask, which links the harness, never
+/// builds the agent (whose build script needs the eBPF toolchain that `xtask setup` installs).
+pub fn hierarchy_roots(root: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut roots = Vec::new();
+    if root.join("cgroup.controllers").is_file() {
+        roots.push(("v2", root.to_path_buf()));
+        return roots;
+    }
+    if root.join("unified/cgroup.controllers").is_file() {
+        roots.push(("v2", root.join("unified")));
+    }
+    for (name, marker) in [("cpu", "cpu.shares"), ("cpuacct", "cpuacct.usage"), ("memory", "memory.usage_in_bytes")] {
+        if root.join(name).join(marker).is_file() {
+            roots.push((name, root.join(name)));
+        }
+    }
+    roots
+}
+
 /// A cgroup created at the same relative path in the v2 tree and the v1 cpu, cpuacct and memory
 /// trees (as kubelet does). Dropping it kills its processes and removes every directory it created.
 pub struct CgroupGuard {
@@ -89,18 +108,8 @@ pub struct CgroupGuard {
 
 impl CgroupGuard {
     pub fn create(rel: &str) -> CgroupGuard {
-        let layout = Layout::detect(Path::new("/sys/fs/cgroup")).expect("no cgroup hierarchy under /sys/fs/cgroup");
-        let mut roots = Vec::new();
-        if let Some(v2) = layout.v2_root() {
-            roots.push(("v2", v2.to_path_buf()));
-        }
-        if let Some(v1) = layout.v1_roots() {
-            for (name, root) in [("cpu", &v1.cpu), ("cpuacct", &v1.cpuacct), ("memory", &v1.memory)] {
-                if let Some(root) = root {
-                    roots.push((name, root.clone()));
-                }
-            }
-        }
+        let roots = hierarchy_roots(Path::new("/sys/fs/cgroup"));
+        assert!(!roots.is_empty(), "no cgroup hierarchy under /sys/fs/cgroup");
         let mut guard = CgroupGuard { rel: rel.to_owned(), roots, created: Vec::new() };
         for (_, root) in guard.roots.clone() {
             let mut dir = root.clone();

@@ -8,6 +8,9 @@
 //! - `bench`: probe overhead from bpf_stats, agent RSS/CPU with 50 cgroups, criterion benchmarks.
 
 mod bench;
+mod bootstrap;
+#[path = "../../agent/ebpf_build.rs"]
+mod ebpf_build;
 mod setup;
 
 use std::{
@@ -122,22 +125,14 @@ pub fn require_root(task: &str) -> anyhow::Result<()> {
 }
 
 fn build_ebpf() -> anyhow::Result<()> {
-    cmd(
-        "rustup",
-        &[
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--release",
-            "-Z",
-            "build-std=core",
-            "--target",
-            "bpfel-unknown-none",
-            "--manifest-path",
-            "agent-ebpf/Cargo.toml",
-        ],
-    )
+    let ebpf_dir = root().join("agent-ebpf");
+    let target_dir = ebpf_dir.join("target");
+    let status = ebpf_build::nightly_build(&ebpf_dir, &target_dir).status().context("starting rustup")?;
+    if !status.success() {
+        bail!("building agent-ebpf failed ({status})");
+    }
+    println!("{}", target_dir.join(ebpf_build::OBJECT_IN_TARGET).display());
+    Ok(())
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {
@@ -208,6 +203,7 @@ fn summary(metrics: &e2e::Metrics) -> String {
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     require_root("test")?;
+    bootstrap::check_xtask_needs_no_ebpf_toolchain()?;
     setup::setup()?;
     cmd("cargo", &["fmt", "--all", "--", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
     cmd("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;

@@ -1,12 +1,13 @@
 //! Maps a cgroup path to the workload that owns it (pod container, pod, Docker container, systemd unit);
-//! `kubernetes` adds the pod metadata of this node and `model` the model a pod serves.
+//! `model` names the model a pod serves, and `resolver` is the one owner of the map from the
+//! kernel's keys (cgroup id, tgid) to identities and pods.
 //!
 //! Everything here is a pure string function over kubelet, container-runtime and systemd naming
 //! conventions, so it is testable without a cgroup filesystem. Cgroup names are chosen by whoever
 //! creates the cgroup, so nothing here may panic on any input.
 
-pub mod kubernetes;
 pub mod model;
+pub mod resolver;
 
 /// Kubernetes pod QoS class, as encoded in the kubelet's cgroup hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

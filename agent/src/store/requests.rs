@@ -1,6 +1,6 @@
 //! Request latency per series — (identity, method, route, status, model) — fed by the exchanges
-//! that the HTTP/1 pairing finds in captured socket payloads. Routes are budgeted per identity and
-//! model (overflow goes to `_other` and is counted); slow and failed requests are sampled into
+//! that the payload source pairs on each connection. Routes are budgeted per identity and model
+//! (overflow goes to `_other` and is counted); slow and failed requests are sampled into
 //! structured events under a rate limit.
 
 use std::{
@@ -8,13 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::traffic::{FdKey, KIND_DATA_IN};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     identity::Identity,
-    protocol::{
-        http1::{Direction, Exchange, Http1Stream, Segment, Skip},
+    sources::protocol::{
+        http1::Exchange,
         route::{RequestModel, method_label, model_from_json_body, route_of},
     },
 };
@@ -28,8 +27,6 @@ pub const OVERFLOW_ROUTE: &str = "_other";
 pub const OVERFLOW_MODEL: &str = "_other";
 /// Fine-histogram resolution: buckets per power of two (about 1.1% wide).
 const FINE_PER_OCTAVE: f64 = 64.0;
-/// Connections followed at once; beyond this new ones are counted and not followed.
-const MAX_STREAMS: usize = 65_536;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,12 +152,6 @@ pub struct RequestEvent {
     pub model: Option<String>,
 }
 
-#[derive(Debug)]
-struct Stream {
-    parser: Http1Stream,
-    identity: Identity,
-}
-
 /// Token bucket for sampled events.
 #[derive(Debug)]
 struct RateLimit {
@@ -170,10 +161,9 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second).min(self.per_second);
+    fn allow(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.per_second)
+            .min(self.per_second);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -187,7 +177,6 @@ impl RateLimit {
 #[derive(Debug)]
 pub struct RequestStore {
     config: RequestsConfig,
-    streams: HashMap<FdKey, Stream>,
     pub series: HashMap<Identity, HashMap<RequestKey, LatencyHistogram>>,
     routes: HashMap<(Identity, Option<String>), HashSet<String>>,
     models: HashMap<Identity, HashSet<(String, String)>>,
@@ -195,22 +184,8 @@ pub struct RequestStore {
     pub route_overflow: BTreeMap<String, u64>,
     /// Requests whose model went to `_other`.
     pub model_overflow: u64,
-    /// Bytes or connections that did not become requests, by reason.
-    pub skipped: BTreeMap<&'static str, u64>,
     pub events_dropped: u64,
     limiter: RateLimit,
-    exchanges: Vec<Exchange>,
-    skips: Vec<Skip>,
-}
-
-fn skip_name(skip: Skip) -> &'static str {
-    match skip {
-        Skip::NotHttp => "not_http",
-        Skip::HeadTooLarge => "head_too_large",
-        Skip::Uncaptured => "uncaptured",
-        Skip::UnmatchedResponse => "unmatched_response",
-        Skip::Unfinished => "unfinished",
-    }
 }
 
 impl RequestStore {
@@ -218,68 +193,19 @@ impl RequestStore {
         let per_second = f64::from(config.events_per_second);
         RequestStore {
             config,
-            streams: HashMap::new(),
             series: HashMap::new(),
             routes: HashMap::new(),
             models: HashMap::new(),
             route_overflow: BTreeMap::new(),
             model_overflow: 0,
-            skipped: BTreeMap::new(),
             events_dropped: 0,
             limiter: RateLimit { per_second, tokens: per_second, last: Instant::now() },
-            exchanges: Vec::new(),
-            skips: Vec::new(),
         }
     }
 
-    fn count_skips(&mut self) {
-        for skip in self.skips.drain(..) {
-            *self.skipped.entry(skip_name(skip)).or_default() += 1;
-        }
-    }
-
-    /// Feeds one captured read or write of `identity`'s connection `key`; returns the events
-    /// (slow or failed requests) that passed the rate limit.
-    pub fn feed(
-        &mut self,
-        key: FdKey,
-        identity: &Identity,
-        kind: u32,
-        timestamp_ns: u64,
-        len: u64,
-        captured: &[u8],
-    ) -> Vec<RequestEvent> {
-        if !self.streams.contains_key(&key) {
-            if self.streams.len() >= MAX_STREAMS {
-                *self.skipped.entry("too_many_connections").or_default() += 1;
-                return Vec::new();
-            }
-            self.streams.insert(key, Stream { parser: Http1Stream::new(), identity: identity.clone() });
-        }
-        let Some(stream) = self.streams.get_mut(&key) else { return Vec::new() };
-        let direction = if kind == KIND_DATA_IN { Direction::In } else { Direction::Out };
-        let mut exchanges = std::mem::take(&mut self.exchanges);
-        stream.parser.feed(Segment { direction, timestamp_ns, len, captured }, &mut exchanges, &mut self.skips);
-        self.count_skips();
-        let mut events = Vec::new();
-        for exchange in exchanges.drain(..) {
-            if let Some(event) = self.record(identity, &exchange) {
-                events.push(event);
-            }
-        }
-        self.exchanges = exchanges;
-        events
-    }
-
-    /// The connection closed (or its fd was reused): requests still waiting are dropped, counted.
-    pub fn close(&mut self, key: FdKey) {
-        if let Some(mut stream) = self.streams.remove(&key) {
-            stream.parser.close(&mut self.skips);
-            self.count_skips();
-        }
-    }
-
-    fn record(&mut self, identity: &Identity, exchange: &Exchange) -> Option<RequestEvent> {
+    /// Records one request of `identity`; returns its event (slow or failed) if it passed the
+    /// rate limit.
+    pub fn record(&mut self, identity: &Identity, exchange: &Exchange, now: Instant) -> Option<RequestEvent> {
         let route = route_of(&exchange.target);
         let model = route.model.or_else(|| model_from_json_body(&exchange.request_body_prefix));
         let model = model.map(|RequestModel { name, version }| {
@@ -314,7 +240,7 @@ impl RequestStore {
             None
         };
         let event = event.and_then(|name| {
-            if self.limiter.allow() {
+            if self.limiter.allow(now) {
                 Some(RequestEvent {
                     event: name,
                     method,
@@ -332,27 +258,11 @@ impl RequestStore {
         event
     }
 
-    /// Forgets the connections of a process that has exited.
-    pub fn forget_process(&mut self, tgid: u32) {
-        self.streams.retain(|key, _| key.tgid != tgid);
-    }
-
-    /// Forgets the connections of processes for which `gone` says so (checked once per process).
-    pub fn forget_processes_where(&mut self, gone: impl Fn(u32) -> bool) {
-        let mut verdicts: HashMap<u32, bool> = HashMap::new();
-        self.streams.retain(|key, _| !*verdicts.entry(key.tgid).or_insert_with(|| gone(key.tgid)));
-    }
-
     /// Forgets everything about identities that are gone.
     pub fn retain(&mut self, keep: impl Fn(&Identity) -> bool) {
         self.series.retain(|identity, _| keep(identity));
         self.routes.retain(|(identity, _), _| keep(identity));
         self.models.retain(|identity, _| keep(identity));
-        self.streams.retain(|_, stream| keep(&stream.identity));
-    }
-
-    pub fn connections(&self) -> usize {
-        self.streams.len()
     }
 }
 
@@ -368,19 +278,23 @@ mod tests {
 
     fn exchange(
         store: &mut RequestStore,
-        fd: u32,
+        _fd: u32,
         target: &str,
         status: u16,
         start_ms: u64,
         took_ms: u64,
     ) -> Vec<RequestEvent> {
-        let key = FdKey { tgid: 1, fd };
-        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
-        let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
-        let (start, end) = (start_ms * 1_000_000, (start_ms + took_ms) * 1_000_000);
-        let mut events = store.feed(key, &pod(), KIND_DATA_IN, start, request.len() as u64, request.as_bytes());
-        events.extend(store.feed(key, &pod(), 2, end, response.len() as u64, response.as_bytes()));
-        events
+        let exchange = Exchange {
+            start_ns: start_ms * 1_000_000,
+            end_ns: (start_ms + took_ms) * 1_000_000,
+            method: "GET".into(),
+            target: target.into(),
+            status,
+            request_body_prefix: Vec::new(),
+            request_bytes: None,
+            response_bytes: None,
+        };
+        store.record(&pod(), &exchange, Instant::now()).into_iter().collect()
     }
 
     #[test]
@@ -440,18 +354,6 @@ mod tests {
     }
 
     #[test]
-    fn exited_processes_lose_their_connections() {
-        let mut store = RequestStore::new(RequestsConfig::default());
-        let key = FdKey { tgid: 1, fd: 9 };
-        store.feed(key, &pod(), KIND_DATA_IN, 0, 4, b"GET ");
-        assert_eq!(store.connections(), 1);
-        store.forget_processes_where(|tgid| tgid == 2);
-        assert_eq!(store.connections(), 1);
-        store.forget_process(1);
-        assert_eq!(store.connections(), 0);
-    }
-
-    #[test]
     fn failed_and_slow_requests_make_rate_limited_events() {
         let mut store = RequestStore::new(RequestsConfig { events_per_second: 2, ..RequestsConfig::default() });
         assert_eq!(exchange(&mut store, 5, "/a", 500, 0, 1)[0].event, "failed_request");
@@ -467,6 +369,5 @@ mod tests {
         exchange(&mut store, 6, "/a", 200, 0, 1);
         store.retain(|_| false);
         assert!(store.series.is_empty());
-        assert_eq!(store.connections(), 0);
     }
 }

@@ -1,4 +1,5 @@
-//! /proc readers: which cgroups a process is in (`/proc/<pid>/cgroup`), whether it still exists.
+//! /proc readers, on the `procfs` crate: which cgroups a process is in (`/proc/<pid>/cgroup`),
+//! whether an fd is a socket, whether a process still exists, and the agent's own CPU and memory.
 
 use std::path::{Path, PathBuf};
 
@@ -23,20 +24,26 @@ impl ProcCgroups {
 /// Parses the text of `/proc/<pid>/cgroup` (lines `hierarchy-id:controller-list:path`, see
 /// cgroups(7)). Malformed lines are skipped.
 pub fn parse_proc_cgroup(text: &str) -> ProcCgroups {
-    let mut out = ProcCgroups::default();
-    for line in text.lines() {
+    from_lines(text.lines().filter_map(|line| {
         let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let controllers = controllers.split(',').filter(|c| !c.is_empty()).collect::<Vec<_>>();
+        Some((id == "0", controllers, path))
+    }))
+}
+
+/// Folds (is hierarchy 0, controllers, path) lines into per-hierarchy paths.
+fn from_lines<'a>(lines: impl Iterator<Item = (bool, Vec<&'a str>, &'a str)>) -> ProcCgroups {
+    let mut out = ProcCgroups::default();
+    for (hierarchy_zero, controllers, path) in lines {
         if !path.starts_with('/') {
             continue;
         }
-        if id == "0" && controllers.is_empty() {
+        if hierarchy_zero && controllers.is_empty() {
             out.v2 = Some(path.to_owned());
             continue;
         }
-        for controller in controllers.split(',') {
+        for controller in controllers {
             match controller {
                 "memory" => out.v1_memory = Some(path.to_owned()),
                 "cpu" => out.v1_cpu = Some(path.to_owned()),
@@ -49,7 +56,28 @@ pub fn parse_proc_cgroup(text: &str) -> ProcCgroups {
 
 /// Reads `/proc/<pid>/cgroup` under `proc_root`; `None` when the process is gone or unreadable.
 pub fn read_proc_cgroup(proc_root: &Path, pid: u32) -> Option<ProcCgroups> {
-    std::fs::read_to_string(proc_dir(proc_root, pid).join("cgroup")).ok().map(|text| parse_proc_cgroup(&text))
+    let process = procfs::process::Process::new_with_root(proc_dir(proc_root, pid)).ok()?;
+    let cgroups = process.cgroups().ok()?;
+    Some(from_lines(cgroups.0.iter().map(|c| {
+        (c.hierarchy == 0, c.controllers.iter().map(String::as_str).collect(), c.pathname.as_str())
+    })))
+}
+
+/// The agent's own CPU time and resident memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OwnUsage {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+}
+
+/// Reads the agent's own `/proc/self/stat`; `None` when unreadable.
+pub fn own_usage() -> Option<OwnUsage> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    let ticks = procfs::ticks_per_second() as f64;
+    Some(OwnUsage {
+        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+        resident_bytes: stat.rss.saturating_mul(procfs::page_size()),
+    })
 }
 
 /// Whether a process with this tgid still exists.
@@ -60,9 +88,9 @@ pub fn process_exists(proc_root: &Path, tgid: u32) -> bool {
 /// Whether `fd` of process `tgid` is a socket (its `/proc/<tgid>/fd/<fd>` link reads `socket:[…]`);
 /// `None` when the fd (or the process) is already gone.
 pub fn is_socket(proc_root: &Path, tgid: u32, fd: u32) -> Option<bool> {
-    std::fs::read_link(proc_dir(proc_root, tgid).join("fd").join(fd.to_string()))
-        .ok()
-        .map(|target| target.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
+    let process = procfs::process::Process::new_with_root(proc_dir(proc_root, tgid)).ok()?;
+    let info = process.fd_from_fd(i32::try_from(fd).ok()?).ok()?;
+    Some(matches!(info.target, procfs::process::FDTarget::Socket(_)))
 }
 
 fn proc_dir(proc_root: &Path, pid: u32) -> PathBuf {

@@ -2,14 +2,17 @@
 //! scheduler, exit and OOM probes (choosing the first hook family the kernel accepts), and reads
 //! their maps, counters, ring buffer and bpf_stats.
 
-use std::{os::fd::OwnedFd, path::Path};
+use std::{
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::Path,
+};
 
 use std::collections::HashSet;
 
 use agent_common::{
     counters,
     events::{EVENTS_MAP, Event},
-    sched::{TASK_CPU_MAP, TaskCpu, TaskKey},
+    sched::TASK_CPU_MAP,
     traffic::{
         self, DATA_EVENTS_MAP, DataEvent, FD_CLASS_MAP, FD_NOT_SOCKET, FD_SOCKET, FdKey, WATCH_CONFIG_MAP,
         WATCHED_CGROUPS_MAP,
@@ -22,6 +25,9 @@ use aya::{
 };
 
 use crate::config::ProbesConfig;
+
+/// The probes' per-(cgroup, process) CPU entry and its key.
+pub use agent_common::sched::{TaskCpu, TaskKey};
 
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modelmeter.bpf.o"));
@@ -112,10 +118,64 @@ const TRAFFIC_PROBES: [(&str, &str); 19] = [
 struct Traffic {
     watched: BpfHashMap<MapData, u64, u8>,
     watch_config: Array<MapData, u32>,
-    fd_class: BpfHashMap<MapData, FdKey, u8>,
-    data_events: Option<RingBuf<MapData>>,
+    payload: Option<PayloadRing>,
     /// What `watched` holds now, to update it by difference.
     watched_now: HashSet<u64>,
+}
+
+/// A ring buffer the kernel fills, read by one source's thread.
+pub struct Ring {
+    ring: RingBuf<MapData>,
+}
+
+impl Ring {
+    /// Waits until the kernel signals records or `timeout` passes; `Err` when polling fails.
+    pub fn wait(&self, timeout: std::time::Duration) -> std::io::Result<()> {
+        let mut fd = libc::pollfd { fd: self.ring.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut fd, 1, millis) };
+        if rc < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands up to `max` records to `apply`, in place; returns how many.
+    pub fn drain(&mut self, max: usize, mut apply: impl FnMut(&[u8])) -> usize {
+        let mut applied = 0;
+        while applied < max {
+            let Some(item) = self.ring.next() else { break };
+            apply(&item);
+            applied += 1;
+        }
+        applied
+    }
+}
+
+/// The payload ring and the map through which userspace tells the probes what an fd is.
+pub struct PayloadRing {
+    pub ring: Ring,
+    pub fd_classes: FdClasses,
+}
+
+/// The probes' map of what each fd is.
+pub struct FdClasses {
+    fd_class: BpfHashMap<MapData, FdKey, u8>,
+}
+
+impl FdClasses {
+    /// Tells the probes what an fd they asked about is.
+    pub fn classify_fd(&mut self, key: FdKey, is_socket: bool) {
+        let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
+        // BPF_EXIST: an fd closed before this answer came has no entry, and must not get one back.
+        if let Err(e) = self.fd_class.insert(key, class, 2) {
+            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "Classifying an fd failed");
+        }
+    }
 }
 
 /// One attached program, for bpf_stats and `doctor`.
@@ -143,7 +203,7 @@ pub struct Probes {
     pub missing: Vec<(String, String)>,
     task_cpu: PerCpuHashMap<MapData, TaskKey, TaskCpu>,
     counters: PerCpuArray<MapData, u64>,
-    events: Option<RingBuf<MapData>>,
+    events: Option<Ring>,
     traffic: Option<Traffic>,
     /// Keeps BPF_ENABLE_STATS on while held.
     _stats: Option<OwnedFd>,
@@ -245,7 +305,7 @@ impl Probes {
         };
         let task_cpu = take_map(&mut ebpf, TASK_CPU_MAP)?;
         let counters = take_map(&mut ebpf, counters::COUNTERS_MAP)?;
-        let events = Some(take_map(&mut ebpf, EVENTS_MAP)?);
+        let events = Some(Ring { ring: take_map(&mut ebpf, EVENTS_MAP)? });
         Ok(Probes { ebpf, family, attached, missing, task_cpu, counters, events, traffic, _stats: stats })
     }
 
@@ -263,7 +323,7 @@ impl Probes {
     }
 
     /// The ring buffer of exit and OOM events; can be taken once.
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+    pub fn take_events(&mut self) -> Option<Ring> {
         self.events.take()
     }
 
@@ -272,9 +332,9 @@ impl Probes {
         self.traffic.is_some()
     }
 
-    /// The ring buffer of socket payload events; can be taken once.
-    pub fn take_data_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.traffic.as_mut().and_then(|t| t.data_events.take())
+    /// The ring buffer of socket payload events and the fd classification map; can be taken once.
+    pub fn take_payload(&mut self) -> Option<PayloadRing> {
+        self.traffic.as_mut().and_then(|t| t.payload.take())
     }
 
     /// How many cgroups the probes trace now.
@@ -311,16 +371,6 @@ impl Probes {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "Setting the request tracing switch failed");
             }
-        }
-    }
-
-    /// Tells the probes what an fd they asked about is.
-    pub fn classify_fd(&mut self, key: FdKey, is_socket: bool) {
-        let Some(traffic) = self.traffic.as_mut() else { return };
-        let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
-        // BPF_EXIST: an fd closed before this answer came has no entry, and must not get one back.
-        if let Err(e) = traffic.fd_class.insert(key, class, 2) {
-            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "Classifying an fd failed");
         }
     }
 
@@ -413,8 +463,10 @@ fn attach_traffic(
     Ok(Some(Traffic {
         watched: take_map(ebpf, WATCHED_CGROUPS_MAP)?,
         watch_config: take_map(ebpf, WATCH_CONFIG_MAP)?,
-        fd_class: take_map(ebpf, FD_CLASS_MAP)?,
-        data_events: Some(take_map(ebpf, DATA_EVENTS_MAP)?),
+        payload: Some(PayloadRing {
+            ring: Ring { ring: take_map(ebpf, DATA_EVENTS_MAP)? },
+            fd_classes: FdClasses { fd_class: take_map(ebpf, FD_CLASS_MAP)? },
+        }),
         watched_now: HashSet::new(),
     }))
 }

@@ -6,15 +6,17 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex},
 };
+
+use arc_swap::ArcSwap;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Model, ModelConfig, Owner, PodFacts, model_of};
+use crate::identity::model::{Model, ModelConfig, Owner, PodFacts, model_of};
 
 /// Annotation the kubelet puts on a static pod's mirror: its value is the UID the kubelet (and so
 /// the cgroup name) uses, which differs from the mirror pod's own UID.
@@ -145,13 +147,17 @@ fn strip_runtime_scheme(container_id: &str) -> Option<&str> {
     (!id.is_empty()).then_some(id)
 }
 
-/// Pods of this node by UID (and by mirror UID for static pods), shared with the store.
+/// Pods of this node by UID (and by mirror UID for static pods). The watch task is the only
+/// writer; readers get the last published view without waiting.
 #[derive(Debug, Default)]
 pub struct PodCache {
-    inner: RwLock<CacheInner>,
+    /// The writer's working copy (only the watch task locks it).
+    inner: Mutex<CacheInner>,
+    published: ArcSwap<CacheInner>,
+    changed: Option<crossbeam_channel::Sender<()>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct CacheInner {
     pods: HashMap<String, Arc<PodMeta>>,
     deleted: HashSet<String>,
@@ -191,8 +197,13 @@ pub enum PodLookup {
 }
 
 impl PodCache {
+    /// A cache that pings `changed` (without waiting; pings coalesce) after every change.
+    pub fn notifying(changed: crossbeam_channel::Sender<()>) -> Self {
+        PodCache { changed: Some(changed), ..PodCache::default() }
+    }
+
     pub fn lookup(&self, uid: &str) -> PodLookup {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let inner = self.published.load();
         match inner.pods.get(uid) {
             Some(meta) => PodLookup::Known(meta.clone()),
             None if inner.deleted.contains(uid) => PodLookup::Deleted,
@@ -203,7 +214,8 @@ impl PodCache {
     /// Applies one watcher event. During a re-list pods are buffered in `relist` and swapped in
     /// whole at the end, so pods deleted while the watch was down disappear too.
     pub fn apply(&self, event: watcher::Event<Pod>, relist: &mut Option<Vec<Pod>>, models: &ModelConfig) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_));
         match event {
             watcher::Event::Init => *relist = Some(Vec::new()),
             watcher::Event::InitApply(pod) => relist.get_or_insert_with(Vec::new).push(pod),
@@ -228,6 +240,12 @@ impl PodCache {
                     inner.pods.remove(&uid);
                     inner.remember_deleted(uid);
                 }
+            }
+        }
+        if changed {
+            self.published.store(Arc::new(inner.clone()));
+            if let Some(changed) = &self.changed {
+                let _ = changed.try_send(());
             }
         }
     }
@@ -265,6 +283,7 @@ pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, Kubernete
 /// Watches this node's pods into `cache` until the task is dropped. Warns once when the API
 /// server cannot be reached (then retries with backoff), and says when the watch is back.
 pub async fn watch_pods(client: kube::Client, node: String, cache: Arc<PodCache>, models: ModelConfig) {
+    // Cloning the working copy per event is cheap at a node's pod count (≤ a few hundred).
     let api: kube::Api<Pod> = kube::Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();

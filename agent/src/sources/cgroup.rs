@@ -109,6 +109,16 @@ impl Layout {
         }
     }
 
+    /// Whether the cgroup directory at `rel` is still there (its files may be absent in one hierarchy).
+    pub fn cgroup_exists(&self, rel: &str) -> bool {
+        let rel = rel.trim_start_matches('/');
+        match (self.v2_root(), self.v1_roots()) {
+            (Some(v2), _) => v2.join(rel).is_dir(),
+            (None, Some(v1)) => v1.memory.iter().chain(v1.cpu.iter()).any(|root| root.join(rel).is_dir()),
+            (None, None) => false,
+        }
+    }
+
     /// Reads memory and CPU stats of the cgroup at `rel` (like "/kubepods/burstable/pod.../abc").
     pub fn read_stats(&self, rel: &str) -> Result<CgroupStats, CgroupError> {
         // `rel` looks absolute; Path::join with an absolute path would discard the root.

@@ -1,0 +1,441 @@
+//! The agent's graph, built in one place. Read this first; every box is a module.
+//!
+//! ```text
+//!  sources (own thread or task each)          collector thread                    sinks
+//!  ─────────────────────────────────         ──────────────────────────────      ─────────────────────
+//!  events   exit/OOM ring ──┐                 identity::Resolver (discover,       Prometheus (pull):
+//!  payload  socket payloads ┼─ Observation ─► cgroup id/tgid → Identity, pods,   /metrics encodes the
+//!           (HTTP/1 pairing)│  bounded queue  watch set → probes)                 latest Snapshot
+//!  kubernetes pod watch ────┘ (full: drop     store::Store (fold, no I/O) ──────► SnapshotCell ─► api
+//!     └─ PodCache (ArcSwap) + "changed" ping   at each tick / scrape: cgroup       LogRecord queue ──►
+//!                                              files, probe CPU map, bpf_stats     stdout JSON lines
+//! ```
+//!
+//! No lock is shared between a source and the collector: sources send, the resolver publishes
+//! read-only tables, the snapshot is swapped atomically, and `/healthz` runs on the async runtime
+//! that nothing blocks. Shutdown is ordered by a cancellation token: the HTTP server stops, the
+//! sources stop, the collector folds once more, the sinks flush, and only then are the probes
+//! detached (dropping them).
+
+use std::{
+    net::TcpListener,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, select};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api,
+    config::Config,
+    doctor,
+    identity::resolver::Resolver,
+    sinks::{self, Delivery, SinkStats},
+    sources::{
+        Observation, Outbox,
+        cgroup::{CgroupError, Layout},
+        events::EventSource,
+        kernel::{self, Probes},
+        kubernetes::{self, PodCache},
+        payload::PayloadSource,
+        procfs,
+    },
+    store::{
+        CgroupRead, CgroupReading, CpuEntry, LogRecord, ProbeHealth, ProbeRow, Readings, SnapshotCell, Store,
+    },
+    telemetry::{Collected, CollectionFailed, Stage, Telemetry},
+};
+
+/// Observations waiting for the collector: about ten seconds of 5,000 requests/s.
+const OBSERVATION_QUEUE: usize = 65_536;
+/// Log records waiting for the sinks.
+const LOG_QUEUE: usize = 4096;
+/// How long the HTTP server waits for open requests after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the agent could not run: a usage error (bad config, missing privilege: exit code 2) or a
+/// failure while running (exit code 1).
+#[derive(Debug)]
+pub enum RunError {
+    Usage(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+/// What the API asks of the collector.
+#[derive(Debug)]
+pub enum Control {
+    /// Collect now and answer when the new snapshot is published.
+    Collect(tokio::sync::oneshot::Sender<()>),
+    /// Fold what is left and stop.
+    Stop,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), RunError> {
+    let layout = Layout::detect(&config.cgroup_root)
+        .map_err(|e| RunError::Usage(anyhow::Error::new(e).context("cgroup_root names no cgroup hierarchy")))?;
+    tracing::info!(layout = %layout.describe(), "Detected cgroups");
+    // Bound before the probes load, so a taken port fails fast and loads nothing.
+    let listener = TcpListener::bind(config.listen)
+        .with_context(|| format!("listening on {} (setting `listen`)", config.listen))
+        .map_err(RunError::Usage)?;
+    let mut probes = load_probes(&config)?;
+    let telemetry = Arc::new(Telemetry::default());
+    let cancel = CancellationToken::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(RunError::Failed)?;
+
+    // The pod watch: a task on the runtime, publishing into the cache, pinging the collector.
+    let (pods_changed_tx, pods_changed) = crossbeam_channel::bounded(1);
+    let pods = if config.kubernetes.enabled() {
+        let client = runtime
+            .block_on(kubernetes::client(&config.kubernetes))
+            .context("setting `kubernetes`")
+            .map_err(RunError::Usage)?;
+        let cache = Arc::new(PodCache::notifying(pods_changed_tx));
+        let node = config.kubernetes.resolved_node_name();
+        tracing::info!(node = %node, "Watching pods of this node through the Kubernetes API");
+        let watch = kubernetes::watch_pods(client, node, cache.clone(), config.kubernetes.model.clone());
+        let cancel = cancel.clone();
+        runtime.spawn(async move {
+            tokio::select! {
+                () = watch => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+        Some(cache)
+    } else {
+        tracing::info!("Kubernetes API not configured: attributing by pod UID and container id");
+        None
+    };
+
+    // Sources on their own threads.
+    let (observations_tx, observations) = crossbeam_channel::bounded(OBSERVATION_QUEUE);
+    let outbox = Outbox::new(observations_tx, telemetry.clone());
+    let mut sources: Vec<JoinHandle<()>> = Vec::new();
+    let payload = probes.as_mut().and_then(Probes::take_payload);
+    let (exits_tx, exits) = crossbeam_channel::bounded(OBSERVATION_QUEUE);
+    let exits_tx = payload.is_some().then(|| Outbox::new(exits_tx, telemetry.clone()));
+    if let Some(ring) = probes.as_mut().and_then(Probes::take_events) {
+        let source = EventSource {
+            ring,
+            proc_root: config.proc_root.clone(),
+            observations: outbox.clone(),
+            exits: exits_tx,
+            telemetry: telemetry.clone(),
+        };
+        let cancel = cancel.clone();
+        sources.push(spawn("mm-events", move || source.run(cancel)).map_err(RunError::Failed)?);
+    }
+    if let Some(ring) = payload {
+        let source = PayloadSource {
+            ring,
+            proc_root: config.proc_root.clone(),
+            observations: outbox.clone(),
+            exits,
+            telemetry: telemetry.clone(),
+        };
+        let cancel = cancel.clone();
+        sources.push(spawn("mm-payload", move || source.run(cancel)).map_err(RunError::Failed)?);
+    }
+    drop(outbox);
+
+    // Sinks: log records go to stdout through the push driver.
+    let (logs_tx, logs) = crossbeam_channel::bounded(LOG_QUEUE);
+    let stdout_stats = Arc::new(SinkStats::default());
+    let stdout = spawn("mm-sink-stdout", move || sinks::drive(sinks::stdout::Stdout, logs, Delivery::default(), stdout_stats))
+        .map_err(RunError::Failed)?;
+
+    // The collector owns the resolver, the store and the probes until it stops.
+    let cell = Arc::new(SnapshotCell::default());
+    let (control_tx, control) = crossbeam_channel::unbounded();
+    let collector = Collector {
+        store: Store::new(&config, telemetry.clone()),
+        resolver: Resolver::new(&config, layout, pods),
+        probes,
+        cell: cell.clone(),
+        telemetry: telemetry.clone(),
+        logs: Outbox::new(logs_tx, telemetry.clone()),
+        proc_root: config.proc_root.clone(),
+    };
+    let interval = config.interval;
+    let collector =
+        spawn("mm-collector", move || collector.run(observations, control, pods_changed, interval)).map_err(RunError::Failed)?;
+
+    let state = Arc::new(api::ApiState {
+        cell: cell.clone(),
+        registry: sinks::prometheus::registry(cell),
+        refresh: Some(control_tx.clone()),
+        min_collect_interval: config.min_collect_interval,
+        max_snapshot_age: config.interval * 3 + Duration::from_secs(30),
+    });
+    let served = runtime.block_on(serve(listener, state, cancel.clone()));
+
+    // Ordered shutdown: sources, a last fold, sinks, then the probes.
+    cancel.cancel();
+    for source in sources {
+        let _ = source.join();
+    }
+    let _ = control_tx.send(Control::Stop);
+    let probes = collector.join().unwrap_or_else(|_| {
+        tracing::error!("The collector panicked");
+        None
+    });
+    let _ = stdout.join();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(probes);
+    tracing::info!("Probes detached, exiting");
+    served.map_err(RunError::Failed)
+}
+
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<JoinHandle<T>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f).with_context(|| format!("starting thread {name}"))
+}
+
+fn load_probes(config: &Config) -> Result<Option<Probes>, RunError> {
+    if !config.probes.enabled {
+        tracing::warn!("Probes disabled: CPU from cgroup files, no run-queue delay or OOM events");
+        return Ok(None);
+    }
+    if !doctor::can_load_probes() {
+        return Err(RunError::Usage(anyhow::anyhow!(
+            "loading eBPF probes needs the CAP_BPF and CAP_PERFMON capabilities (or root); \
+             grant them, or set probes.enabled: false"
+        )));
+    }
+    let probes = Probes::load(&config.probes)
+        .context("loading the eBPF probes")
+        .map_err(RunError::Usage)?;
+    tracing::info!(family = probes.family().as_str(), programs = probes.attached().len(), "Probes attached");
+    Ok(Some(probes))
+}
+
+async fn serve(listener: TcpListener, state: Arc<api::ApiState>, cancel: CancellationToken) -> Result<(), anyhow::Error> {
+    listener.set_nonblocking(true).context("listening socket")?;
+    let listener = tokio::net::TcpListener::from_std(listener).context("listening socket")?;
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Serving /metrics, /healthz, /readyz");
+    let stopping = cancel.clone();
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        stopping.cancel();
+    });
+    let server = tokio::spawn(async move { server.await });
+    cancel.cancelled().await;
+    // Open requests get a grace period; a client that never finishes cannot hold the agent.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(result)) => result.context("serving HTTP"),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("the HTTP server task failed")),
+        Err(_) => {
+            tracing::warn!("Open HTTP connections did not finish in time; closing them");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Installing signal handlers failed; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+/// Owns the resolver, the store and the probes' maps; folds observations as they come and
+/// collects at every tick or scrape.
+struct Collector {
+    store: Store,
+    resolver: Resolver,
+    probes: Option<Probes>,
+    cell: Arc<SnapshotCell>,
+    telemetry: Arc<Telemetry>,
+    logs: Outbox<LogRecord>,
+    proc_root: std::path::PathBuf,
+}
+
+impl Collector {
+    /// Runs until told to stop; returns the probes so the caller detaches them last.
+    fn run(
+        mut self,
+        observations: Receiver<Observation>,
+        control: Receiver<Control>,
+        pods_changed: Receiver<()>,
+        interval: Duration,
+    ) -> Option<Probes> {
+        let ticker = crossbeam_channel::tick(interval);
+        let mut observations = observations;
+        let mut pods_changed = pods_changed;
+        self.collect();
+        loop {
+            select! {
+                recv(observations) -> observation => match observation {
+                    Ok(observation) => self.apply(observation),
+                    // No source left (none runs without probes).
+                    Err(_) => observations = crossbeam_channel::never(),
+                },
+                recv(control) -> message => match message {
+                    Ok(Control::Collect(waiter)) => {
+                        // Scrapes that arrived meanwhile share this collection.
+                        let mut waiters = vec![waiter];
+                        let mut stop = false;
+                        for more in control.try_iter() {
+                            match more {
+                                Control::Collect(waiter) => waiters.push(waiter),
+                                Control::Stop => stop = true,
+                            }
+                        }
+                        self.collect();
+                        for waiter in waiters {
+                            let _ = waiter.send(());
+                        }
+                        if stop {
+                            break;
+                        }
+                    }
+                    Ok(Control::Stop) | Err(_) => break,
+                },
+                recv(ticker) -> _ => self.collect(),
+                recv(pods_changed) -> changed => match changed {
+                    Ok(()) => self.update_watch(),
+                    Err(_) => pods_changed = crossbeam_channel::never(),
+                },
+            }
+        }
+        // The sources have stopped: what they sent last is folded once more.
+        for observation in observations.try_iter() {
+            self.apply(observation);
+        }
+        self.collect();
+        self.probes.take()
+    }
+
+    fn apply(&mut self, observation: Observation) {
+        if let Observation::ProcessExit { tgid } = observation {
+            self.resolver.note_exit(tgid);
+            return;
+        }
+        if let Some(record) = self.store.apply(observation, &mut self.resolver, Instant::now()) {
+            self.logs.send(record);
+        }
+    }
+
+    /// Points request tracing at the cgroups the resolver names.
+    fn update_watch(&mut self) {
+        let Some(probes) = self.probes.as_mut().filter(|p| p.has_request_tracing()) else { return };
+        let (wanted, all) = self.resolver.watched();
+        probes.set_watch_all(all);
+        probes.set_watched_cgroups(&wanted);
+    }
+
+    fn collect(&mut self) {
+        let started = Instant::now();
+        if let Err(e) = self.resolver.discover() {
+            CollectionFailed { stage: Stage::Discover, error: &e }.emit(&self.telemetry);
+        }
+        self.update_watch();
+        let (cpu, finished) = match self.probes.as_mut() {
+            Some(probes) => {
+                let (cpu, finished) = read_cpu(probes, &self.proc_root, &self.telemetry);
+                (Some(cpu), finished)
+            }
+            None => (None, Vec::new()),
+        };
+        let layout = self.resolver.layout().clone();
+        let mut read_errors = 0;
+        let cgroups = self
+            .resolver
+            .table()
+            .cgroups
+            .iter()
+            .map(|(identity, path)| {
+                let read = read_cgroup(&layout, path, &mut read_errors);
+                CgroupReading { identity: identity.clone(), path: path.clone(), read }
+            })
+            .collect();
+        for _ in 0..read_errors {
+            CollectionFailed { stage: Stage::CgroupRead, error: &"reading cgroup files failed" }.emit(&self.telemetry);
+        }
+        let readings = Readings { cgroups, cpu, probes: self.probes.as_ref().map(probe_health), own: procfs::own_usage() };
+        Collected { duration: started.elapsed() }.emit(&self.telemetry);
+        let snapshot = self.store.fold(readings, &mut self.resolver, SystemTime::now());
+        for tgid in finished {
+            self.resolver.forget_tgid(tgid);
+        }
+        self.resolver.end_collection();
+        self.cell.set(snapshot);
+    }
+}
+
+/// The probes' CPU entries with each process's liveness; entries of finished processes are
+/// deleted from the map (the fold that follows folds them for the last time). Returns the
+/// finished tgids too.
+fn read_cpu(
+    probes: &mut Probes,
+    proc_root: &std::path::Path,
+    telemetry: &Telemetry,
+) -> (Result<Vec<CpuEntry>, ()>, Vec<u32>) {
+    // Tasks running uninterrupted get their time so far accounted before the read.
+    kernel::flush_cpu_slices();
+    let entries = match probes.read_task_cpu() {
+        Ok(entries) => entries,
+        Err(e) => {
+            CollectionFailed { stage: Stage::ProbeRead, error: &e }.emit(telemetry);
+            return (Err(()), Vec::new());
+        }
+    };
+    let mut alive = std::collections::HashMap::new();
+    let mut finished_keys = Vec::new();
+    let entries: Vec<CpuEntry> = entries
+        .into_iter()
+        .map(|(key, cpu)| {
+            let is_alive = *alive.entry(key.tgid).or_insert_with(|| procfs::process_exists(proc_root, key.tgid));
+            if !is_alive {
+                finished_keys.push(key);
+            }
+            CpuEntry { cgroup_id: key.cgroup_id, tgid: key.tgid, cpu, alive: is_alive }
+        })
+        .collect();
+    probes.remove_tasks(&finished_keys);
+    let finished = alive.into_iter().filter(|(_, a)| !a).map(|(tgid, _)| tgid).collect();
+    (Ok(entries), finished)
+}
+
+/// Reads one cgroup's files; a cgroup whose directory is gone is `Gone`.
+fn read_cgroup(layout: &Layout, path: &str, errors: &mut u32) -> CgroupRead {
+    match layout.read_stats(path) {
+        Ok(stats) => return CgroupRead::Stats(stats),
+        Err(e) if e.is_not_found() => {}
+        Err(CgroupError::Read { .. } | CgroupError::Parse { .. } | CgroupError::NoHierarchy { .. }) => *errors += 1,
+    }
+    if layout.cgroup_exists(path) { CgroupRead::NoFiles } else { CgroupRead::Gone }
+}
+
+fn probe_health(probes: &Probes) -> ProbeHealth {
+    ProbeHealth {
+        family: probes.family().as_str(),
+        programs: probes
+            .program_stats()
+            .into_iter()
+            .map(|(program, stats)| ProbeRow {
+                name: program.name,
+                event: program.event,
+                run_time_seconds: stats.run_time_ns as f64 / 1e9,
+                runs: stats.run_count,
+            })
+            .collect(),
+        counters: probes.counters(),
+        has_oom_probe: probes.has_oom_probe(),
+        requests_traced: probes.has_request_tracing(),
+        watched_cgroups: probes.watched_cgroups(),
+    }
+}

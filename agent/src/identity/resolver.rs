@@ -1,0 +1,231 @@
+//! The one identity resolver: owns the map from the kernel's keys (v2 cgroup id, tgid) to an
+//! [`Identity`] and its pod, found by walking the cgroup hierarchy and, for processes whose
+//! cgroup id says nothing (v1 nodes), by reading `/proc/<tgid>/cgroup`. It publishes what it knows
+//! as a read-only [`IdentityTable`] (an `ArcSwap`), so no reader waits on it, and decides which
+//! cgroups request tracing follows.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+
+use super::{Identity, identify, model::ModelRule};
+use crate::{
+    config::Config,
+    sources::{
+        cgroup::{CgroupError, Layout, cgroup_id, walk},
+        kubernetes::{PodCache, PodLookup},
+        procfs::{self, ProcCgroups},
+    },
+    store::requests::WatchSet,
+};
+
+/// tgid look-ups remembered; the cache is cleared when it reaches this.
+const MAX_TGIDS: usize = 65_536;
+/// A process not (yet) in an attributable cgroup is looked at again after this: runtimes move a
+/// container's first process into its cgroup after it starts.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// What the store needs to resolve an observation's keys. The real resolver reads /proc on a
+/// tgid miss; tests use a table.
+pub trait Resolve {
+    /// The identity whose cgroup has this v2 id, among the discovered ones.
+    fn by_cgroup_id(&self, id: u64) -> Option<Identity>;
+    /// The identity of a process, by its cgroups (v1 nodes, hosts without v2 ids).
+    fn by_tgid(&mut self, tgid: u32) -> Option<Identity>;
+    /// The identity named by a process's cgroup paths, if it is one the agent attributes.
+    fn by_paths(&self, cgroups: &ProcCgroups) -> Option<Identity>;
+    /// What the Kubernetes API says of the identity's pod.
+    fn pod(&self, identity: &Identity) -> PodLookup;
+}
+
+/// The resolver's knowledge at the last discovery, for readers on other threads.
+#[derive(Debug, Default)]
+pub struct IdentityTable {
+    pub by_cgroup_id: HashMap<u64, Identity>,
+    /// Each attributed identity and the cgroup (relative to the hierarchy roots) that is its own.
+    pub cgroups: HashMap<Identity, String>,
+}
+
+pub struct Resolver {
+    layout: Layout,
+    proc_root: PathBuf,
+    max_depth: usize,
+    export_docker: bool,
+    export_systemd: bool,
+    pods: Option<Arc<PodCache>>,
+    watch_set: WatchSet,
+    table: Arc<IdentityTable>,
+    published: Arc<ArcSwap<IdentityTable>>,
+    by_tgid: HashMap<u32, (Option<Identity>, Instant)>,
+    /// Processes that exited since the last collection: their entries serve that collection's
+    /// fold (which folds their CPU into their container) and go after it.
+    exited: Vec<u32>,
+    /// The agent's own v2 cgroup, never traced.
+    own_cgroup_id: Option<u64>,
+}
+
+impl Resolver {
+    pub fn new(config: &Config, layout: Layout, pods: Option<Arc<PodCache>>) -> Self {
+        let own_cgroup_id = procfs::read_proc_cgroup(std::path::Path::new("/proc"), std::process::id())
+            .and_then(|cgroups| cgroups.v2)
+            .and_then(|path| cgroup_id(&layout.v2_root()?.join(path.trim_start_matches('/'))).ok());
+        Resolver {
+            layout,
+            proc_root: config.proc_root.clone(),
+            max_depth: config.attribution.max_cgroup_depth,
+            export_docker: config.attribution.docker,
+            export_systemd: config.attribution.systemd_units,
+            watch_set: match config.requests.watch {
+                WatchSet::Auto if pods.is_some() => WatchSet::Models,
+                WatchSet::Auto => WatchSet::Pods,
+                other => other,
+            },
+            pods,
+            table: Arc::default(),
+            published: Arc::default(),
+            by_tgid: HashMap::new(),
+            exited: Vec::new(),
+            own_cgroup_id,
+        }
+    }
+
+    /// The table as of the last discovery, for other threads.
+    pub fn published(&self) -> Arc<ArcSwap<IdentityTable>> {
+        self.published.clone()
+    }
+
+    pub fn table(&self) -> &IdentityTable {
+        &self.table
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn wanted(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::PodContainer { .. } => true,
+            Identity::Docker { .. } => self.export_docker,
+            Identity::SystemdUnit { .. } => self.export_systemd,
+            Identity::Pod { .. } | Identity::Other => false,
+        }
+    }
+
+    /// Walks the hierarchy and publishes the attributed cgroups found.
+    pub fn discover(&mut self) -> Result<(), CgroupError> {
+        let (root, has_ids) = match (self.layout.v2_root(), self.layout.v1_roots()) {
+            (Some(v2), _) => (v2.to_path_buf(), true),
+            (None, Some(v1)) => match v1.memory.clone().or_else(|| v1.cpu.clone()) {
+                Some(root) => (root, false),
+                None => return Ok(()),
+            },
+            (None, None) => return Ok(()),
+        };
+        let paths = walk(&root, self.max_depth)?;
+        let mut cgroups: HashMap<Identity, String> = HashMap::new();
+        let mut by_cgroup_id = HashMap::new();
+        for path in paths {
+            let identity = identify(&path);
+            if !self.wanted(&identity) {
+                continue;
+            }
+            if has_ids {
+                // A cgroup removed mid-walk has no id any more; skip it.
+                if let Ok(id) = cgroup_id(&root.join(path.trim_start_matches('/'))) {
+                    by_cgroup_id.insert(id, identity.clone());
+                }
+            }
+            // The shallowest cgroup of an identity is the container's own; deeper ones are its sub-cgroups.
+            match cgroups.get_mut(&identity) {
+                Some(existing) if existing.len() <= path.len() => {}
+                Some(existing) => *existing = path,
+                None => {
+                    cgroups.insert(identity, path);
+                }
+            }
+        }
+        let table = Arc::new(IdentityTable { by_cgroup_id, cgroups });
+        self.published.store(table.clone());
+        self.table = table;
+        Ok(())
+    }
+
+    /// The v2 ids of the cgroups whose requests are traced, and whether to trace everything.
+    pub fn watched(&self) -> (HashSet<u64>, bool) {
+        let has_explicit_model = |identity: &Identity| match self.pod(identity) {
+            // The owner-workload fallback names a model for display; tracing follows only pods
+            // whose model someone declared (annotation, KServe, Seldon, app labels).
+            PodLookup::Known(meta) => meta.model.as_ref().is_some_and(|m| m.rule != ModelRule::Owner),
+            PodLookup::Deleted | PodLookup::Unknown => false,
+        };
+        let mut wanted: HashSet<u64> = self
+            .table
+            .by_cgroup_id
+            .iter()
+            .filter(|(_, identity)| match self.watch_set {
+                WatchSet::Pods | WatchSet::Auto => matches!(identity, Identity::PodContainer { .. }),
+                WatchSet::Models => matches!(identity, Identity::PodContainer { .. }) && has_explicit_model(identity),
+                WatchSet::All | WatchSet::None => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        // The agent's own traffic (its reads of /proc and cgroups, its /metrics) would feed back.
+        if let Some(own) = self.own_cgroup_id {
+            wanted.remove(&own);
+        }
+        (wanted, self.watch_set == WatchSet::All)
+    }
+
+    /// A process exited: its cached identity serves one more fold, then goes.
+    pub fn note_exit(&mut self, tgid: u32) {
+        self.exited.push(tgid);
+    }
+
+    /// Forgets a process whose CPU entries were folded as finished.
+    pub fn forget_tgid(&mut self, tgid: u32) {
+        self.by_tgid.remove(&tgid);
+    }
+
+    /// Ends a collection: exited processes are forgotten.
+    pub fn end_collection(&mut self) {
+        for tgid in std::mem::take(&mut self.exited) {
+            self.by_tgid.remove(&tgid);
+        }
+    }
+}
+
+impl Resolve for Resolver {
+    fn by_cgroup_id(&self, id: u64) -> Option<Identity> {
+        self.table.by_cgroup_id.get(&id).cloned()
+    }
+
+    fn by_tgid(&mut self, tgid: u32) -> Option<Identity> {
+        if let Some((cached, at)) = self.by_tgid.get(&tgid)
+            && (cached.is_some() || at.elapsed() < NEGATIVE_TTL)
+        {
+            return cached.clone();
+        }
+        let resolved = procfs::read_proc_cgroup(&self.proc_root, tgid).and_then(|cgroups| self.by_paths(&cgroups));
+        if self.by_tgid.len() >= MAX_TGIDS {
+            self.by_tgid.clear();
+        }
+        self.by_tgid.insert(tgid, (resolved.clone(), Instant::now()));
+        resolved
+    }
+
+    fn by_paths(&self, cgroups: &ProcCgroups) -> Option<Identity> {
+        cgroups.paths().map(identify).find(|identity| self.wanted(identity))
+    }
+
+    fn pod(&self, identity: &Identity) -> PodLookup {
+        match (identity.pod_uid(), &self.pods) {
+            (Some(uid), Some(pods)) => pods.lookup(uid),
+            _ => PodLookup::Unknown,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The exit and OOM source: reads the kernel's event ring on its own thread and turns each record
+//! into an [`Observation`]. An OOM victim's cgroups are read from /proc at once, while the victim
+//! is still there; process exits also go to the payload source, whose connections die with them.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use agent_common::events::{KIND_OOM_VICTIM, KIND_PROCESS_EXIT};
+use tokio_util::sync::CancellationToken;
+
+use super::{Observation, OomKill, Outbox, kernel, procfs};
+use crate::telemetry::{DropReason, EventsDropped, Telemetry};
+
+/// Records handed on per wakeup before checking for shutdown again.
+const BATCH: usize = 1024;
+/// Longest wait between checks for shutdown.
+const WAIT: Duration = Duration::from_millis(200);
+
+pub struct EventSource {
+    pub ring: kernel::Ring,
+    pub proc_root: PathBuf,
+    pub observations: Outbox<Observation>,
+    /// Exits for the payload source, when request tracing runs.
+    pub exits: Option<Outbox<u32>>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl EventSource {
+    /// Runs until `cancel` fires or the collector is gone.
+    pub fn run(mut self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            if let Err(e) = self.ring.wait(WAIT) {
+                tracing::error!(error = %e, "Polling the event ring failed; exit and OOM events are off");
+                return;
+            }
+            let mut open = true;
+            let (proc_root, observations, exits, telemetry) =
+                (&self.proc_root, &self.observations, &self.exits, &self.telemetry);
+            while open {
+                let drained = self.ring.drain(BATCH, |bytes| match decode(bytes, proc_root) {
+                    Some(observation) => {
+                        if let (Observation::ProcessExit { tgid }, Some(exits)) = (&observation, exits) {
+                            exits.send(*tgid);
+                        }
+                        open &= observations.send(observation);
+                    }
+                    None => EventsDropped { reason: DropReason::Malformed, count: 1 }.emit(telemetry),
+                });
+                if drained < BATCH {
+                    break;
+                }
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+}
+
+/// One record as an observation; `None` for a malformed one.
+fn decode(bytes: &[u8], proc_root: &std::path::Path) -> Option<Observation> {
+    let event = kernel::decode_event(bytes)?;
+    match event.kind {
+        KIND_PROCESS_EXIT => Some(Observation::ProcessExit { tgid: event.pid }),
+        KIND_OOM_VICTIM => {
+            let victim_is_current = event.pid == event.current_tgid;
+            Some(Observation::OomKill(OomKill {
+                victim_tgid: event.pid,
+                current_cgroup_id: event.cgroup_id,
+                victim_is_current,
+                victim_cgroups: if victim_is_current { None } else { procfs::read_proc_cgroup(proc_root, event.pid) },
+            }))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,178 @@
+//! What the store hands every sink: a [`Snapshot`] of typed rows (containers, request series, the
+//! agent itself) with their attributes, and [`LogRecord`]s. Consumer types only: nothing here is a
+//! probe's or a map's own type.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::{
+    attributes::{Attr, Attributes},
+    telemetry::{DropReason, SkipReason, Stage},
+};
+
+/// A histogram: `counts[i]` observations with value ≤ `bounds[i]` (not cumulative), the last
+/// count above every bound.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Memory {
+    pub usage_bytes: u64,
+    pub working_set_bytes: u64,
+    pub rss_bytes: u64,
+    /// `None` when unlimited.
+    pub limit_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Throttling {
+    pub throttled_seconds: f64,
+    pub periods: u64,
+    pub throttled_periods: u64,
+}
+
+/// One attributed container (or docker container, or systemd unit).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerRow {
+    pub attributes: Attributes,
+    /// Its cgroup, relative to the hierarchy roots.
+    pub cgroup: String,
+    pub cpu_seconds: f64,
+    /// With the scheduler probes only.
+    pub runqueue_delay: Option<Histogram>,
+    /// `None` when its cgroup has no files in the hierarchy read (a v2-only unit on a hybrid host).
+    pub throttling: Option<Throttling>,
+    pub memory: Option<Memory>,
+    pub oom_kills: u64,
+}
+
+/// One request series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestRow {
+    /// Whose, then the semantic-convention attributes of the request.
+    pub attributes: Attributes,
+    pub duration: Histogram,
+    pub p50_seconds: Option<f64>,
+    pub p90_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeRow {
+    pub name: String,
+    pub event: String,
+    pub run_time_seconds: f64,
+    pub runs: u64,
+}
+
+/// The agent's figures about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AgentRow {
+    pub collections: u64,
+    pub last_collection_seconds: f64,
+    /// The scheduler probe family in use; `None` without probes.
+    pub probe_family: Option<String>,
+    pub probes: Vec<ProbeRow>,
+    /// Ring buffer drops by ring (`events`, `payloads`).
+    pub ringbuf_drops: Vec<(String, u64)>,
+    pub probe_errors: Vec<(String, u64)>,
+    #[serde(skip)]
+    pub collection_errors: Vec<(Stage, u64)>,
+    /// With the scheduler probes only.
+    pub unattributed_cpu_seconds: Option<f64>,
+    pub requests_traced: bool,
+    pub watched_cgroups: u64,
+    pub connections: u64,
+    pub route_overflow: Vec<(String, u64)>,
+    pub model_overflow: u64,
+    #[serde(skip)]
+    pub http_skipped: Vec<(SkipReason, u64)>,
+    #[serde(skip)]
+    pub events_dropped: Vec<(DropReason, u64)>,
+    pub cpu_seconds: Option<f64>,
+    pub resident_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    #[serde(with = "humantime_serde")]
+    pub taken_at: SystemTime,
+    /// Sorted by cgroup, so output is stable.
+    pub containers: Vec<ContainerRow>,
+    /// Sorted by request attributes.
+    pub requests: Vec<RequestRow>,
+    pub agent: AgentRow,
+}
+
+impl Snapshot {
+    pub fn empty() -> Self {
+        Snapshot {
+            taken_at: SystemTime::now(),
+            containers: Vec::new(),
+            requests: Vec::new(),
+            agent: AgentRow::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warn,
+    Error,
+}
+
+/// One structured event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogRecord {
+    #[serde(with = "humantime_serde")]
+    pub time: SystemTime,
+    pub severity: Severity,
+    /// The event's name, e.g. `slow_request`.
+    pub name: &'static str,
+    /// Identity and event attributes; `None` values are known to be unknown.
+    #[serde(skip)]
+    pub attributes: Vec<(Attr, Option<String>)>,
+    /// Event-specific numbers, e.g. `duration_ms`.
+    #[serde(skip)]
+    pub fields: Vec<(&'static str, f64)>,
+}
+
+/// The latest snapshot, shared between the collector and every reader without a lock.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: ArcSwap<(Instant, Arc<Snapshot>)>,
+}
+
+impl Default for SnapshotCell {
+    fn default() -> Self {
+        SnapshotCell { current: ArcSwap::from_pointee((Instant::now(), Arc::new(Snapshot::empty()))) }
+    }
+}
+
+impl SnapshotCell {
+    pub fn get(&self) -> Arc<Snapshot> {
+        self.current.load().1.clone()
+    }
+
+    /// Age of the snapshot; `None` before the first collection.
+    pub fn age(&self) -> Option<Duration> {
+        let current = self.current.load();
+        (current.1.agent.collections > 0).then(|| current.0.elapsed())
+    }
+
+    pub fn set(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new((Instant::now(), Arc::new(snapshot))));
+    }
+}

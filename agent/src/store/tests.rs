@@ -1,0 +1,286 @@
+//! The store's rules, without root: a fake resolver stands in for cgroup discovery and /proc.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use super::*;
+use crate::{
+    attributes,
+    identity::{identify, model::{Model, ModelRule}},
+    sources::{
+        cgroup::{CgroupStats, CpuStats, MemoryStats},
+        procfs::ProcCgroups,
+    },
+};
+
+const UID: &str = "1b2c3d4e-0000-4000-8000-123456789abc";
+
+fn container(n: u8) -> (Identity, String) {
+    let path = format!("/kubepods/burstable/pod{UID}/{}", format!("{n:02x}").repeat(32));
+    (identify(&path), path)
+}
+
+#[derive(Default)]
+struct FakeResolver {
+    cgroups: HashMap<u64, Identity>,
+    tgids: HashMap<u32, Identity>,
+    pods: HashMap<String, PodLookup>,
+}
+
+impl Resolve for FakeResolver {
+    fn by_cgroup_id(&self, id: u64) -> Option<Identity> {
+        self.cgroups.get(&id).cloned()
+    }
+
+    fn by_tgid(&mut self, tgid: u32) -> Option<Identity> {
+        self.tgids.get(&tgid).cloned()
+    }
+
+    fn by_paths(&self, cgroups: &ProcCgroups) -> Option<Identity> {
+        cgroups.paths().map(identify).find(|i| matches!(i, Identity::PodContainer { .. }))
+    }
+
+    fn pod(&self, identity: &Identity) -> PodLookup {
+        identity.pod_uid().and_then(|uid| self.pods.get(uid).cloned()).unwrap_or(PodLookup::Unknown)
+    }
+}
+
+fn store() -> (Store, Arc<Telemetry>) {
+    let telemetry = Arc::new(Telemetry::default());
+    (Store::new(&Config::default(), telemetry.clone()), telemetry)
+}
+
+fn stats(usage_ns: Option<u64>) -> CgroupRead {
+    CgroupRead::Stats(CgroupStats {
+        memory: MemoryStats { usage_bytes: 100, working_set_bytes: 80, rss_bytes: 50, limit_bytes: None, oom_kills: None },
+        cpu: CpuStats { usage_ns, ..CpuStats::default() },
+    })
+}
+
+fn cpu(on_cpu_ns: u64) -> TaskCpu {
+    let mut cpu = TaskCpu::ZERO;
+    cpu.on_cpu_ns = on_cpu_ns;
+    cpu.runq_slots[3] = on_cpu_ns / 1000;
+    cpu
+}
+
+fn entry(cgroup_id: u64, tgid: u32, on_cpu_ns: u64, alive: bool) -> CpuEntry {
+    CpuEntry { cgroup_id, tgid, cpu: cpu(on_cpu_ns), alive }
+}
+
+fn readings(cgroups: &[(Identity, String, CgroupRead)], cpu: Option<Result<Vec<CpuEntry>, ()>>) -> Readings {
+    Readings {
+        cgroups: cgroups
+            .iter()
+            .map(|(identity, path, read)| CgroupReading { identity: identity.clone(), path: path.clone(), read: *read })
+            .collect(),
+        cpu,
+        probes: None,
+        own: None,
+    }
+}
+
+fn cpu_of(snapshot: &Snapshot, identity: &Identity) -> Option<f64> {
+    let id = identity.container_id()?;
+    snapshot
+        .containers
+        .iter()
+        .find(|c| attributes::get(&c.attributes, Attr::ContainerId) == Some(id))
+        .map(|c| c.cpu_seconds)
+}
+
+#[test]
+fn cpu_never_goes_back_across_process_exits() {
+    let (mut store, _) = store();
+    let (id, path) = container(1);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(10, id.clone());
+    let fold = |store: &mut Store, resolver: &mut FakeResolver, entries| {
+        store.fold(readings(&[(id.clone(), path.clone(), stats(None))], Some(Ok(entries))), resolver, SystemTime::now())
+    };
+    let first = fold(&mut store, &mut resolver, vec![entry(10, 1, 2_000_000_000, true), entry(10, 2, 1_000_000_000, true)]);
+    assert_eq!(cpu_of(&first, &id), Some(3.0));
+    // Process 2 exits: its last figure is folded once, then its entry is gone from the map.
+    let second = fold(&mut store, &mut resolver, vec![entry(10, 1, 2_500_000_000, true), entry(10, 2, 1_200_000_000, false)]);
+    assert_eq!(cpu_of(&second, &id), Some(3.7));
+    let third = fold(&mut store, &mut resolver, vec![entry(10, 1, 2_600_000_000, true)]);
+    assert_eq!(cpu_of(&third, &id), Some(3.8));
+    // The run-queue histogram never dips either.
+    let count = |s: &Snapshot| s.containers[0].runqueue_delay.as_ref().unwrap().count;
+    assert!(count(&third) >= count(&second) && count(&second) >= count(&first));
+}
+
+#[test]
+fn a_failed_map_read_repeats_the_last_figures() {
+    let (mut store, _) = store();
+    let (id, path) = container(2);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(20, id.clone());
+    let cgroups = [(id.clone(), path.clone(), stats(Some(0)))];
+    let good = store.fold(readings(&cgroups, Some(Ok(vec![entry(20, 5, 4_000_000_000, true)]))), &mut resolver, SystemTime::now());
+    let failed = store.fold(readings(&cgroups, Some(Err(()))), &mut resolver, SystemTime::now());
+    assert_eq!(cpu_of(&failed, &id), cpu_of(&good, &id));
+    assert_eq!(failed.containers[0].runqueue_delay, good.containers[0].runqueue_delay, "no dip after a failed read");
+}
+
+#[test]
+fn the_cgroup_life_before_the_agent_survives_a_failed_first_read() {
+    let (mut store, _) = store();
+    let (id, path) = container(3);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(30, id.clone());
+    let first = store.fold(
+        readings(&[(id.clone(), path.clone(), CgroupRead::NoFiles)], Some(Ok(vec![entry(30, 1, 1_000_000_000, true)]))),
+        &mut resolver,
+        SystemTime::now(),
+    );
+    assert_eq!(cpu_of(&first, &id), Some(1.0));
+    // The cgroup had run 100 s before the agent started; the probes saw 2 s of it by now.
+    let second = store.fold(
+        readings(&[(id.clone(), path, stats(Some(100_000_000_000)))], Some(Ok(vec![entry(30, 1, 2_000_000_000, true)]))),
+        &mut resolver,
+        SystemTime::now(),
+    );
+    assert_eq!(cpu_of(&second, &id), Some(100.0));
+}
+
+#[test]
+fn a_removed_cgroup_vanishes_and_a_recreated_one_never_goes_back() {
+    let (mut store, _) = store();
+    let (id, path) = container(4);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(40, id.clone());
+    let with = |read| [(id.clone(), path.clone(), read)];
+    let before = store.fold(readings(&with(stats(Some(5_000_000_000))), None), &mut resolver, SystemTime::now());
+    assert_eq!(cpu_of(&before, &id), Some(5.0));
+    let gone = store.fold(readings(&with(CgroupRead::Gone), None), &mut resolver, SystemTime::now());
+    assert!(gone.containers.is_empty(), "a gone cgroup's series vanish at the next fold");
+    let not_listed = store.fold(readings(&[], None), &mut resolver, SystemTime::now());
+    assert!(not_listed.containers.is_empty());
+    // The same container id re-created: a new series starting from the new cgroup's own figure.
+    let again = store.fold(readings(&with(stats(Some(1_000_000_000))), None), &mut resolver, SystemTime::now());
+    assert_eq!(cpu_of(&again, &id), Some(1.0));
+    // …which never goes back, even when the cgroup's own counter reads lower.
+    let lower = store.fold(readings(&with(stats(Some(900_000_000))), None), &mut resolver, SystemTime::now());
+    assert_eq!(cpu_of(&lower, &id), Some(1.0));
+}
+
+#[test]
+fn exited_processes_of_a_v1_node_keep_their_container() {
+    // On v1 nodes the cgroup id says nothing: the tgid is resolved, also for the last fold.
+    let (mut store, telemetry) = store();
+    let (id, path) = container(5);
+    let mut resolver = FakeResolver::default();
+    resolver.tgids.insert(77, id.clone());
+    let cgroups = [(id.clone(), path, stats(None))];
+    store.fold(readings(&cgroups, Some(Ok(vec![entry(999, 77, 1_000_000_000, true)]))), &mut resolver, SystemTime::now());
+    let after = store.fold(readings(&cgroups, Some(Ok(vec![entry(999, 77, 3_000_000_000, false)]))), &mut resolver, SystemTime::now());
+    assert_eq!(cpu_of(&after, &id), Some(3.0));
+    assert_eq!(after.agent.unattributed_cpu_seconds, Some(0.0));
+    assert_eq!(telemetry.collections(), 0, "the store does not count collections itself");
+}
+
+#[test]
+fn deleted_pods_lose_their_series_and_known_ones_carry_names() {
+    let (mut store, _) = store();
+    let (id, path) = container(6);
+    let mut resolver = FakeResolver::default();
+    let meta = PodMeta {
+        uid: UID.into(),
+        namespace: "ml".into(),
+        name: "bert-0".into(),
+        labels: Default::default(),
+        annotations: Default::default(),
+        owner: None,
+        qos_class: None,
+        containers: [(id.container_id().unwrap().to_owned(), "server".to_owned())].into(),
+        model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
+    };
+    resolver.pods.insert(UID.into(), PodLookup::Known(Arc::new(meta)));
+    let cgroups = [(id.clone(), path, stats(Some(0)))];
+    let known = store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    let attributes = &known.containers[0].attributes;
+    assert_eq!(attributes::get(attributes, Attr::PodName), Some("bert-0"));
+    assert_eq!(attributes::get(attributes, Attr::ContainerName), Some("server"));
+    assert_eq!(attributes::get(attributes, Attr::ModelName), Some("bert"));
+    resolver.pods.insert(UID.into(), PodLookup::Deleted);
+    let deleted = store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    assert!(deleted.containers.is_empty(), "the API deleted the pod: its series go");
+}
+
+fn request(target: &str) -> Observation {
+    Observation::Exchange {
+        cgroup_id: 60,
+        tgid: 1,
+        exchange: Exchange {
+            start_ns: 0,
+            end_ns: 2_000_000,
+            method: "GET".into(),
+            target: target.into(),
+            status: 200,
+            request_body_prefix: Vec::new(),
+            request_bytes: None,
+            response_bytes: None,
+        },
+    }
+}
+
+#[test]
+fn request_routes_overflow_to_other_and_vanish_with_their_container() {
+    let telemetry = Arc::new(Telemetry::default());
+    let mut config = Config::default();
+    config.requests.route_budget = 3;
+    let mut store = Store::new(&config, telemetry);
+    let (id, path) = container(7);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(60, id.clone());
+    let cgroups = [(id.clone(), path, stats(Some(0)))];
+    store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    for i in 0..10 {
+        assert!(store.apply(request(&format!("/page{i}x")), &mut resolver, Instant::now()).is_none());
+    }
+    let snapshot = store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    let routes: Vec<&str> =
+        snapshot.requests.iter().filter_map(|r| attributes::get(&r.attributes, Attr::HttpRoute)).collect();
+    assert_eq!(routes.len(), 4, "{routes:?}");
+    let other = snapshot.requests.iter().find(|r| attributes::get(&r.attributes, Attr::HttpRoute) == Some("_other"));
+    assert_eq!(other.map(|r| r.duration.count), Some(7));
+    assert_eq!(snapshot.agent.route_overflow, vec![(String::new(), 7)]);
+    let gone = store.fold(readings(&[], None), &mut resolver, SystemTime::now());
+    assert!(gone.requests.is_empty(), "a gone container's request series go with it");
+}
+
+#[test]
+fn oom_kills_land_in_their_container_or_are_counted() {
+    let (mut store, telemetry) = store();
+    let (id, path) = container(8);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(80, id.clone());
+    let cgroups = [(id.clone(), path.clone(), stats(Some(0)))];
+    // Before discovery: kept by cgroup id, applied at the fold.
+    let own_kill = OomKill { victim_tgid: 5, current_cgroup_id: 80, victim_is_current: true, victim_cgroups: None };
+    store.apply(Observation::OomKill(own_kill.clone()), &mut resolver, Instant::now());
+    let mut probes = ProbeHealth { has_oom_probe: true, ..ProbeHealth::default() };
+    probes.family = "tracepoint";
+    let mut with_probes = readings(&cgroups, Some(Ok(Vec::new())));
+    with_probes.probes = Some(probes);
+    let first = store.fold(with_probes.clone(), &mut resolver, SystemTime::now());
+    assert_eq!(first.containers[0].oom_kills, 1);
+    // A victim killed by another task: found by the cgroups read while it was killed.
+    let other = OomKill {
+        victim_tgid: 6,
+        current_cgroup_id: 1,
+        victim_is_current: false,
+        victim_cgroups: Some(ProcCgroups { v2: Some(path), ..ProcCgroups::default() }),
+    };
+    store.apply(Observation::OomKill(other), &mut resolver, Instant::now());
+    // And one that belongs to nothing attributed.
+    let nowhere = OomKill { victim_tgid: 7, current_cgroup_id: 1, victim_is_current: false, victim_cgroups: None };
+    store.apply(Observation::OomKill(nowhere), &mut resolver, Instant::now());
+    let second = store.fold(with_probes, &mut resolver, SystemTime::now());
+    assert_eq!(second.containers[0].oom_kills, 2);
+    assert_eq!(telemetry.dropped_for(DropReason::OomVictimUnattributed), 1);
+}
