@@ -43,9 +43,7 @@ use crate::{
         payload::PayloadSource,
         procfs,
     },
-    store::{
-        CgroupRead, CgroupReading, CpuEntry, LogRecord, ProbeHealth, ProbeRow, Readings, SnapshotCell, Store,
-    },
+    store::{CgroupRead, CgroupReading, CpuEntry, LogRecord, ProbeHealth, ProbeRow, Readings, SnapshotCell, Store},
     telemetry::{Collected, CollectionFailed, Stage, Telemetry},
 };
 
@@ -150,8 +148,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
     // Sinks: log records go to stdout through the push driver.
     let (logs_tx, logs) = crossbeam_channel::bounded(LOG_QUEUE);
     let stdout_stats = Arc::new(SinkStats::default());
-    let stdout = spawn("mm-sink-stdout", move || sinks::drive(sinks::stdout::Stdout, logs, Delivery::default(), stdout_stats))
-        .map_err(RunError::Failed)?;
+    let stdout =
+        spawn("mm-sink-stdout", move || sinks::drive(sinks::stdout::Stdout, logs, Delivery::default(), stdout_stats))
+            .map_err(RunError::Failed)?;
 
     // The collector owns the resolver, the store and the probes until it stops.
     let cell = Arc::new(SnapshotCell::default());
@@ -166,8 +165,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         proc_root: config.proc_root.clone(),
     };
     let interval = config.interval;
-    let collector =
-        spawn("mm-collector", move || collector.run(observations, control, pods_changed, interval)).map_err(RunError::Failed)?;
+    let collector = spawn("mm-collector", move || collector.run(observations, control, pods_changed, interval))
+        .map_err(RunError::Failed)?;
 
     let state = Arc::new(api::ApiState {
         cell: cell.clone(),
@@ -210,14 +209,16 @@ fn load_probes(config: &Config) -> Result<Option<Probes>, RunError> {
              grant them, or set probes.enabled: false"
         )));
     }
-    let probes = Probes::load(&config.probes)
-        .context("loading the eBPF probes")
-        .map_err(RunError::Usage)?;
+    let probes = Probes::load(&config.probes).context("loading the eBPF probes").map_err(RunError::Usage)?;
     tracing::info!(family = probes.family().as_str(), programs = probes.attached().len(), "Probes attached");
     Ok(Some(probes))
 }
 
-async fn serve(listener: TcpListener, state: Arc<api::ApiState>, cancel: CancellationToken) -> Result<(), anyhow::Error> {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<api::ApiState>,
+    cancel: CancellationToken,
+) -> Result<(), anyhow::Error> {
     listener.set_nonblocking(true).context("listening socket")?;
     let listener = tokio::net::TcpListener::from_std(listener).context("listening socket")?;
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Serving /metrics, /healthz, /readyz");
@@ -365,7 +366,8 @@ impl Collector {
         for _ in 0..read_errors {
             CollectionFailed { stage: Stage::CgroupRead, error: &"reading cgroup files failed" }.emit(&self.telemetry);
         }
-        let readings = Readings { cgroups, cpu, probes: self.probes.as_ref().map(probe_health), own: procfs::own_usage() };
+        let readings =
+            Readings { cgroups, cpu, probes: self.probes.as_ref().map(probe_health), own: procfs::own_usage() };
         Collected { duration: started.elapsed() }.emit(&self.telemetry);
         let snapshot = self.store.fold(readings, &mut self.resolver, SystemTime::now());
         for tgid in finished {

@@ -170,10 +170,8 @@ impl Config {
             None => serde_yaml::Value::Mapping(Default::default()),
         };
         let known = top_level_fields();
-        let mut overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(var, _)| var.starts_with(ENV_PREFIX) && names_a_field(var, &known))
-            .collect();
+        let mut overrides: Vec<(String, String)> =
+            env.into_iter().filter(|(var, _)| var.starts_with(ENV_PREFIX) && names_a_field(var, &known)).collect();
         overrides.sort();
         for (var, value) in &overrides {
             apply_env(&mut tree, var, value)?;

@@ -127,7 +127,9 @@ impl CollectionFailed<'_> {
     pub fn emit(self, telemetry: &Telemetry) {
         // Cgroups vanish mid-read all the time: a person needs the count, not a line each.
         match self.stage {
-            Stage::CgroupRead => tracing::debug!(error = %self.error, stage = self.stage.label(), "Collection step failed"),
+            Stage::CgroupRead => {
+                tracing::debug!(error = %self.error, stage = self.stage.label(), "Collection step failed")
+            }
             _ => tracing::warn!(error = %self.error, stage = self.stage.label(), "Collection step failed"),
         }
         telemetry.collection_errors[self.stage as usize].fetch_add(1, Relaxed);

@@ -1,16 +1,51 @@
 //! Userspace hot paths: identity of a cgroup path, cgroup file readers, /proc/<pid>/cgroup
-//! parsing, and encoding a 50-container snapshot as `/metrics` text.
+//! parsing, the request pipeline (payload source → store), folding 2,000 containers, and
+//! encoding a 50-container snapshot as `/metrics` text.
 
-use std::{hint::black_box, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    hint::black_box,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use agent_common::sched::{TaskCpu, runq_slot};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modelmeter::{
-    collect::{cgroup, procfs},
-    export::prometheus,
-    identity::identify,
-    store::{AgentSample, ContainerSample, Snapshot, SnapshotCell},
+    config::Config,
+    identity::{Identity, identify, resolver::Resolve},
+    sinks::prometheus,
+    sources::{
+        cgroup,
+        kubernetes::PodLookup,
+        procfs::{self, ProcCgroups},
+    },
+    store::{
+        AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, Histogram, Readings, Snapshot, SnapshotCell, Store,
+    },
+    telemetry::Telemetry,
 };
+
+/// Identities by cgroup id, as discovery would have found them.
+struct Table(HashMap<u64, Identity>);
+
+impl Resolve for Table {
+    fn by_cgroup_id(&self, id: u64) -> Option<Identity> {
+        self.0.get(&id).cloned()
+    }
+
+    fn by_tgid(&mut self, _: u32) -> Option<Identity> {
+        None
+    }
+
+    fn by_paths(&self, _: &ProcCgroups) -> Option<Identity> {
+        None
+    }
+
+    fn pod(&self, _: &Identity) -> PodLookup {
+        PodLookup::Unknown
+    }
+}
 
 const SYSTEMD_PATH: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_0000_4000_8000_123456789abc.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
 
@@ -46,24 +81,57 @@ fn encode(c: &mut Criterion) {
     let containers = (0..50)
         .map(|i| {
             let path = format!("/kubepods/burstable/pod1b2c3d4e-0000-4000-8000-{i:012}/{:064x}", i);
-            let mut runq = TaskCpu::ZERO;
-            runq.runq_slots[3] = 100;
-            ContainerSample {
-                identity: identify(&path),
-                cgroup_path: path,
-                cpu_ns: 1_000_000 * i,
-                runq: Some(runq),
-                stats: Some(cgroup::CgroupStats::default()),
+            ContainerRow {
+                attributes: modelmeter::store::identity_attributes(&identify(&path), None, None),
+                cgroup: path,
+                cpu_seconds: i as f64 / 1000.0,
+                runqueue_delay: Some(Histogram {
+                    bounds: vec![1e-6, 4e-6, 16e-6],
+                    counts: vec![0, 100, 0, 0],
+                    sum: 0.001,
+                    count: 100,
+                }),
+                throttling: None,
+                memory: None,
                 oom_kills: 0,
-                pod: None,
             }
         })
         .collect();
     let cell = Arc::new(SnapshotCell::default());
-    cell.set(Snapshot { taken_at: SystemTime::now(), containers, requests: Vec::new(), agent: AgentSample::default() });
+    cell.set(Snapshot { taken_at: SystemTime::now(), containers, requests: Vec::new(), agent: AgentRow::default() });
     let registry = prometheus::registry(cell);
     c.bench_function("encode /metrics, 50 containers", |b| {
         b.iter(|| prometheus::encode(black_box(&registry)).expect("encode"))
+    });
+}
+
+fn fold(c: &mut Criterion) {
+    let identities: Vec<(u64, Identity, String)> = (0..2000u64)
+        .map(|i| {
+            let path = format!("/kubepods/burstable/pod1b2c3d4e-0000-4000-8000-{i:012}/{:064x}", i);
+            (i, identify(&path), path)
+        })
+        .collect();
+    let mut resolver = Table(identities.iter().map(|(id, identity, _)| (*id, identity.clone())).collect());
+    let readings = Readings {
+        cgroups: identities
+            .iter()
+            .map(|(_, identity, path)| CgroupReading {
+                identity: identity.clone(),
+                path: path.clone(),
+                read: CgroupRead::Stats(cgroup::CgroupStats::default()),
+            })
+            .collect(),
+        cpu: Some(Ok(identities
+            .iter()
+            .map(|(id, _, _)| CpuEntry { cgroup_id: *id, tgid: *id as u32, cpu: TaskCpu::ZERO, alive: true })
+            .collect())),
+        probes: None,
+        own: None,
+    };
+    let mut store = Store::new(&Config::default(), Arc::new(Telemetry::default()));
+    c.bench_function("fold 2,000 containers", |b| {
+        b.iter(|| black_box(store.fold(readings.clone(), &mut resolver, SystemTime::now())))
     });
 }
 
@@ -81,34 +149,33 @@ fn record(kind: u32, timestamp_ns: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn pipeline(c: &mut Criterion) {
-    use agent_common::traffic::{FdKey, KIND_DATA_IN, KIND_DATA_OUT};
-    use modelmeter::{
-        kernel::decode_data_event,
-        store::requests::{RequestStore, RequestsConfig},
-    };
+    use agent_common::traffic::{KIND_DATA_IN, KIND_DATA_OUT};
+    use modelmeter::sources::payload::Connections;
     let request = record(
         KIND_DATA_IN,
         1_000,
         b"POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}",
     );
     let response = record(KIND_DATA_OUT, 2_000_000, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let by_cgroup: std::collections::HashMap<u64, modelmeter::identity::Identity> =
-        [(1234, identify(SYSTEMD_PATH))].into_iter().collect();
-    let mut store = RequestStore::new(RequestsConfig::default());
+    let mut resolver = Table([(1234, identify(SYSTEMD_PATH))].into_iter().collect());
+    let telemetry = Telemetry::default();
+    let mut connections = Connections::default();
+    let mut store = Store::new(&Config::default(), Arc::new(Telemetry::default()));
+    let mut out = Vec::new();
     let mut group = c.benchmark_group("request pipeline");
     group.throughput(Throughput::Elements(2));
-    group.bench_function("decode → identity → histogram, per request (2 events)", |b| {
+    group.bench_function("decode → pair → resolve → histogram, per request (2 events)", |b| {
         b.iter(|| {
             for bytes in [&request, &response] {
-                let (event, captured) = decode_data_event(black_box(bytes)).expect("record");
-                let identity = &by_cgroup[&event.cgroup_id];
-                let key = FdKey { tgid: event.tgid, fd: event.fd };
-                black_box(store.feed(key, identity, event.kind, event.timestamp_ns, event.len, captured));
+                connections.apply(black_box(bytes), &mut out, &telemetry);
+            }
+            for observation in out.drain(..) {
+                black_box(store.apply(observation, &mut resolver, Instant::now()));
             }
         })
     });
     group.finish();
 }
 
-criterion_group!(benches, identity, readers, encode, pipeline);
+criterion_group!(benches, identity, readers, encode, fold, pipeline);
 criterion_main!(benches);

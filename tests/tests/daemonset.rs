@@ -163,7 +163,7 @@ fn render(dir: &str) -> Rendered {
     );
     let text = String::from_utf8(output.stdout).expect("kubectl printed UTF-8");
     let mut objects = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
         let value = Value::deserialize(document)
             .unwrap_or_else(|e| panic!("{dir}: document {index} is not YAML that maps to JSON: {e}"));
         if value.is_null() {
@@ -499,12 +499,12 @@ fn config_map_holds_the_agent_config() {
     let base = render("base");
     let data = base.config_map().data.as_ref().expect("ConfigMap data");
     assert_eq!(data.keys().collect::<Vec<_>>(), ["config.yaml"], "the ConfigMap holds config.yaml only");
-    let config: serde_yaml::Value = serde_yaml::from_str(&data["config.yaml"]).expect("config.yaml is YAML");
-    let field = |key: &str| config.get(key).and_then(serde_yaml::Value::as_str).map(str::to_owned);
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&data["config.yaml"]).expect("config.yaml is YAML");
+    let field = |key: &str| config.get(key).and_then(serde_yaml_ng::Value::as_str).map(str::to_owned);
     assert_eq!(field("proc_root").as_deref(), Some("/host/proc"));
     assert_eq!(field("listen").as_deref(), Some("0.0.0.0:9464"));
     assert_eq!(field("cgroup_root").as_deref(), Some("/sys/fs/cgroup"));
-    let node_name = config.get("kubernetes").and_then(|k| k.get("node_name")).and_then(serde_yaml::Value::as_str);
+    let node_name = config.get("kubernetes").and_then(|k| k.get("node_name")).and_then(serde_yaml_ng::Value::as_str);
     assert_eq!(node_name, Some(""), "kubernetes.node_name empty: the agent takes NODE_NAME");
     // The agent's own loader accepts it (unknown fields would be errors).
     let file = tempfile::NamedTempFile::new().expect("temp file");

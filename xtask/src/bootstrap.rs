@@ -36,8 +36,7 @@ pub fn check_xtask_needs_no_ebpf_toolchain() -> anyhow::Result<()> {
 /// mentions [`EBPF_CRATE_DIR`] (dev-dependencies are not built for xtask).
 fn ebpf_built_dependencies(metadata: &Value, root_package: &str) -> anyhow::Result<BTreeSet<String>> {
     let packages = metadata["packages"].as_array().context("metadata without packages")?;
-    let by_id: HashMap<&str, &Value> =
-        packages.iter().filter_map(|p| Some((p["id"].as_str()?, p))).collect();
+    let by_id: HashMap<&str, &Value> = packages.iter().filter_map(|p| Some((p["id"].as_str()?, p))).collect();
     let root = packages
         .iter()
         .find(|p| p["name"] == root_package)
@@ -61,11 +60,8 @@ fn ebpf_built_dependencies(metadata: &Value, root_package: &str) -> anyhow::Resu
         }
         let deps = nodes.get(id).and_then(|n| n["deps"].as_array()).into_iter().flatten();
         for dep in deps {
-            let linked = dep["dep_kinds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|k| k["kind"].is_null() || k["kind"] == "build");
+            let linked =
+                dep["dep_kinds"].as_array().into_iter().flatten().any(|k| k["kind"].is_null() || k["kind"] == "build");
             if let (true, Some(pkg)) = (linked, dep["pkg"].as_str()) {
                 stack.push(pkg);
             }

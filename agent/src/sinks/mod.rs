@@ -120,7 +120,8 @@ fn deliver<S: Sink>(sink: &mut S, batch: &[S::Item], delivery: &Delivery, stats:
             }
             Retry::Retriable { after, reason } if attempt < delivery.max_attempts => {
                 stats.retried.fetch_add(1, Relaxed);
-                let wait = after.unwrap_or_else(|| jitter.backoff(attempt, delivery.backoff_base, delivery.backoff_max));
+                let wait =
+                    after.unwrap_or_else(|| jitter.backoff(attempt, delivery.backoff_base, delivery.backoff_max));
                 tracing::debug!(sink = sink.name(), reason = %reason, attempt, wait = ?wait, "Retrying");
                 std::thread::sleep(wait.min(delivery.backoff_max));
             }

@@ -190,163 +190,163 @@ fn encode_snapshot(snapshot: &Snapshot, e: &mut DescriptorEncoder) -> Result<(),
 }
 
 fn encode_agent(e: &mut DescriptorEncoder, agent: &crate::store::AgentRow) -> Result<(), std::fmt::Error> {
-        let build: Labels = vec![
-            ("version", env!("CARGO_PKG_VERSION").to_owned()),
-            ("probe_family", agent.probe_family.clone().unwrap_or_else(|| "none".to_owned())),
-        ];
-        e.encode_descriptor(
-            "modelmeter_build",
-            "The agent's version and the scheduler probe family in use.",
-            None,
-            MetricType::Info,
-        )?
-        .encode_info(&build)?;
-        let probe_labels = |p: &crate::store::ProbeRow| vec![("probe", p.name.clone()), ("event", p.event.clone())];
-        family(
-            e,
-            "modelmeter_probe_run_time",
-            "Time spent in each eBPF probe, from the kernel's bpf_stats.",
-            Some(Unit::Seconds),
-            MetricType::Counter,
-            agent.probes.iter().map(|p| (probe_labels(p), p.run_time_seconds)),
-            counter,
-        )?;
-        family(
-            e,
-            "modelmeter_probe_runs",
-            "Runs of each eBPF probe, from the kernel's bpf_stats.",
-            None,
-            MetricType::Counter,
-            agent.probes.iter().map(|p| (probe_labels(p), p.runs)),
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_ringbuf_drops",
-            "Events the probes could not send because the ring buffer was full.",
-            None,
-            MetricType::Counter,
-            agent.ringbuf_drops.iter().map(|(ring, n)| (vec![("ring", ring.clone())], *n)),
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_probe_errors",
-            "Failures inside the probes, by kind (a full map, a failed update).",
-            None,
-            MetricType::Counter,
-            agent.probe_errors.iter().map(|(name, n)| (vec![("error", name.clone())], *n)),
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_collection_duration",
-            "How long the last collection took.",
-            Some(Unit::Seconds),
-            MetricType::Gauge,
-            [(Vec::new(), agent.last_collection_seconds)],
-            gauge,
-        )?;
-        family(
-            e,
-            "modelmeter_collections",
-            "Collections since the agent started.",
-            None,
-            MetricType::Counter,
-            [(Vec::new(), agent.collections)],
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_collection_errors",
-            "Collection failures by stage.",
-            None,
-            MetricType::Counter,
-            agent.collection_errors.iter().map(|(stage, n)| (vec![("stage", stage.label().to_owned())], *n)),
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_unattributed_cpu_time",
-            "CPU time of processes outside any attributed cgroup.",
-            Some(Unit::Seconds),
-            MetricType::Counter,
-            agent.unattributed_cpu_seconds.map(|seconds| (Vec::new(), seconds)),
-            counter,
-        )?;
-        family(
-            e,
-            "modelmeter_http_route_overflow",
-            "Requests whose route went to `_other` because the route budget of their model was spent.",
-            None,
-            MetricType::Counter,
-            agent.route_overflow.iter().map(|(model, n)| (vec![("model", model.clone())], *n)),
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_http_model_overflow",
-            "Requests labelled model `_other` because their workload's requests named too many models.",
-            None,
-            MetricType::Counter,
-            agent.requests_traced.then_some((Vec::new(), agent.model_overflow)),
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_http_skipped",
-            "Captured socket traffic that did not become a request, by reason.",
-            None,
-            MetricType::Counter,
-            agent.http_skipped.iter().map(|(reason, n)| (vec![("reason", reason.label().to_owned())], *n)),
-            counter_u64,
-        )?;
-        family(
-            e,
-            "modelmeter_http_watched_cgroups",
-            "cgroups whose requests are traced.",
-            None,
-            MetricType::Gauge,
-            agent.requests_traced.then(|| (Vec::new(), agent.watched_cgroups as f64)),
-            gauge,
-        )?;
-        family(
-            e,
-            "modelmeter_http_connections",
-            "Connections being followed.",
-            None,
-            MetricType::Gauge,
-            agent.requests_traced.then(|| (Vec::new(), agent.connections as f64)),
-            gauge,
-        )?;
-        family(
-            e,
-            "modelmeter_events_dropped",
-            "Kernel events that could not be used, by reason.",
-            None,
-            MetricType::Counter,
-            agent.events_dropped.iter().map(|(reason, n)| (vec![("reason", reason.label().to_owned())], *n)),
-            counter_u64,
-        )?;
-        // The standard process collector's names, so existing dashboards find the agent's own cost.
-        family(
-            e,
-            "process_cpu",
-            "CPU time of the agent itself (user and system).",
-            Some(Unit::Seconds),
-            MetricType::Counter,
-            agent.cpu_seconds.map(|s| (Vec::new(), s)),
-            counter,
-        )?;
-        family(
-            e,
-            "process_resident_memory",
-            "Resident memory of the agent itself.",
-            Some(Unit::Bytes),
-            MetricType::Gauge,
-            agent.resident_bytes.map(|b| (Vec::new(), b as f64)),
-            gauge,
-        )
+    let build: Labels = vec![
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("probe_family", agent.probe_family.clone().unwrap_or_else(|| "none".to_owned())),
+    ];
+    e.encode_descriptor(
+        "modelmeter_build",
+        "The agent's version and the scheduler probe family in use.",
+        None,
+        MetricType::Info,
+    )?
+    .encode_info(&build)?;
+    let probe_labels = |p: &crate::store::ProbeRow| vec![("probe", p.name.clone()), ("event", p.event.clone())];
+    family(
+        e,
+        "modelmeter_probe_run_time",
+        "Time spent in each eBPF probe, from the kernel's bpf_stats.",
+        Some(Unit::Seconds),
+        MetricType::Counter,
+        agent.probes.iter().map(|p| (probe_labels(p), p.run_time_seconds)),
+        counter,
+    )?;
+    family(
+        e,
+        "modelmeter_probe_runs",
+        "Runs of each eBPF probe, from the kernel's bpf_stats.",
+        None,
+        MetricType::Counter,
+        agent.probes.iter().map(|p| (probe_labels(p), p.runs)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_ringbuf_drops",
+        "Events the probes could not send because the ring buffer was full.",
+        None,
+        MetricType::Counter,
+        agent.ringbuf_drops.iter().map(|(ring, n)| (vec![("ring", ring.clone())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_probe_errors",
+        "Failures inside the probes, by kind (a full map, a failed update).",
+        None,
+        MetricType::Counter,
+        agent.probe_errors.iter().map(|(name, n)| (vec![("error", name.clone())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_collection_duration",
+        "How long the last collection took.",
+        Some(Unit::Seconds),
+        MetricType::Gauge,
+        [(Vec::new(), agent.last_collection_seconds)],
+        gauge,
+    )?;
+    family(
+        e,
+        "modelmeter_collections",
+        "Collections since the agent started.",
+        None,
+        MetricType::Counter,
+        [(Vec::new(), agent.collections)],
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_collection_errors",
+        "Collection failures by stage.",
+        None,
+        MetricType::Counter,
+        agent.collection_errors.iter().map(|(stage, n)| (vec![("stage", stage.label().to_owned())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_unattributed_cpu_time",
+        "CPU time of processes outside any attributed cgroup.",
+        Some(Unit::Seconds),
+        MetricType::Counter,
+        agent.unattributed_cpu_seconds.map(|seconds| (Vec::new(), seconds)),
+        counter,
+    )?;
+    family(
+        e,
+        "modelmeter_http_route_overflow",
+        "Requests whose route went to `_other` because the route budget of their model was spent.",
+        None,
+        MetricType::Counter,
+        agent.route_overflow.iter().map(|(model, n)| (vec![("model", model.clone())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_http_model_overflow",
+        "Requests labelled model `_other` because their workload's requests named too many models.",
+        None,
+        MetricType::Counter,
+        agent.requests_traced.then_some((Vec::new(), agent.model_overflow)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_http_skipped",
+        "Captured socket traffic that did not become a request, by reason.",
+        None,
+        MetricType::Counter,
+        agent.http_skipped.iter().map(|(reason, n)| (vec![("reason", reason.label().to_owned())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_http_watched_cgroups",
+        "cgroups whose requests are traced.",
+        None,
+        MetricType::Gauge,
+        agent.requests_traced.then(|| (Vec::new(), agent.watched_cgroups as f64)),
+        gauge,
+    )?;
+    family(
+        e,
+        "modelmeter_http_connections",
+        "Connections being followed.",
+        None,
+        MetricType::Gauge,
+        agent.requests_traced.then(|| (Vec::new(), agent.connections as f64)),
+        gauge,
+    )?;
+    family(
+        e,
+        "modelmeter_events_dropped",
+        "Kernel events that could not be used, by reason.",
+        None,
+        MetricType::Counter,
+        agent.events_dropped.iter().map(|(reason, n)| (vec![("reason", reason.label().to_owned())], *n)),
+        counter_u64,
+    )?;
+    // The standard process collector's names, so existing dashboards find the agent's own cost.
+    family(
+        e,
+        "process_cpu",
+        "CPU time of the agent itself (user and system).",
+        Some(Unit::Seconds),
+        MetricType::Counter,
+        agent.cpu_seconds.map(|s| (Vec::new(), s)),
+        counter,
+    )?;
+    family(
+        e,
+        "process_resident_memory",
+        "Resident memory of the agent itself.",
+        Some(Unit::Bytes),
+        MetricType::Gauge,
+        agent.resident_bytes.map(|b| (Vec::new(), b as f64)),
+        gauge,
+    )
 }
 
 /// The exposition text of one snapshot (golden tests, the debug CLI).

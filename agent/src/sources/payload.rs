@@ -58,12 +58,7 @@ pub enum Action {
 
 impl Connections {
     /// Applies one payload record; exchanges go to `out`, skipped traffic to `telemetry`.
-    pub fn apply(
-        &mut self,
-        bytes: &[u8],
-        out: &mut Vec<Observation>,
-        telemetry: &Telemetry,
-    ) -> Action {
+    pub fn apply(&mut self, bytes: &[u8], out: &mut Vec<Observation>, telemetry: &Telemetry) -> Action {
         let Some((event, captured)) = kernel::decode_data_event(bytes) else {
             EventsDropped { reason: DropReason::MalformedPayload, count: 1 }.emit(telemetry);
             return Action::None;

@@ -58,9 +58,12 @@ fn from_lines<'a>(lines: impl Iterator<Item = (bool, Vec<&'a str>, &'a str)>) ->
 pub fn read_proc_cgroup(proc_root: &Path, pid: u32) -> Option<ProcCgroups> {
     let process = procfs::process::Process::new_with_root(proc_dir(proc_root, pid)).ok()?;
     let cgroups = process.cgroups().ok()?;
-    Some(from_lines(cgroups.0.iter().map(|c| {
-        (c.hierarchy == 0, c.controllers.iter().map(String::as_str).collect(), c.pathname.as_str())
-    })))
+    Some(from_lines(
+        cgroups
+            .0
+            .iter()
+            .map(|c| (c.hierarchy == 0, c.controllers.iter().map(String::as_str).collect(), c.pathname.as_str())),
+    ))
 }
 
 /// The agent's own CPU time and resident memory.

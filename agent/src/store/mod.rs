@@ -322,7 +322,7 @@ impl Store {
         let tracked = &self.tracked;
         self.requests.retain(|identity| *identity == Identity::Other || tracked.contains_key(identity));
         // A request that names its pod's own model and one that names none are the same series.
-        let mut merged: HashMap<(Identity, RequestKey), (Option<Arc<PodMeta>>, LatencyHistogram)> = HashMap::new();
+        let mut merged: HashMap<(Identity, RequestKey), MergedSeries> = HashMap::new();
         for (identity, series) in &self.requests.series {
             let pod = match resolver.pod(identity) {
                 PodLookup::Known(meta) => Some(meta),
@@ -375,11 +375,7 @@ impl Store {
             last_collection_seconds: telemetry.last_collection_duration().as_secs_f64(),
             probe_family: readings.probes.as_ref().map(|p| p.family.to_owned()),
             probes: probes.programs,
-            ringbuf_drops: probes
-                .counters
-                .iter()
-                .filter_map(|(name, n)| Some((ring(name)?.to_owned(), *n)))
-                .collect(),
+            ringbuf_drops: probes.counters.iter().filter_map(|(name, n)| Some((ring(name)?.to_owned(), *n))).collect(),
             probe_errors: probes
                 .counters
                 .iter()
@@ -410,6 +406,9 @@ impl Store {
     }
 }
 
+/// A request series' pod and observations while series are merged.
+type MergedSeries = (Option<Arc<PodMeta>>, LatencyHistogram);
+
 /// Run-queue delay as a histogram: two log2 slots per bucket (1 µs, 4 µs, 16 µs … 67 s, +Inf).
 fn runq_histogram(runq: &TaskCpu) -> Histogram {
     let buckets = kernel::runq_buckets(&runq.runq_slots);
@@ -439,7 +438,9 @@ pub fn identity_attributes(identity: &Identity, pod: Option<&PodMeta>, model: Op
             (Attr::ContainerRuntime, runtime.as_str().to_owned()),
             (Attr::QosClass, qos.as_str().to_owned()),
         ],
-        Identity::Pod { pod_uid, qos } => vec![(Attr::PodUid, pod_uid.clone()), (Attr::QosClass, qos.as_str().to_owned())],
+        Identity::Pod { pod_uid, qos } => {
+            vec![(Attr::PodUid, pod_uid.clone()), (Attr::QosClass, qos.as_str().to_owned())]
+        }
         Identity::Docker { container_id } => {
             vec![(Attr::ContainerId, container_id.clone()), (Attr::ContainerRuntime, "docker".to_owned())]
         }
@@ -450,8 +451,7 @@ pub fn identity_attributes(identity: &Identity, pod: Option<&PodMeta>, model: Op
 
 /// A request series' attributes: whose, then the semantic-convention attributes.
 fn request_attributes(identity: &Identity, pod: Option<&PodMeta>, key: &RequestKey) -> Attributes {
-    let mut attributes =
-        identity_attributes(identity, pod, key.model.as_ref().map(|(n, v)| (n.as_str(), v.as_str())));
+    let mut attributes = identity_attributes(identity, pod, key.model.as_ref().map(|(n, v)| (n.as_str(), v.as_str())));
     // Pod containers carry the model already; other identities have only the request's own.
     if !attributes.iter().any(|(a, _)| *a == Attr::ModelName) {
         let (name, version) = key.model.clone().unwrap_or_default();

@@ -9,7 +9,10 @@ use std::{
 use super::*;
 use crate::{
     attributes,
-    identity::{identify, model::{Model, ModelRule}},
+    identity::{
+        identify,
+        model::{Model, ModelRule},
+    },
     sources::{
         cgroup::{CgroupStats, CpuStats, MemoryStats},
         procfs::ProcCgroups,
@@ -55,7 +58,13 @@ fn store() -> (Store, Arc<Telemetry>) {
 
 fn stats(usage_ns: Option<u64>) -> CgroupRead {
     CgroupRead::Stats(CgroupStats {
-        memory: MemoryStats { usage_bytes: 100, working_set_bytes: 80, rss_bytes: 50, limit_bytes: None, oom_kills: None },
+        memory: MemoryStats {
+            usage_bytes: 100,
+            working_set_bytes: 80,
+            rss_bytes: 50,
+            limit_bytes: None,
+            oom_kills: None,
+        },
         cpu: CpuStats { usage_ns, ..CpuStats::default() },
     })
 }
@@ -101,10 +110,12 @@ fn cpu_never_goes_back_across_process_exits() {
     let fold = |store: &mut Store, resolver: &mut FakeResolver, entries| {
         store.fold(readings(&[(id.clone(), path.clone(), stats(None))], Some(Ok(entries))), resolver, SystemTime::now())
     };
-    let first = fold(&mut store, &mut resolver, vec![entry(10, 1, 2_000_000_000, true), entry(10, 2, 1_000_000_000, true)]);
+    let first =
+        fold(&mut store, &mut resolver, vec![entry(10, 1, 2_000_000_000, true), entry(10, 2, 1_000_000_000, true)]);
     assert_eq!(cpu_of(&first, &id), Some(3.0));
     // Process 2 exits: its last figure is folded once, then its entry is gone from the map.
-    let second = fold(&mut store, &mut resolver, vec![entry(10, 1, 2_500_000_000, true), entry(10, 2, 1_200_000_000, false)]);
+    let second =
+        fold(&mut store, &mut resolver, vec![entry(10, 1, 2_500_000_000, true), entry(10, 2, 1_200_000_000, false)]);
     assert_eq!(cpu_of(&second, &id), Some(3.7));
     let third = fold(&mut store, &mut resolver, vec![entry(10, 1, 2_600_000_000, true)]);
     assert_eq!(cpu_of(&third, &id), Some(3.8));
@@ -120,7 +131,11 @@ fn a_failed_map_read_repeats_the_last_figures() {
     let mut resolver = FakeResolver::default();
     resolver.cgroups.insert(20, id.clone());
     let cgroups = [(id.clone(), path.clone(), stats(Some(0)))];
-    let good = store.fold(readings(&cgroups, Some(Ok(vec![entry(20, 5, 4_000_000_000, true)]))), &mut resolver, SystemTime::now());
+    let good = store.fold(
+        readings(&cgroups, Some(Ok(vec![entry(20, 5, 4_000_000_000, true)]))),
+        &mut resolver,
+        SystemTime::now(),
+    );
     let failed = store.fold(readings(&cgroups, Some(Err(()))), &mut resolver, SystemTime::now());
     assert_eq!(cpu_of(&failed, &id), cpu_of(&good, &id));
     assert_eq!(failed.containers[0].runqueue_delay, good.containers[0].runqueue_delay, "no dip after a failed read");
@@ -140,7 +155,10 @@ fn the_cgroup_life_before_the_agent_survives_a_failed_first_read() {
     assert_eq!(cpu_of(&first, &id), Some(1.0));
     // The cgroup had run 100 s before the agent started; the probes saw 2 s of it by now.
     let second = store.fold(
-        readings(&[(id.clone(), path, stats(Some(100_000_000_000)))], Some(Ok(vec![entry(30, 1, 2_000_000_000, true)]))),
+        readings(
+            &[(id.clone(), path, stats(Some(100_000_000_000)))],
+            Some(Ok(vec![entry(30, 1, 2_000_000_000, true)])),
+        ),
         &mut resolver,
         SystemTime::now(),
     );
@@ -176,8 +194,16 @@ fn exited_processes_of_a_v1_node_keep_their_container() {
     let mut resolver = FakeResolver::default();
     resolver.tgids.insert(77, id.clone());
     let cgroups = [(id.clone(), path, stats(None))];
-    store.fold(readings(&cgroups, Some(Ok(vec![entry(999, 77, 1_000_000_000, true)]))), &mut resolver, SystemTime::now());
-    let after = store.fold(readings(&cgroups, Some(Ok(vec![entry(999, 77, 3_000_000_000, false)]))), &mut resolver, SystemTime::now());
+    store.fold(
+        readings(&cgroups, Some(Ok(vec![entry(999, 77, 1_000_000_000, true)]))),
+        &mut resolver,
+        SystemTime::now(),
+    );
+    let after = store.fold(
+        readings(&cgroups, Some(Ok(vec![entry(999, 77, 3_000_000_000, false)]))),
+        &mut resolver,
+        SystemTime::now(),
+    );
     assert_eq!(cpu_of(&after, &id), Some(3.0));
     assert_eq!(after.agent.unattributed_cpu_seconds, Some(0.0));
     assert_eq!(telemetry.collections(), 0, "the store does not count collections itself");
