@@ -9,7 +9,8 @@ use std::{
     time::Duration,
 };
 
-/// Declares a label enum with its exported spellings, in export order.
+/// Declares a label enum with its exported spellings, in export order (alphabetical where the
+/// exposition has always listed them so).
 macro_rules! label_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -28,7 +29,7 @@ macro_rules! label_enum {
 
 label_enum!(
     /// The step of a collection that failed.
-    Stage { Discover => "discover", CgroupRead => "cgroup_read", ProbeRead => "probe_read" }
+    Stage { CgroupRead => "cgroup_read", Discover => "discover", ProbeRead => "probe_read" }
 );
 
 label_enum!(
@@ -45,12 +46,12 @@ label_enum!(
 label_enum!(
     /// Why captured socket traffic did not become a request.
     SkipReason {
-        NotHttp => "not_http",
         HeadTooLarge => "head_too_large",
-        Uncaptured => "uncaptured",
-        UnmatchedResponse => "unmatched_response",
-        Unfinished => "unfinished",
+        NotHttp => "not_http",
         TooManyConnections => "too_many_connections",
+        Uncaptured => "uncaptured",
+        Unfinished => "unfinished",
+        UnmatchedResponse => "unmatched_response",
     }
 );
 

@@ -107,8 +107,19 @@ fn series_carry_pod_and_model_names_from_the_api_server() {
             metrics.select("container_memory_working_set_bytes", &pod.labels()).next().expect("working set");
         assert_eq!(working_set.labels["model"], want[3]);
     }
-    // Request tracing follows the pods that have a model: the five of this node.
-    wait_for(Duration::from_secs(10), "request tracing to watch the five model pods", || {
+    // Request tracing follows the pods whose model someone declared: four of the five. The
+    // owner-workload fallback names a model for display only.
+    wait_for(Duration::from_secs(10), "request tracing to watch the four declared-model pods", || {
+        (agent.metrics().get("modelmeter_http_watched_cgroups", &[]) == Some(4.0)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(agent.metrics().get("modelmeter_http_watched_cgroups", &[]), Some(4.0), "the owner-named pod is traced");
+    // The owner-named pod gains an annotation: the pod watch pings the collector, which traces it
+    // without waiting for the next collection.
+    api.modify_pod(&by_owner.uid, |pod| {
+        pod["metadata"]["annotations"] = serde_json::json!({"modelmeter.io/model": "llama"});
+    });
+    wait_for(Duration::from_secs(5), "request tracing to follow the newly annotated pod", || {
         (agent.metrics().get("modelmeter_http_watched_cgroups", &[]) == Some(5.0)).then_some(())
     });
     // The other node's pod was never sent to this agent: attributed by UID only.
