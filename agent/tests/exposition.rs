@@ -2,7 +2,7 @@
 //! text, so family names, label names, label order and series never change by accident. After an
 //! intended change, regenerate with `UPDATE_GOLDEN=1 cargo test -p modelmeter --test exposition`.
 
-use std::{sync::Arc, time::SystemTime};
+use std::time::SystemTime;
 
 use modelmeter::{
     identity::{
