@@ -127,6 +127,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
             proc_root: config.proc_root.clone(),
             observations: outbox.clone(),
             exits: exits_tx,
+            // Only where cgroup ids cannot name a container (v1-only nodes).
+            exit_cgroups: layout.v2_root().is_none(),
             telemetry: telemetry.clone(),
         };
         let cancel = cancel.clone();
@@ -321,8 +323,8 @@ impl Collector {
     }
 
     fn apply(&mut self, observation: Observation) {
-        if let Observation::ProcessExit { tgid } = observation {
-            self.resolver.note_exit(tgid);
+        if let Observation::ProcessExit { tgid, cgroups } = observation {
+            self.resolver.note_exit(tgid, cgroups.as_ref());
             return;
         }
         if let Some(record) = self.store.apply(observation, &mut self.resolver, Instant::now()) {

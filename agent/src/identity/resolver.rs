@@ -181,8 +181,13 @@ impl Resolver {
         (wanted, self.watch_set == WatchSet::All)
     }
 
-    /// A process exited: its cached identity serves one more fold, then goes.
-    pub fn note_exit(&mut self, tgid: u32) {
+    /// A process exited: its identity (cached, or from the cgroups read as it exited) serves one
+    /// more fold, then goes.
+    pub fn note_exit(&mut self, tgid: u32, cgroups: Option<&ProcCgroups>) {
+        let cached = matches!(self.by_tgid.get(&tgid), Some((Some(_), _)));
+        if let (false, Some(identity)) = (cached, cgroups.and_then(|c| self.by_paths(c))) {
+            self.by_tgid.insert(tgid, (Some(identity), Instant::now()));
+        }
         self.exited.push(tgid);
     }
 
@@ -227,5 +232,69 @@ impl Resolve for Resolver {
             (Some(uid), Some(pods)) => pods.lookup(uid),
             _ => PodLookup::Unknown,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::MetadataExt};
+
+    use super::*;
+
+    const POD: &str = "/kubepods/burstable/pod1b2c3d4e-0000-4000-8000-123456789abc";
+    const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// A pure v2 tree with one pod container (and a sub-cgroup of it), and a /proc with one process.
+    fn fixture() -> (tempfile::TempDir, tempfile::TempDir, Resolver, u64) {
+        let cgroups = tempfile::tempdir().unwrap();
+        fs::write(cgroups.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let container = cgroups.path().join(format!("{}/{CID}", &POD[1..]));
+        fs::create_dir_all(container.join("sub")).unwrap();
+        let id = fs::metadata(&container).unwrap().ino();
+        let proc = tempfile::tempdir().unwrap();
+        fs::create_dir_all(proc.path().join("4242")).unwrap();
+        fs::write(proc.path().join("4242/cgroup"), format!("0::{POD}/{CID}\n")).unwrap();
+        let mut config = Config::default();
+        config.proc_root = proc.path().to_owned();
+        let layout = Layout::detect(cgroups.path()).unwrap();
+        (cgroups, proc, Resolver::new(&config, layout, None), id)
+    }
+
+    #[test]
+    fn discovery_publishes_containers_by_cgroup_id() {
+        let (_cgroups, _proc, mut resolver, id) = fixture();
+        let published = resolver.published();
+        resolver.discover().unwrap();
+        let identity = resolver.by_cgroup_id(id).expect("the container by its v2 id");
+        assert_eq!(identity.container_id(), Some(CID));
+        assert_eq!(resolver.table().cgroups[&identity], format!("{POD}/{CID}"), "its own cgroup, not the sub-cgroup");
+        assert_eq!(published.load().by_cgroup_id.get(&id), Some(&identity), "readers see the same table");
+        let (watched, all) = resolver.watched();
+        assert_eq!((watched.contains(&id), all), (true, false), "watch: auto without the API follows pods");
+    }
+
+    #[test]
+    fn tgids_resolve_through_proc_and_misses_are_retried() {
+        let (_cgroups, proc, mut resolver, _) = fixture();
+        assert_eq!(resolver.by_tgid(4242).and_then(|i| i.container_id().map(str::to_owned)).as_deref(), Some(CID));
+        // Not yet in a container: a miss, looked at again once NEGATIVE_TTL has passed.
+        fs::create_dir_all(proc.path().join("77")).unwrap();
+        fs::write(proc.path().join("77/cgroup"), "0::/user.slice\n").unwrap();
+        assert_eq!(resolver.by_tgid(77), None);
+        fs::write(proc.path().join("77/cgroup"), format!("0::{POD}/{CID}\n")).unwrap();
+        assert_eq!(resolver.by_tgid(77), None, "cached for a moment");
+        resolver.by_tgid.get_mut(&77).unwrap().1 -= NEGATIVE_TTL;
+        assert!(resolver.by_tgid(77).is_some(), "retried after the TTL");
+    }
+
+    #[test]
+    fn an_exited_process_keeps_its_identity_for_one_fold() {
+        let (_cgroups, _proc, mut resolver, _) = fixture();
+        let cgroups = ProcCgroups { v1_memory: Some(format!("{POD}/{CID}")), ..ProcCgroups::default() };
+        // Gone from /proc already; its cgroups were read as it exited.
+        resolver.note_exit(999, Some(&cgroups));
+        assert!(resolver.by_tgid(999).is_some(), "the last fold still finds it");
+        resolver.end_collection();
+        assert!(!resolver.by_tgid.get(&999).is_some_and(|(i, _)| i.is_some()), "then it is forgotten");
     }
 }

@@ -21,6 +21,8 @@ pub struct EventSource {
     pub observations: Outbox<Observation>,
     /// Exits for the payload source, when request tracing runs.
     pub exits: Option<Outbox<u32>>,
+    /// Read an exiting process's cgroups from /proc (v1-only nodes).
+    pub exit_cgroups: bool,
     pub telemetry: Arc<Telemetry>,
 }
 
@@ -35,10 +37,11 @@ impl EventSource {
             let mut open = true;
             let (proc_root, observations, exits, telemetry) =
                 (&self.proc_root, &self.observations, &self.exits, &self.telemetry);
+            let exit_cgroups = self.exit_cgroups;
             while open {
-                let drained = self.ring.drain(BATCH, |bytes| match decode(bytes, proc_root) {
+                let drained = self.ring.drain(BATCH, |bytes| match decode(bytes, proc_root, exit_cgroups) {
                     Some(observation) => {
-                        if let (Observation::ProcessExit { tgid }, Some(exits)) = (&observation, exits) {
+                        if let (Observation::ProcessExit { tgid, .. }, Some(exits)) = (&observation, exits) {
                             exits.send(*tgid);
                         }
                         open &= observations.send(observation);
@@ -57,10 +60,13 @@ impl EventSource {
 }
 
 /// One record as an observation; `None` for a malformed one.
-fn decode(bytes: &[u8], proc_root: &std::path::Path) -> Option<Observation> {
+fn decode(bytes: &[u8], proc_root: &std::path::Path, exit_cgroups: bool) -> Option<Observation> {
     let event = kernel::decode_event(bytes)?;
     match event.kind {
-        KIND_PROCESS_EXIT => Some(Observation::ProcessExit { tgid: event.pid }),
+        KIND_PROCESS_EXIT => Some(Observation::ProcessExit {
+            tgid: event.pid,
+            cgroups: if exit_cgroups { procfs::read_proc_cgroup(proc_root, event.pid) } else { None },
+        }),
         KIND_OOM_VICTIM => {
             let victim_is_current = event.pid == event.current_tgid;
             Some(Observation::OomKill(OomKill {

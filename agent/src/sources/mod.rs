@@ -25,8 +25,10 @@ pub mod protocol;
 /// What the sources tell the collector between collections.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
-    /// A process (thread group) exited.
-    ProcessExit { tgid: u32 },
+    /// A process (thread group) exited. On nodes without v2 cgroup ids its cgroups are read from
+    /// /proc as the exit is seen (best effort: the entry lasts until the parent reaps it), so its
+    /// CPU still reaches its container when it lived less than one collection.
+    ProcessExit { tgid: u32, cgroups: Option<procfs::ProcCgroups> },
     /// The OOM killer chose a victim.
     OomKill(OomKill),
     /// One HTTP request and its response, paired on a connection.
