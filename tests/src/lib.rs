@@ -221,6 +221,11 @@ impl ChildGuard {
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
+
+    /// Waits for the child to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().expect("waiting for a child")
+    }
 }
 
 impl Drop for ChildGuard {

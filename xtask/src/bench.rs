@@ -7,7 +7,10 @@
 //! 3. Request tracing: syscall probe cost for an unwatched process doing file I/O and for a
 //!    watched server's requests; the server's throughput with the agent over without; the agent's
 //!    CPU at 5,000 requests/s.
-//! 4. Userspace hot paths: the criterion benchmarks in `benches/`.
+//! 4. The pipeline under load: the longest `/healthz` answer while collections run with 2,000 pod
+//!    cgroups and 5,000 traced requests/s; agent CPU per traced request, quiet and while 1,000
+//!    pod cgroups are created and removed; agent CPU for a fork storm of 20,000 short processes.
+//! 5. Userspace hot paths: the criterion benchmarks in `benches/`.
 
 use std::{
     io::{Read, Write},
@@ -36,6 +39,7 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool) -> anyhow::Result<
     probe_overhead(load)?;
     agent_footprint(idle)?;
     request_tracing(load)?;
+    pipeline_under_load(load)?;
     if criterion {
         cmd("cargo", &["bench", "-p", "modelmeter-benches"])?;
     }
@@ -292,4 +296,159 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("modelmeter-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A pod cgroup path of this bench run.
+fn pod_path(seed: u64) -> String {
+    format!("/kubepods/burstable/pod{}/{}", pod_uid(seed), hex_id(seed + 1_000_000, 64))
+}
+
+/// Answer times of `/healthz`, asked every 10 ms until `until`, sorted.
+fn healthz_latencies(url: String, until: Instant) -> Vec<Duration> {
+    let mut times = Vec::new();
+    while Instant::now() < until {
+        let started = Instant::now();
+        let _ = e2e::http_get(&url);
+        times.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    times.sort();
+    times
+}
+
+/// Agent CPU seconds per request the agent counted, over a phase of paced traced load.
+fn cpu_per_request(
+    agent: &Agent,
+    port: u16,
+    load: Duration,
+    during: impl FnOnce(Instant),
+) -> anyhow::Result<(f64, f64)> {
+    let counted = |agent: &Agent| -> f64 {
+        agent.metrics().select("http_server_request_duration_seconds_count", &[]).map(|s| s.value).sum()
+    };
+    let (cpu0, _) = cpu_and_rss(agent.pid())?;
+    let counted0 = counted(agent);
+    let until = Instant::now() + load;
+    let clients = std::thread::spawn(move || throughput(port, 10, load, Some(Duration::from_micros(2000))));
+    during(until);
+    let rate = clients.join().unwrap_or(0.0);
+    // The last requests are folded at the next collection (every scrape here).
+    std::thread::sleep(Duration::from_millis(300));
+    let (cpu1, _) = cpu_and_rss(agent.pid())?;
+    let requests = (counted(agent) - counted0).max(1.0);
+    Ok(((cpu1 - cpu0) / requests, rate))
+}
+
+fn pipeline_under_load(load: Duration) -> anyhow::Result<()> {
+    println!("\n== The pipeline under load");
+    let mut cgroups: Vec<CgroupGuard> = (0..2000u64).map(|i| CgroupGuard::create(&pod_path(10_000 + i))).collect();
+    let server_pod = CgroupGuard::create(&pod_path(9_000));
+    let server = HttpServer::start_in(&server_pod);
+    let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n");
+    std::thread::sleep(Duration::from_secs(3));
+
+    // /healthz while collections run (every second, and at every scrape) under traced traffic.
+    let until = Instant::now() + load;
+    let health = {
+        let url = agent.url("/healthz");
+        std::thread::spawn(move || healthz_latencies(url, until))
+    };
+    let scrapes = {
+        let url = agent.url("/metrics");
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while Instant::now() < until {
+                let _ = e2e::http_get(&url);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            n
+        })
+    };
+    let rate = throughput(server.port, 10, load, Some(Duration::from_micros(2000)));
+    let times = health.join().unwrap_or_default();
+    let scrapes = scrapes.join().unwrap_or(0);
+    let at = |q: f64| times.get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1))).copied();
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    println!(
+        "/healthz with 2,000 pod cgroups, {rate:.0} traced req/s, {scrapes} scrapes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes)",
+        ms(at(0.5)),
+        ms(at(0.99)),
+        ms(times.last().copied()),
+        times.len()
+    );
+    let collection = agent.metrics().get("modelmeter_collection_duration_seconds", &[]).unwrap_or(f64::NAN);
+    println!("one collection of 2,000 pod cgroups: {:.1} ms", collection * 1e3);
+    drop(agent);
+    while let Some(cgroup) = cgroups.pop() {
+        drop(cgroup);
+    }
+
+    // CPU per traced request, quiet, then while 1,000 pod cgroups come and go.
+    let agent = Agent::start("min_collect_interval: 0s\nkubernetes:\n  watch: never\n");
+    std::thread::sleep(Duration::from_secs(2));
+    let (quiet, quiet_rate) = cpu_per_request(&agent, server.port, load, |_| {})?;
+    let (churn, churn_rate) = cpu_per_request(&agent, server.port, load, |until| {
+        let mut created = 0u64;
+        let step = load / 1000;
+        for i in 0..1000u64 {
+            if Instant::now() >= until {
+                break;
+            }
+            let started = Instant::now();
+            drop(CgroupGuard::create(&pod_path(20_000 + i)));
+            created += 1;
+            if let Some(rest) = step.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        println!("pod cgroups created and removed during the churn phase: {created}");
+    })?;
+    println!(
+        "agent CPU per traced request: {:.1} µs quiet ({quiet_rate:.0} req/s), {:.1} µs while pod cgroups churn \
+         ({churn_rate:.0} req/s): ratio {:.2}",
+        quiet * 1e6,
+        churn * 1e6,
+        churn / quiet
+    );
+
+    // A fork storm of 20,000 short processes in one pod.
+    let storm_pod = CgroupGuard::create(&pod_path(30_000));
+    let (cpu0, _) = cpu_and_rss(agent.pid())?;
+    let started = Instant::now();
+    let mut storm = storm_pod.spawn_workload(&["forks", "20000"]);
+    let status = storm.wait();
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = agent.metrics();
+    let (cpu1, rss) = cpu_and_rss(agent.pid())?;
+    let uid_of = storm_pod.rel.split('/').nth(3).and_then(|p| p.strip_prefix("pod")).unwrap_or_default().to_owned();
+    let attributed = metrics.get("container_cpu_time_seconds_total", &[("pod_uid", &uid_of)]).unwrap_or(f64::NAN);
+    let own = cgroup_cpu_seconds(&storm_pod);
+    println!(
+        "fork storm ({status}): 20,000 processes in {:.1} s; agent CPU {:.3} s ({:.1}% of one core), RSS {:.1} MB; \
+         the pod's CPU: {attributed:.3} s attributed, {own:.3} s by its own cgroup",
+        elapsed.as_secs_f64(),
+        cpu1 - cpu0,
+        (cpu1 - cpu0) / elapsed.as_secs_f64() * 100.0,
+        rss as f64 / 1e6
+    );
+    drop(storm);
+    drop(storm_pod);
+    drop(agent);
+    drop(server);
+    drop(server_pod);
+    Ok(())
+}
+
+/// A cgroup's own CPU figure: v1 cpuacct.usage, else v2 cpu.stat usage_usec.
+fn cgroup_cpu_seconds(cgroup: &CgroupGuard) -> f64 {
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).ok();
+    let v1 = std::panic::catch_unwind(|| cgroup.dir("cpuacct")).ok().and_then(|d| read(d.join("cpuacct.usage")));
+    if let Some(ns) = v1.and_then(|t| t.trim().parse::<f64>().ok()) {
+        return ns / 1e9;
+    }
+    read(cgroup.dir("v2").join("cpu.stat"))
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok()))
+        .map_or(f64::NAN, |us| us / 1e6)
 }

@@ -1,7 +1,7 @@
 //! A workload for the end-to-end tests and benchmarks: joins the cgroups it is told to (by writing
 //! its own pid to their `cgroup.procs`), then burns CPU, holds memory, or allocates until OOM-killed.
 //!
-//! Usage: mm-workload [--join CGROUP_PROCS_FILE]... (burn | hold MIB | oom MIB | sleep)
+//! Usage: mm-workload [--join CGROUP_PROCS_FILE]... (burn | hold MIB | oom MIB | sleep | forks N)
 
 use std::io::Write;
 
@@ -60,6 +60,19 @@ fn main() {
             // Still alive after `limit` MiB: the limit did not bite.
             eprintln!("mm-workload: allocated {limit} MiB without being OOM-killed");
             std::process::exit(3);
+        }
+        // A fork storm: N short processes one after another, then exit.
+        "forks" => {
+            let count = mib();
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            for _ in 0..count {
+                if let Err(e) = std::process::Command::new("/bin/true").status() {
+                    eprintln!("mm-workload: starting /bin/true: {e}");
+                    std::process::exit(3);
+                }
+            }
+            std::process::exit(0);
         }
         "sleep" => {
             println!("ready");
