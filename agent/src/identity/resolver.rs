@@ -254,8 +254,7 @@ mod tests {
         let proc = tempfile::tempdir().unwrap();
         fs::create_dir_all(proc.path().join("4242")).unwrap();
         fs::write(proc.path().join("4242/cgroup"), format!("0::{POD}/{CID}\n")).unwrap();
-        let mut config = Config::default();
-        config.proc_root = proc.path().to_owned();
+        let config = Config { proc_root: proc.path().to_owned(), ..Config::default() };
         let layout = Layout::detect(cgroups.path()).unwrap();
         (cgroups, proc, Resolver::new(&config, layout, None), id)
     }
