@@ -229,12 +229,22 @@ async fn serve(
         shutdown_signal().await;
         stopping.cancel();
     });
-    let server = tokio::spawn(async move { server.await });
-    cancel.cancelled().await;
+    let mut server = tokio::spawn(async move { server.await });
+    let finished = |result: Result<std::io::Result<()>, tokio::task::JoinError>| match result {
+        Ok(result) => result.context("serving HTTP"),
+        Err(e) => Err(anyhow::Error::new(e).context("the HTTP server task failed")),
+    };
+    tokio::select! {
+        // The server failed by itself: everything else stops too.
+        result = &mut server => {
+            cancel.cancel();
+            return finished(result);
+        }
+        () = cancel.cancelled() => {}
+    }
     // Open requests get a grace period; a client that never finishes cannot hold the agent.
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(result)) => result.context("serving HTTP"),
-        Ok(Err(e)) => Err(anyhow::Error::new(e).context("the HTTP server task failed")),
+        Ok(result) => finished(result),
         Err(_) => {
             tracing::warn!("Open HTTP connections did not finish in time; closing them");
             Ok(())

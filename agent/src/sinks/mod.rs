@@ -165,7 +165,7 @@ mod tests {
     struct Flaky {
         failures: u32,
         failure: Retry,
-        sent: Vec<Vec<u32>>,
+        sent: Arc<std::sync::Mutex<Vec<Vec<u32>>>>,
     }
 
     impl Sink for Flaky {
@@ -182,7 +182,7 @@ mod tests {
         }
 
         fn send(&mut self, request: &Vec<u32>) -> bool {
-            self.sent.push(request.clone());
+            self.sent.lock().unwrap().push(request.clone());
             if self.failures > 0 {
                 self.failures -= 1;
                 return false;
@@ -212,28 +212,8 @@ mod tests {
         }
         drop(tx);
         let stats = Arc::new(SinkStats::default());
-        let sink = Flaky { failures, failure, sent: Vec::new() };
-        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        struct Recorder(Flaky, std::sync::Arc<std::sync::Mutex<Vec<Vec<u32>>>>);
-        impl Sink for Recorder {
-            type Item = u32;
-            type Request = Vec<u32>;
-            type Response = bool;
-            fn name(&self) -> &'static str {
-                "recorder"
-            }
-            fn encode(&mut self, batch: &[u32]) -> Vec<u32> {
-                self.0.encode(batch)
-            }
-            fn send(&mut self, request: &Vec<u32>) -> bool {
-                self.1.lock().unwrap().push(request.clone());
-                self.0.send(request)
-            }
-            fn decide(&self, ok: &bool) -> Retry {
-                self.0.decide(ok)
-            }
-        }
-        drive(Recorder(sink, sent.clone()), rx, fast(), stats.clone());
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        drive(Flaky { failures, failure, sent: sent.clone() }, rx, fast(), stats.clone());
         let sent = sent.lock().unwrap().clone();
         (sent, stats)
     }
