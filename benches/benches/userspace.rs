@@ -169,9 +169,11 @@ fn pipeline(c: &mut Criterion) {
             for bytes in [&request, &response] {
                 connections.apply(black_box(bytes), &mut out, &telemetry);
             }
+            let mut logs = Vec::new();
             for observation in out.drain(..) {
-                black_box(store.apply(observation, &mut resolver, Instant::now()));
+                store.apply(observation, &mut resolver, Instant::now(), &mut logs);
             }
+            black_box(logs);
         })
     });
     group.finish();

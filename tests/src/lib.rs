@@ -214,6 +214,19 @@ impl Drop for CgroupGuard {
     }
 }
 
+/// Many cgroups, removed newest first when dropped (also while unwinding from a panic): the
+/// first ones created the shared parents, which empty out last.
+#[derive(Default)]
+pub struct CgroupStack(pub Vec<CgroupGuard>);
+
+impl Drop for CgroupStack {
+    fn drop(&mut self) {
+        while let Some(cgroup) = self.0.pop() {
+            drop(cgroup);
+        }
+    }
+}
+
 /// A child process killed and reaped when dropped.
 pub struct ChildGuard(pub Child);
 

@@ -34,26 +34,26 @@ impl EventSource {
                 tracing::error!(error = %e, "Polling the event ring failed; exit and OOM events are off");
                 return;
             }
-            let mut open = true;
-            let (proc_root, observations, exits, telemetry) =
-                (&self.proc_root, &self.observations, &self.exits, &self.telemetry);
+            let (proc_root, exits, telemetry) = (&self.proc_root, &self.exits, &self.telemetry);
             let exit_cgroups = self.exit_cgroups;
-            while open {
+            loop {
+                let mut batch = Vec::new();
                 let drained = self.ring.drain(BATCH, |bytes| match decode(bytes, proc_root, exit_cgroups) {
                     Some(observation) => {
                         if let (Observation::ProcessExit { tgid, .. }, Some(exits)) = (&observation, exits) {
                             exits.send(*tgid);
                         }
-                        open &= observations.send(observation);
+                        batch.push(observation);
                     }
                     None => EventsDropped { reason: DropReason::Malformed, count: 1 }.emit(telemetry),
                 });
+                let count = batch.len() as u64;
+                if count > 0 && !self.observations.send_counted(Observation::Batch(batch), count) {
+                    return;
+                }
                 if drained < BATCH {
                     break;
                 }
-            }
-            if !open {
-                return;
             }
         }
     }
@@ -65,16 +65,16 @@ fn decode(bytes: &[u8], proc_root: &std::path::Path, exit_cgroups: bool) -> Opti
     match event.kind {
         KIND_PROCESS_EXIT => Some(Observation::ProcessExit {
             tgid: event.pid,
-            cgroups: if exit_cgroups { procfs::read_proc_cgroup(proc_root, event.pid) } else { None },
+            cgroups: if exit_cgroups { procfs::read_proc_cgroup(proc_root, event.pid).map(Box::new) } else { None },
         }),
         KIND_OOM_VICTIM => {
             let victim_is_current = event.pid == event.current_tgid;
-            Some(Observation::OomKill(OomKill {
+            Some(Observation::OomKill(Box::new(OomKill {
                 victim_tgid: event.pid,
                 current_cgroup_id: event.cgroup_id,
                 victim_is_current,
                 victim_cgroups: if victim_is_current { None } else { procfs::read_proc_cgroup(proc_root, event.pid) },
-            }))
+            })))
         }
         _ => None,
     }

@@ -28,12 +28,18 @@ pub enum Observation {
     /// A process (thread group) exited. On nodes without v2 cgroup ids its cgroups are read from
     /// /proc as the exit is seen (best effort: the entry lasts until the parent reaps it), so its
     /// CPU still reaches its container when it lived less than one collection.
-    ProcessExit { tgid: u32, cgroups: Option<procfs::ProcCgroups> },
+    ProcessExit { tgid: u32, cgroups: Option<Box<procfs::ProcCgroups>> },
     /// The OOM killer chose a victim.
-    OomKill(OomKill),
+    OomKill(Box<OomKill>),
     /// One HTTP request and its response, paired on a connection.
-    Exchange { cgroup_id: u64, tgid: u32, exchange: protocol::http1::Exchange },
+    Exchange { cgroup_id: u64, tgid: u32, exchange: Box<protocol::http1::Exchange> },
+    /// Observations read from one ring in one pass, sent as one message so that a busy ring
+    /// wakes the collector once per pass, not once per record.
+    Batch(Vec<Observation>),
 }
+
+// Queues preallocate their slots: keep an observation small (the rare large parts are boxed).
+const _: () = assert!(std::mem::size_of::<Observation>() <= 32);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OomKill {
@@ -60,10 +66,15 @@ impl<T> Outbox<T> {
 
     /// Sends without waiting; `false` when the receiver is gone (the source should stop).
     pub fn send(&self, item: T) -> bool {
+        self.send_counted(item, 1)
+    }
+
+    /// Sends an item that stands for `count` events (a batch), counted as such when dropped.
+    pub fn send_counted(&self, item: T, count: u64) -> bool {
         match self.sender.try_send(item) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                EventsDropped { reason: DropReason::QueueFull, count: 1 }.emit(&self.telemetry);
+                EventsDropped { reason: DropReason::QueueFull, count }.emit(&self.telemetry);
                 true
             }
             Err(TrySendError::Disconnected(_)) => false,

@@ -90,7 +90,7 @@ impl Connections {
                 stream.parser.feed(segment, &mut self.exchanges, &mut self.skips);
                 let cgroup_id = stream.cgroup_id;
                 for exchange in self.exchanges.drain(..) {
-                    out.push(Observation::Exchange { cgroup_id, tgid: key.tgid, exchange });
+                    out.push(Observation::Exchange { cgroup_id, tgid: key.tgid, exchange: Box::new(exchange) });
                 }
                 self.count_skips(telemetry);
             }
@@ -193,8 +193,9 @@ impl PayloadSource {
                         connections.classified(key, verdict);
                     }
                 });
-                for observation in out.drain(..) {
-                    if !self.observations.send(observation) {
+                if !out.is_empty() {
+                    let count = out.len() as u64;
+                    if !self.observations.send_counted(Observation::Batch(std::mem::take(&mut out)), count) {
                         return;
                     }
                 }

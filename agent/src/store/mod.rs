@@ -129,22 +129,30 @@ impl Store {
         }
     }
 
-    /// Applies one observation; a request worth an event gives a log record.
-    pub fn apply(&mut self, observation: Observation, resolver: &mut impl Resolve, now: Instant) -> Option<LogRecord> {
+    /// Applies one observation (or a batch); requests worth an event add log records to `logs`.
+    /// Process exits are the resolver's business, not the store's.
+    pub fn apply(
+        &mut self,
+        observation: Observation,
+        resolver: &mut impl Resolve,
+        now: Instant,
+        logs: &mut Vec<LogRecord>,
+    ) {
         match observation {
-            // The resolver keeps the exited process's identity for the next fold.
-            Observation::ProcessExit { .. } => None,
-            Observation::OomKill(kill) => {
-                self.apply_oom(&kill, resolver);
-                None
+            Observation::ProcessExit { .. } => {}
+            Observation::Batch(batch) => {
+                for observation in batch {
+                    self.apply(observation, resolver, now, logs);
+                }
             }
+            Observation::OomKill(kill) => self.apply_oom(&kill, resolver),
             Observation::Exchange { cgroup_id, tgid, exchange } => {
                 let identity = resolver
                     .by_cgroup_id(cgroup_id)
                     .or_else(|| resolver.by_tgid(tgid))
                     // Watching everything: a process outside any container is its own series.
                     .unwrap_or(Identity::Other);
-                self.apply_exchange(identity, &exchange, resolver, now)
+                logs.extend(self.apply_exchange(identity, &exchange, resolver, now));
             }
         }
     }

@@ -241,7 +241,7 @@ fn request(target: &str) -> Observation {
     Observation::Exchange {
         cgroup_id: 60,
         tgid: 1,
-        exchange: Exchange {
+        exchange: Box::new(Exchange {
             start_ns: 0,
             end_ns: 2_000_000,
             method: "GET".into(),
@@ -250,7 +250,7 @@ fn request(target: &str) -> Observation {
             request_body_prefix: Vec::new(),
             request_bytes: None,
             response_bytes: None,
-        },
+        }),
     }
 }
 
@@ -266,7 +266,9 @@ fn request_routes_overflow_to_other_and_vanish_with_their_container() {
     let cgroups = [(id.clone(), path, stats(Some(0)))];
     store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
     for i in 0..10 {
-        assert!(store.apply(request(&format!("/page{i}x")), &mut resolver, Instant::now()).is_none());
+        let mut logs = Vec::new();
+        store.apply(request(&format!("/page{i}x")), &mut resolver, Instant::now(), &mut logs);
+        assert!(logs.is_empty(), "neither slow nor failed");
     }
     let snapshot = store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
     let routes: Vec<&str> =
@@ -288,7 +290,7 @@ fn oom_kills_land_in_their_container_or_are_counted() {
     let cgroups = [(id.clone(), path.clone(), stats(Some(0)))];
     // Before discovery: kept by cgroup id, applied at the fold.
     let own_kill = OomKill { victim_tgid: 5, current_cgroup_id: 80, victim_is_current: true, victim_cgroups: None };
-    store.apply(Observation::OomKill(own_kill.clone()), &mut resolver, Instant::now());
+    store.apply(Observation::OomKill(Box::new(own_kill)), &mut resolver, Instant::now(), &mut Vec::new());
     let mut probes = ProbeHealth { has_oom_probe: true, ..ProbeHealth::default() };
     probes.family = "tracepoint";
     let mut with_probes = readings(&cgroups, Some(Ok(Vec::new())));
@@ -302,10 +304,10 @@ fn oom_kills_land_in_their_container_or_are_counted() {
         victim_is_current: false,
         victim_cgroups: Some(ProcCgroups { v2: Some(path), ..ProcCgroups::default() }),
     };
-    store.apply(Observation::OomKill(other), &mut resolver, Instant::now());
+    store.apply(Observation::OomKill(Box::new(other)), &mut resolver, Instant::now(), &mut Vec::new());
     // And one that belongs to nothing attributed.
     let nowhere = OomKill { victim_tgid: 7, current_cgroup_id: 1, victim_is_current: false, victim_cgroups: None };
-    store.apply(Observation::OomKill(nowhere), &mut resolver, Instant::now());
+    store.apply(Observation::OomKill(Box::new(nowhere)), &mut resolver, Instant::now(), &mut Vec::new());
     let second = store.fold(with_probes, &mut resolver, SystemTime::now());
     assert_eq!(second.containers[0].oom_kills, 2);
     assert_eq!(telemetry.dropped_for(DropReason::OomVictimUnattributed), 1);
