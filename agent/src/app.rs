@@ -47,13 +47,13 @@ use crate::{
     telemetry::{Collected, CollectionFailed, Stage, Telemetry},
 };
 
-/// Observations waiting for the collector, which drains them between collections: three seconds
-/// of 5,000 requests/s.
-const OBSERVATION_QUEUE: usize = 16_384;
+/// Messages waiting for the collector, which drains them between collections. Sources send one
+/// batch per ring pass (about ten a second each), so this holds minutes of traffic.
+const OBSERVATION_QUEUE: usize = 1024;
 /// Exits waiting for the payload source, which reads them every 100 ms.
 const EXIT_QUEUE: usize = 8192;
-/// Log records waiting for the sinks.
-const LOG_QUEUE: usize = 4096;
+/// Log records waiting for the sinks (request events are rate-limited to a few a second).
+const LOG_QUEUE: usize = 1024;
 /// How long the HTTP server waits for open requests after a signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

@@ -341,8 +341,9 @@ fn cpu_per_request(
 
 fn pipeline_under_load(load: Duration) -> anyhow::Result<()> {
     println!("\n== The pipeline under load");
-    let cgroups = CgroupStack((0..2000u64).map(|i| CgroupGuard::create(&pod_path(10_000 + i))).collect());
+    // The server's pod first: it creates the shared parents, and goes last.
     let server_pod = CgroupGuard::create(&pod_path(9_000));
+    let cgroups = CgroupStack((0..2000u64).map(|i| CgroupGuard::create(&pod_path(10_000 + i))).collect());
     let server = HttpServer::start_in(&server_pod);
     let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n");
     std::thread::sleep(Duration::from_secs(3));

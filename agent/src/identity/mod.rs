@@ -9,6 +9,8 @@
 pub mod model;
 pub mod resolver;
 
+use std::sync::Arc;
+
 /// Kubernetes pod QoS class, as encoded in the kubelet's cgroup hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QosClass {
@@ -46,17 +48,18 @@ impl Runtime {
     }
 }
 
-/// What a cgroup path belongs to.
+/// What a cgroup path belongs to. Its names are shared (`Arc<str>`): identities are cloned for
+/// every request and every series, so a clone must not allocate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
     /// A container of a Kubernetes pod.
-    PodContainer { pod_uid: String, container_id: String, runtime: Runtime, qos: QosClass },
+    PodContainer { pod_uid: Arc<str>, container_id: Arc<str>, runtime: Runtime, qos: QosClass },
     /// The pod's own cgroup (processes placed directly in it, e.g. a sandbox without its own cgroup).
-    Pod { pod_uid: String, qos: QosClass },
+    Pod { pod_uid: Arc<str>, qos: QosClass },
     /// A Docker container outside Kubernetes.
-    Docker { container_id: String },
+    Docker { container_id: Arc<str> },
     /// A systemd unit (service or scope) outside Kubernetes.
-    SystemdUnit { unit: String },
+    SystemdUnit { unit: Arc<str> },
     /// Nothing attributable by path (root cgroup, slices, conmon scopes, malformed names).
     Other,
 }
@@ -97,12 +100,12 @@ pub fn identify(cgroup_path: &str) -> Identity {
         return Identity::Other;
     }
     if let Some(container_id) = docker(&parts) {
-        return Identity::Docker { container_id };
+        return Identity::Docker { container_id: container_id.into() };
     }
     // The deepest unit, so that `user@1000.service/app.slice/foo.scope` reports the app, while
     // sub-cgroups a service creates (`foo.service/sub`) still count as the service.
     match parts.iter().rev().find(|c| is_unit(c)) {
-        Some(unit) => Identity::SystemdUnit { unit: unit.to_string() },
+        Some(unit) => Identity::SystemdUnit { unit: (*unit).into() },
         None => Identity::Other,
     }
 }
@@ -112,11 +115,13 @@ fn kubernetes(parts: &[&str]) -> Option<Identity> {
     let (i, pod_uid, qos) =
         parts.iter().enumerate().find_map(|(i, c)| pod_component(&parts[..i], c).map(|(uid, qos)| (i, uid, qos)))?;
     let Some(next) = parts.get(i + 1) else {
-        return Some(Identity::Pod { pod_uid, qos });
+        return Some(Identity::Pod { pod_uid: pod_uid.into(), qos });
     };
     // Anything deeper than the container component belongs to that container.
     Some(match container(next) {
-        Some((runtime, container_id)) => Identity::PodContainer { pod_uid, container_id, runtime, qos },
+        Some((runtime, container_id)) => {
+            Identity::PodContainer { pod_uid: pod_uid.into(), container_id: container_id.into(), runtime, qos }
+        }
         None => Identity::Other,
     })
 }

@@ -438,21 +438,21 @@ pub fn identity_attributes(identity: &Identity, pod: Option<&PodMeta>, model: Op
         Identity::PodContainer { pod_uid, container_id, runtime, qos } => vec![
             (Attr::Namespace, pod.map(|p| p.namespace.clone()).unwrap_or_default()),
             (Attr::PodName, pod.map(|p| p.name.clone()).unwrap_or_default()),
-            (Attr::ContainerName, pod.and_then(|p| p.containers.get(container_id)).cloned().unwrap_or_default()),
+            (Attr::ContainerName, pod.and_then(|p| p.containers.get(&**container_id)).cloned().unwrap_or_default()),
             (Attr::ModelName, model_name),
             (Attr::ModelVersion, model_version),
-            (Attr::PodUid, pod_uid.clone()),
-            (Attr::ContainerId, container_id.clone()),
+            (Attr::PodUid, pod_uid.to_string()),
+            (Attr::ContainerId, container_id.to_string()),
             (Attr::ContainerRuntime, runtime.as_str().to_owned()),
             (Attr::QosClass, qos.as_str().to_owned()),
         ],
         Identity::Pod { pod_uid, qos } => {
-            vec![(Attr::PodUid, pod_uid.clone()), (Attr::QosClass, qos.as_str().to_owned())]
+            vec![(Attr::PodUid, pod_uid.to_string()), (Attr::QosClass, qos.as_str().to_owned())]
         }
         Identity::Docker { container_id } => {
-            vec![(Attr::ContainerId, container_id.clone()), (Attr::ContainerRuntime, "docker".to_owned())]
+            vec![(Attr::ContainerId, container_id.to_string()), (Attr::ContainerRuntime, "docker".to_owned())]
         }
-        Identity::SystemdUnit { unit } => vec![(Attr::SystemdUnit, unit.clone())],
+        Identity::SystemdUnit { unit } => vec![(Attr::SystemdUnit, unit.to_string())],
         Identity::Other => Vec::new(),
     }
 }
