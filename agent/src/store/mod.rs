@@ -331,7 +331,7 @@ impl Store {
         self.requests.retain(|identity| *identity == Identity::Other || tracked.contains_key(identity));
         // A request that names its pod's own model and one that names none are the same series.
         let mut merged: HashMap<(Identity, RequestKey), MergedSeries> = HashMap::new();
-        for (identity, series) in &self.requests.series {
+        for (identity, series) in self.requests.series() {
             let pod = match resolver.pod(identity) {
                 PodLookup::Known(meta) => Some(meta),
                 PodLookup::Deleted => continue,

@@ -174,12 +174,19 @@ impl RateLimit {
     }
 }
 
+/// Everything kept for one identity's requests, so a request costs one identity look-up.
+#[derive(Debug, Default)]
+struct Workload {
+    series: HashMap<RequestKey, LatencyHistogram>,
+    /// Routes seen per request-named model (`None`: the pod's own).
+    routes: HashMap<Option<String>, HashSet<String>>,
+    models: HashSet<(String, String)>,
+}
+
 #[derive(Debug)]
 pub struct RequestStore {
     config: RequestsConfig,
-    pub series: HashMap<Identity, HashMap<RequestKey, LatencyHistogram>>,
-    routes: HashMap<(Identity, Option<String>), HashSet<String>>,
-    models: HashMap<Identity, HashSet<(String, String)>>,
+    workloads: HashMap<Identity, Workload>,
     /// Requests whose route went to `_other`, by model (empty: none).
     pub route_overflow: BTreeMap<String, u64>,
     /// Requests whose model went to `_other`.
@@ -193,9 +200,7 @@ impl RequestStore {
         let per_second = f64::from(config.events_per_second);
         RequestStore {
             config,
-            series: HashMap::new(),
-            routes: HashMap::new(),
-            models: HashMap::new(),
+            workloads: HashMap::new(),
             route_overflow: BTreeMap::new(),
             model_overflow: 0,
             events_dropped: 0,
@@ -203,30 +208,50 @@ impl RequestStore {
         }
     }
 
+    /// Every identity's series.
+    pub fn series(&self) -> impl Iterator<Item = (&Identity, &HashMap<RequestKey, LatencyHistogram>)> {
+        self.workloads.iter().map(|(identity, workload)| (identity, &workload.series))
+    }
+
+    /// One identity's series, if it has any.
+    pub fn series_of(&self, identity: &Identity) -> Option<&HashMap<RequestKey, LatencyHistogram>> {
+        self.workloads.get(identity).map(|w| &w.series)
+    }
+
     /// Records one request of `identity`; returns its event (slow or failed) if it passed the
     /// rate limit.
     pub fn record(&mut self, identity: &Identity, exchange: &Exchange, now: Instant) -> Option<RequestEvent> {
         let route = route_of(&exchange.target);
         let model = route.model.or_else(|| model_from_json_body(&exchange.request_body_prefix));
+        let workload = match self.workloads.get_mut(identity) {
+            Some(workload) => workload,
+            None => self.workloads.entry(identity.clone()).or_default(),
+        };
         let model = model.map(|RequestModel { name, version }| {
             // Request-named models are client input: budget them like routes.
-            let known = self.models.entry(identity.clone()).or_default();
             let model = (name, version);
-            if known.contains(&model) || known.len() < self.config.model_budget {
-                known.insert(model.clone());
+            if workload.models.contains(&model) {
+                model
+            } else if workload.models.len() < self.config.model_budget {
+                workload.models.insert(model.clone());
                 model
             } else {
                 self.model_overflow += 1;
                 (OVERFLOW_MODEL.to_owned(), String::new())
             }
         });
-        let budget_key = (identity.clone(), model.as_ref().map(|(name, _)| name.clone()));
-        let routes = self.routes.entry(budget_key).or_default();
-        let template = if routes.contains(&route.template) || routes.len() < self.config.route_budget {
+        let model_name = model.as_ref().map(|(name, _)| name);
+        let routes = match workload.routes.get_mut(&model_name.cloned()) {
+            Some(routes) => routes,
+            None => workload.routes.entry(model_name.cloned()).or_default(),
+        };
+        let template = if routes.contains(&route.template) {
+            route.template
+        } else if routes.len() < self.config.route_budget {
             routes.insert(route.template.clone());
             route.template
         } else {
-            *self.route_overflow.entry(model.as_ref().map(|(n, _)| n.clone()).unwrap_or_default()).or_default() += 1;
+            *self.route_overflow.entry(model_name.cloned().unwrap_or_default()).or_default() += 1;
             OVERFLOW_ROUTE.to_owned()
         };
         let duration_ns = exchange.end_ns.saturating_sub(exchange.start_ns);
@@ -254,18 +279,15 @@ impl RequestStore {
                 None
             }
         });
-        self.series.entry(identity.clone()).or_default().entry(key).or_default().record(duration_ns);
+        workload.series.entry(key).or_default().record(duration_ns);
         event
     }
 
     /// Forgets everything about identities that are gone.
     pub fn retain(&mut self, keep: impl Fn(&Identity) -> bool) {
-        self.series.retain(|identity, _| keep(identity));
-        self.routes.retain(|(identity, _), _| keep(identity));
-        self.models.retain(|identity, _| keep(identity));
+        self.workloads.retain(|identity, _| keep(identity));
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +340,7 @@ mod tests {
         let mut store = RequestStore::new(RequestsConfig::default());
         exchange(&mut store, 3, "/v2/models/resnet50/versions/3/infer", 200, 0, 20);
         exchange(&mut store, 3, "/users/123?x=1", 404, 100, 2);
-        let series = &store.series[&pod()];
+        let series = store.series_of(&pod()).unwrap();
         let infer = series.keys().find(|k| k.route.contains("infer")).unwrap();
         assert_eq!(infer.model, Some(("resnet50".to_owned(), "3".to_owned())));
         assert_eq!(infer.method, "GET");
@@ -334,7 +356,7 @@ mod tests {
         for i in 0..10 {
             exchange(&mut store, 4, &format!("/page{i}x"), 200, i * 10, 1);
         }
-        let series = &store.series[&pod()];
+        let series = store.series_of(&pod()).unwrap();
         assert_eq!(series.len(), 4, "{series:?}");
         assert_eq!(series.iter().find(|(k, _)| k.route == OVERFLOW_ROUTE).unwrap().1.count, 7);
         assert_eq!(store.route_overflow[""], 7);
@@ -346,7 +368,7 @@ mod tests {
         for i in 0..5 {
             exchange(&mut store, 7, &format!("/v2/models/m/versions/{i}/infer"), 200, i * 10, 1);
         }
-        let series = &store.series[&pod()];
+        let series = store.series_of(&pod()).unwrap();
         assert_eq!(series.len(), 3, "{series:?}");
         let other = series.iter().find(|(k, _)| k.model.as_ref().is_some_and(|(n, _)| n == OVERFLOW_MODEL)).unwrap();
         assert_eq!(other.1.count, 3);
@@ -368,6 +390,6 @@ mod tests {
         let mut store = RequestStore::new(RequestsConfig::default());
         exchange(&mut store, 6, "/a", 200, 0, 1);
         store.retain(|_| false);
-        assert!(store.series.is_empty());
+        assert!(store.series().next().is_none());
     }
 }
