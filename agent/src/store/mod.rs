@@ -70,8 +70,7 @@ pub struct CpuEntry {
 pub struct ProbeHealth {
     pub family: &'static str,
     pub programs: Vec<ProbeRow>,
-    /// Per-CPU counters of the probes, summed, by name.
-    pub counters: Vec<(&'static str, u64)>,
+    pub counters: kernel::ProbeCounters,
     pub has_oom_probe: bool,
     pub requests_traced: bool,
     pub watched_cgroups: usize,
@@ -373,23 +372,20 @@ impl Store {
     fn agent_row(&self, readings: &Readings, unattributed_cpu_ns: Option<u64>) -> AgentRow {
         let telemetry = &self.telemetry;
         let probes = readings.probes.clone().unwrap_or_default();
-        let ring = |name: &str| match name {
-            "ringbuf_drops" => Some("events"),
-            "data_ringbuf_drops" => Some("payloads"),
-            _ => None,
-        };
+        let counters = &probes.counters;
         AgentRow {
             collections: telemetry.collections(),
             last_collection_seconds: telemetry.last_collection_duration().as_secs_f64(),
             probe_family: readings.probes.as_ref().map(|p| p.family.to_owned()),
             probes: probes.programs,
-            ringbuf_drops: probes.counters.iter().filter_map(|(name, n)| Some((ring(name)?.to_owned(), *n))).collect(),
-            probe_errors: probes
-                .counters
-                .iter()
-                .filter(|(name, _)| ring(name).is_none())
-                .map(|(name, n)| (name.to_string(), *n))
-                .collect(),
+            ringbuf_drops: match readings.probes {
+                Some(_) => vec![
+                    ("events".to_owned(), counters.events_ring_drops),
+                    ("payloads".to_owned(), counters.payload_ring_drops),
+                ],
+                None => Vec::new(),
+            },
+            probe_errors: counters.errors.iter().map(|(name, n)| (name.to_string(), *n)).collect(),
             collection_errors: telemetry.collection_errors(),
             unattributed_cpu_seconds: unattributed_cpu_ns.map(|ns| ns as f64 / 1e9),
             requests_traced: probes.requests_traced,

@@ -178,6 +178,17 @@ impl FdClasses {
     }
 }
 
+/// What the probes count about themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeCounters {
+    /// Exit and OOM events lost to a full ring buffer.
+    pub events_ring_drops: u64,
+    /// Payload records lost to a full ring buffer.
+    pub payload_ring_drops: u64,
+    /// Failures inside the probes, by kind (`task_cpu_map_full`, …).
+    pub errors: Vec<(&'static str, u64)>,
+}
+
 /// One attached program, for bpf_stats and `doctor`.
 #[derive(Debug, Clone)]
 pub struct AttachedProgram {
@@ -402,16 +413,17 @@ impl Probes {
         }
     }
 
-    /// The per-CPU error counters of the probes, summed, by name.
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        counters::NAMES
-            .iter()
-            .enumerate()
-            .map(|(index, name)| {
-                let total = self.counters.get(&(index as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
-                (*name, total)
-            })
-            .collect()
+    /// The per-CPU counters of the probes, summed.
+    pub fn counters(&self) -> ProbeCounters {
+        let read = |index: u32| self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        ProbeCounters {
+            events_ring_drops: read(counters::RINGBUF_DROPS),
+            payload_ring_drops: read(counters::DATA_RINGBUF_DROPS),
+            errors: [counters::TASK_CPU_FULL, counters::WAKEUP_TS_ERRORS, counters::ACTIVE_CALL_ERRORS]
+                .into_iter()
+                .map(|index| (counters::NAMES[index as usize], read(index)))
+                .collect(),
+        }
     }
 
     /// Run time and count of each attached program (zero unless bpf_stats is on).
