@@ -14,6 +14,9 @@ use serde_yaml_ng as serde_yaml;
 
 use crate::{sources::kubernetes::KubernetesConfig, store::requests::RequestsConfig};
 
+/// The shortest `interval`: a collection walks every cgroup and reads every tracked one's files.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Environment variables with this prefix override config fields.
 pub const ENV_PREFIX: &str = "MODELMETER_";
 
@@ -35,6 +38,8 @@ pub enum ConfigError {
     Field { field: String, message: String },
     #[error("environment variable {var} is not valid: {message}")]
     Env { var: String, message: String },
+    #[error("config file {path} must be a mapping of settings (`listen: …`), found {found}")]
+    NotMapping { path: PathBuf, found: &'static str },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,8 +169,21 @@ impl Config {
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
                 let value: serde_yaml::Value = serde_yaml::from_str(&text)
                     .map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })?;
-                // An empty file is an empty config.
-                if value.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { value }
+                match value {
+                    // An empty file is an empty config.
+                    serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+                    value @ serde_yaml::Value::Mapping(_) => value,
+                    other => {
+                        let found = match other {
+                            serde_yaml::Value::Sequence(_) => "a list",
+                            serde_yaml::Value::String(_) => "a string",
+                            serde_yaml::Value::Number(_) => "a number",
+                            serde_yaml::Value::Bool(_) => "a boolean",
+                            _ => "a tagged value",
+                        };
+                        return Err(ConfigError::NotMapping { path: path.to_owned(), found });
+                    }
+                }
             }
             None => serde_yaml::Value::Mapping(Default::default()),
         };
@@ -193,8 +211,19 @@ impl Config {
         let field_error = |field: &str, message: &str| {
             Err(ConfigError::Field { field: field.to_owned(), message: message.to_owned() })
         };
-        if self.interval.is_zero() {
-            return field_error("interval", "must be greater than zero");
+        if self.interval < MIN_INTERVAL {
+            return field_error("interval", "must be at least 1s (each collection walks every cgroup)");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return field_error("log.level", &format!("is not a log filter such as `info` or `modelmeter=debug`: {e}"));
+        }
+        // A /proc has `stat` and a `self` link; anything else would make every look-up miss silently.
+        if !self.proc_root.join("stat").is_file() {
+            let message = format!("{} is not a proc filesystem (no `stat` in it)", self.proc_root.display());
+            return field_error("proc_root", &message);
+        }
+        if !self.cgroup_root.is_dir() {
+            return field_error("cgroup_root", &format!("{} is not a directory", self.cgroup_root.display()));
         }
         for (field, ring) in [
             ("probes.ring_buffer_bytes", self.probes.ring_buffer_bytes.get()),
@@ -275,6 +304,35 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), yaml).unwrap();
         Config::load(Some(file.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_mapping_says_so() {
+        for (yaml, found) in [("- listen\n- interval\n", "a list"), ("just text\n", "a string"), ("42\n", "a number")] {
+            let err = load_str(yaml, &[]).unwrap_err();
+            assert!(matches!(err, ConfigError::NotMapping { .. }), "{err}");
+            let message = err.to_string();
+            assert!(message.contains(found) && !message.contains("environment"), "{message}");
+        }
+    }
+
+    #[test]
+    fn unsafe_or_wrong_settings_name_the_field() {
+        for (yaml, field) in [
+            ("interval: 1ns\n", "interval"),
+            ("interval: 999ms\n", "interval"),
+            ("log:\n  level: \"modelmeter=loud\"\n", "log.level"),
+            ("proc_root: /nonexistent-proc\n", "proc_root"),
+            ("proc_root: /etc\n", "proc_root"),
+            ("cgroup_root: /nonexistent-cgroup\n", "cgroup_root"),
+        ] {
+            match load_str(yaml, &[]) {
+                Err(ConfigError::Field { field: got, message }) => assert_eq!(got, field, "{yaml}: {message}"),
+                other => panic!("{yaml}: expected an error at `{field}`, got {other:?}"),
+            }
+        }
+        assert_eq!(load_str("interval: 1s\n", &[]).unwrap().interval, Duration::from_secs(1));
+        assert!(load_str("log:\n  level: \"info,modelmeter=debug\"\n", &[]).is_ok());
     }
 
     #[test]

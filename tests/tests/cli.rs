@@ -35,6 +35,31 @@ fn bad_config_names_the_field_and_exits_2() {
     let (code, stderr) = run_with_config("cgroup_root: /nonexistent\n", &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("cgroup_root"), "{stderr}");
+
+    // Settings that would hurt or silently do nothing, and a file that is not a mapping.
+    for (yaml, names) in [
+        ("interval: 1ns\n", "interval"),
+        ("log:\n  level: \"modelmeter=loud\"\n", "log.level"),
+        ("proc_root: /nonexistent-proc\n", "proc_root"),
+        ("- listen\n- interval\n", "must be a mapping"),
+        ("42\n", "must be a mapping"),
+    ] {
+        let (code, stderr) = run_with_config(yaml, &[]);
+        assert_eq!(code, 2, "{yaml}: {stderr}");
+        assert!(stderr.contains(names) && !stderr.contains("environment"), "{yaml}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one sentence expected: {stderr}");
+    }
+}
+
+#[test]
+fn a_taken_listen_port_exits_2_before_loading_probes() {
+    require_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    let address = taken.local_addr().expect("its address").to_string();
+    let (code, stderr) = run_with_config(&format!("listen: {address}\n"), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("listen") && stderr.contains(&address), "{stderr}");
+    assert!(!stderr.contains("Probes attached"), "the probes were loaded first: {stderr}");
 }
 
 #[test]
