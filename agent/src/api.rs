@@ -112,3 +112,101 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
         None => (StatusCode::SERVICE_UNAVAILABLE, "first collection not finished\n").into_response(),
     }
 }
+
+/// Limits of the agent's own HTTP server: a client that sends slowly, or not at all, or opens
+/// thousands of connections, costs bounded memory and never blocks `/healthz` or shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// A request head must arrive within this; a kept-alive connection idle this long is closed.
+    pub header_read_timeout: Duration,
+    /// Open connections at most; a new one beyond it closes the oldest.
+    pub max_connections: usize,
+    /// The largest request head accepted (431 beyond).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { header_read_timeout: Duration::from_secs(10), max_connections: 512, max_header_bytes: 16 * 1024 }
+    }
+}
+
+/// Open connections, oldest first, each with the token that closes it.
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    open: std::collections::VecDeque<(u64, tokio_util::sync::CancellationToken)>,
+}
+
+/// Serves `router` on `listener` until `stop` fires; then open connections get `grace` to finish
+/// and are dropped after it. Returns how many connections were closed early to make room.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    stop: tokio_util::sync::CancellationToken,
+    grace: Duration,
+) -> u64 {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = Arc::new(std::sync::Mutex::new(Connections::default()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes);
+    let mut evicted = 0;
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::debug!(error = %e, "Accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let token = tokio_util::sync::CancellationToken::new();
+        let id = {
+            let mut open = connections.lock().unwrap_or_else(|e| e.into_inner());
+            // At the limit the oldest goes: a flood of idle or half-sent connections cannot keep
+            // a health check or a scrape out, and memory stays bounded.
+            while open.open.len() >= limits.max_connections.max(1) {
+                if let Some((_, oldest)) = open.open.pop_front() {
+                    oldest.cancel();
+                    evicted += 1;
+                }
+            }
+            open.next_id += 1;
+            let id = open.next_id;
+            open.open.push_back((id, token.clone()));
+            id
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                () = token.cancelled() => {}
+            }
+            let mut open = connections.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = open.open.iter().position(|(other, _)| *other == id) {
+                open.open.remove(at);
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("Open HTTP connections did not finish in time; closing them");
+    }
+    // Whatever is left is dropped with the runtime.
+    for (_, token) in connections.lock().unwrap_or_else(|e| e.into_inner()).open.drain(..) {
+        token.cancel();
+    }
+    evicted
+}

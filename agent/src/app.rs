@@ -76,6 +76,7 @@ pub enum Control {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
+    config.check_paths().map_err(|e| RunError::Usage(e.into()))?;
     let layout = Layout::detect(&config.cgroup_root)
         .map_err(|e| RunError::Usage(anyhow::Error::new(e).context("cgroup_root names no cgroup hierarchy")))?;
     tracing::info!(layout = %layout.describe(), "Detected cgroups");
@@ -226,33 +227,18 @@ async fn serve(
 ) -> Result<(), anyhow::Error> {
     listener.set_nonblocking(true).context("listening socket")?;
     let listener = tokio::net::TcpListener::from_std(listener).context("listening socket")?;
-    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Serving /metrics, /healthz, /readyz");
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(address = %address, "Serving /metrics, /healthz, /readyz");
     let stopping = cancel.clone();
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         shutdown_signal().await;
         stopping.cancel();
     });
-    let mut server = tokio::spawn(async move { server.await });
-    let finished = |result: Result<std::io::Result<()>, tokio::task::JoinError>| match result {
-        Ok(result) => result.context("serving HTTP"),
-        Err(e) => Err(anyhow::Error::new(e).context("the HTTP server task failed")),
-    };
-    tokio::select! {
-        // The server failed by itself: everything else stops too.
-        result = &mut server => {
-            cancel.cancel();
-            return finished(result);
-        }
-        () = cancel.cancelled() => {}
+    let evicted = api::serve(listener, api::router(state), api::ServerLimits::default(), cancel, SHUTDOWN_GRACE).await;
+    if evicted > 0 {
+        tracing::info!(connections = evicted, "Closed the oldest HTTP connections to stay within the limit");
     }
-    // Open requests get a grace period; a client that never finishes cannot hold the agent.
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(result) => finished(result),
-        Err(_) => {
-            tracing::warn!("Open HTTP connections did not finish in time; closing them");
-            Ok(())
-        }
-    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -207,6 +207,21 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks the paths the agent reads on this machine. Separate from loading, so that a config
+    /// written for a node (`/host/proc` in the DaemonSet) still loads elsewhere, e.g. in `doctor`.
+    pub fn check_paths(&self) -> Result<(), ConfigError> {
+        // A /proc has `stat`; anything else would make every process look-up miss silently.
+        if !self.proc_root.join("stat").is_file() {
+            let message = format!("{} is not a proc filesystem (no `stat` in it)", self.proc_root.display());
+            return Err(ConfigError::Field { field: "proc_root".into(), message });
+        }
+        if !self.cgroup_root.is_dir() {
+            let message = format!("{} is not a directory", self.cgroup_root.display());
+            return Err(ConfigError::Field { field: "cgroup_root".into(), message });
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let field_error = |field: &str, message: &str| {
             Err(ConfigError::Field { field: field.to_owned(), message: message.to_owned() })
@@ -217,14 +232,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return field_error("log.level", &format!("is not a log filter such as `info` or `modelmeter=debug`: {e}"));
         }
-        // A /proc has `stat` and a `self` link; anything else would make every look-up miss silently.
-        if !self.proc_root.join("stat").is_file() {
-            let message = format!("{} is not a proc filesystem (no `stat` in it)", self.proc_root.display());
-            return field_error("proc_root", &message);
-        }
-        if !self.cgroup_root.is_dir() {
-            return field_error("cgroup_root", &format!("{} is not a directory", self.cgroup_root.display()));
-        }
+
         for (field, ring) in [
             ("probes.ring_buffer_bytes", self.probes.ring_buffer_bytes.get()),
             ("probes.data_ring_buffer_bytes", self.probes.data_ring_buffer_bytes.get()),
@@ -322,9 +330,6 @@ mod tests {
             ("interval: 1ns\n", "interval"),
             ("interval: 999ms\n", "interval"),
             ("log:\n  level: \"modelmeter=loud\"\n", "log.level"),
-            ("proc_root: /nonexistent-proc\n", "proc_root"),
-            ("proc_root: /etc\n", "proc_root"),
-            ("cgroup_root: /nonexistent-cgroup\n", "cgroup_root"),
         ] {
             match load_str(yaml, &[]) {
                 Err(ConfigError::Field { field: got, message }) => assert_eq!(got, field, "{yaml}: {message}"),
@@ -332,6 +337,18 @@ mod tests {
             }
         }
         assert_eq!(load_str("interval: 1s\n", &[]).unwrap().interval, Duration::from_secs(1));
+        for (yaml, field) in [
+            ("proc_root: /nonexistent-proc\n", "proc_root"),
+            ("proc_root: /etc\n", "proc_root"),
+            ("cgroup_root: /nonexistent-cgroup\n", "cgroup_root"),
+        ] {
+            let config = load_str(yaml, &[]).expect("paths are checked on the machine that runs the agent");
+            match config.check_paths() {
+                Err(ConfigError::Field { field: got, message }) => assert_eq!(got, field, "{yaml}: {message}"),
+                other => panic!("{yaml}: expected an error at `{field}`, got {other:?}"),
+            }
+        }
+        assert!(Config::default().check_paths().is_ok());
         assert!(load_str("log:\n  level: \"info,modelmeter=debug\"\n", &[]).is_ok());
     }
 

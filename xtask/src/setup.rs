@@ -8,8 +8,9 @@ use anyhow::{Context, bail};
 use crate::{cmd, is_root};
 
 /// Debian packages: LLVM 22 to build bpf-linker against the nightly's LLVM, and the real
-/// Prometheus server the end-to-end tests scrape with.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "prometheus"];
+/// Prometheus server the end-to-end tests scrape with, and bpftool, with which they read the
+/// kernel's list of loaded programs.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "prometheus", "bpftool"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// bpf-linker 0.13 matches LLVM 22 and this project's aya pins.
 const BPF_LINKER_VERSION: &str = "0.13";
