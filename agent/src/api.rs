@@ -10,14 +10,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use prometheus_client::registry::Registry;
 
 use crate::{app::Control, store::SnapshotCell};
 
 /// What the handlers share.
 pub struct ApiState {
     pub cell: Arc<SnapshotCell>,
-    pub registry: Registry,
     /// Asks the collector for a fresh snapshot and waits for it; `None` when collecting on demand is off.
     pub refresh: Option<crossbeam_channel::Sender<Control>>,
     /// A snapshot younger than this is served as it is.
@@ -90,7 +88,16 @@ async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     refresh_if_stale(&state).await;
-    match crate::sinks::prometheus::encode(&state.registry) {
+    let cell = state.cell.clone();
+    // Encoding a large node's exposition takes tens of milliseconds: off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || crate::sinks::prometheus::latest_text(&cell)).await;
+    let encoded = match encoded {
+        Ok(encoded) => encoded,
+        Err(e) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response();
+        }
+    };
+    match encoded {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response(),

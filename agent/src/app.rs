@@ -175,8 +175,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .map_err(RunError::Failed)?;
 
     let state = Arc::new(api::ApiState {
-        cell: cell.clone(),
-        registry: sinks::prometheus::registry(cell),
+        cell,
         refresh: Some(control_tx.clone()),
         min_collect_interval: config.min_collect_interval,
         max_snapshot_age: config.interval * 3 + Duration::from_secs(30),

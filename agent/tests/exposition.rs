@@ -131,6 +131,7 @@ fn fixed_snapshot() -> Snapshot {
             watched_cgroups: 2,
             connections: 5,
             route_overflow: vec![("bert".into(), 4)],
+            series_overflow: vec![("workload_budget", 9), ("node_budget", 0)],
             model_overflow: 1,
             http_skipped: vec![(SkipReason::NotHttp, 6), (SkipReason::UnmatchedResponse, 1)],
             events_dropped: vec![

@@ -253,3 +253,89 @@ fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
         metrics.select("modelmeter_http_skipped_total", &[("reason", "not_http")]).map(|s| s.value).sum();
     assert!(skipped >= 20.0, "random bytes should be counted as not HTTP, got {skipped}");
 }
+
+/// The agent's peak resident memory so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc status")
+        * 1024
+}
+
+#[test]
+fn a_client_cannot_inflate_the_series_beyond_the_budgets() {
+    require_root();
+    let (pod, uid) = pod_cgroup(304);
+    let agent = Agent::start(AGENT_CONFIG);
+    let server = HttpServer::start_in(&pod);
+    // 25 models in the body × 60 paths × 8 methods (two of them non-standard), 12,000 requests.
+    const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE", "REPORT"];
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let port = server.port;
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+                stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+                for i in 0..1500u64 {
+                    let n = t * 1500 + i;
+                    let body = format!(r#"{{"model":"m{}","input":[1,2,3]}}"#, n % 25);
+                    let request = format!(
+                        "{} /page{}x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        METHODS[(n / 25 % 8) as usize],
+                        n / 200 % 60,
+                        body.len()
+                    );
+                    stream.write_all(request.as_bytes()).expect("sending");
+                    assert_eq!(read_response(&mut stream).expect("a response").0, 200);
+                    // About 4,000 requests/s in all: within what the payload ring holds between
+                    // two reads, so that every request is captured and the count can be exact.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("load thread");
+    }
+    // Every request is counted, in budgeted series.
+    let series = wait_for(Duration::from_secs(20), "the agent to count 12,000 requests", || {
+        let series: Vec<Value> = agent.snapshot()["requests"]
+            .as_array()
+            .expect("requests")
+            .iter()
+            .filter(|r| r["labels"]["pod_uid"] == uid.as_str())
+            .cloned()
+            .collect();
+        (series.iter().map(|s| s["count"].as_u64().unwrap_or(0)).sum::<u64>() == 12_000).then_some(series)
+    });
+    // The workload budget (200) holds; beyond it one `_other` series per status and model presence.
+    assert!(series.len() <= 201, "{} series for one pod", series.len());
+    assert!(
+        series.iter().any(|s| s["labels"]["http_route"] == "_other" && s["labels"]["http_request_method"] == "_OTHER")
+    );
+    let methods: std::collections::BTreeSet<&str> =
+        series.iter().filter_map(|s| s["labels"]["http_request_method"].as_str()).collect();
+    assert!(!methods.contains("PURGE") && !methods.contains("REPORT"), "non-standard methods are _OTHER: {methods:?}");
+    let metrics = agent.metrics();
+    let folded = metrics.get("modelmeter_http_series_overflow_total", &[("reason", "workload_budget")]).unwrap_or(0.0);
+    assert!(folded > 0.0, "requests folded by the workload budget are counted");
+    // The exposition stays small, and eight scrapes at once share one encoding.
+    let exposition = e2e::http_get(&agent.url("/metrics")).expect("metrics");
+    assert!(exposition.len() < 2_000_000, "/metrics is {} bytes", exposition.len());
+    let scrapes: Vec<_> = (0..8)
+        .map(|_| {
+            let url = agent.url("/metrics");
+            std::thread::spawn(move || e2e::http_get(&url).map(|text| text.len()))
+        })
+        .collect();
+    for scrape in scrapes {
+        let size = scrape.join().expect("scrape thread").expect("a scrape");
+        assert!(size < 2_000_000, "{size} bytes");
+    }
+    let peak = peak_rss(agent.pid());
+    assert!(peak < 64 * 1024 * 1024, "agent peak RSS {:.1} MB", peak as f64 / 1e6);
+    eprintln!("{} series, /metrics {} bytes, peak RSS {:.1} MB", series.len(), exposition.len(), peak as f64 / 1e6);
+}

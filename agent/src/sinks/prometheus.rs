@@ -22,17 +22,10 @@ fn labels(attributes: &[(Attr, String)]) -> Labels {
     attributes.iter().map(|(attr, value)| (attr.prometheus(), value.clone())).collect()
 }
 
-/// Encodes the current snapshot of a [`SnapshotCell`] on every scrape.
+/// Encodes one snapshot.
 #[derive(Debug)]
-pub struct SnapshotCollector {
-    cell: Arc<SnapshotCell>,
-}
-
-/// A registry holding the snapshot collector; encode it with `prometheus_client::encoding::text::encode`.
-pub fn registry(cell: Arc<SnapshotCell>) -> Registry {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(SnapshotCollector { cell }));
-    registry
+struct SnapshotCollector {
+    snapshot: Arc<Snapshot>,
 }
 
 /// One family: a descriptor, then one sample per label set.
@@ -92,7 +85,7 @@ fn rows<'a, T>(
 
 impl prometheus_client::collector::Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        encode_snapshot(&self.cell.get(), &mut encoder)
+        encode_snapshot(&self.snapshot, &mut encoder)
     }
 }
 
@@ -285,6 +278,20 @@ fn encode_agent(e: &mut DescriptorEncoder, agent: &crate::store::AgentRow) -> Re
     )?;
     family(
         e,
+        "modelmeter_http_series_overflow",
+        "Requests folded into `_other` series because a series budget (workload, node) was spent.",
+        None,
+        MetricType::Counter,
+        agent
+            .requests_traced
+            .then_some(&agent.series_overflow)
+            .into_iter()
+            .flatten()
+            .map(|(reason, n)| (vec![("reason", reason.to_string())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
         "modelmeter_http_model_overflow",
         "Requests labelled model `_other` because their workload's requests named too many models.",
         None,
@@ -349,16 +356,22 @@ fn encode_agent(e: &mut DescriptorEncoder, agent: &crate::store::AgentRow) -> Re
     )
 }
 
-/// The exposition text of one snapshot (golden tests, the debug CLI).
-pub fn encode_snapshot_text(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
-    let cell = Arc::new(SnapshotCell::default());
-    cell.set(snapshot);
-    encode(&registry(cell))
+/// The exposition text of one snapshot.
+pub fn encode(snapshot: Arc<Snapshot>) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector { snapshot }));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
 }
 
-/// The exposition text of a registry.
-pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)?;
-    Ok(text)
+/// The exposition text of one snapshot (golden tests, the debug CLI).
+pub fn encode_snapshot_text(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+    encode(Arc::new(snapshot))
+}
+
+/// The latest snapshot's exposition, encoded once however many scrapes ask for it at once, and
+/// shared by them (each scrape holds a reference, not a copy).
+pub fn latest_text(cell: &SnapshotCell) -> Result<axum::body::Bytes, std::fmt::Error> {
+    cell.encoded(|snapshot| encode(snapshot.clone()).map(axum::body::Bytes::from))
 }

@@ -182,11 +182,12 @@ impl Store {
         resolver: &impl Resolve,
         now: Instant,
     ) -> Option<LogRecord> {
-        let event = self.requests.record(&identity, exchange, now)?;
-        let pod = match resolver.pod(&identity) {
+        let pod = || match resolver.pod(&identity) {
             PodLookup::Known(meta) => Some(meta),
             PodLookup::Deleted | PodLookup::Unknown => None,
         };
+        let event = self.requests.record(&identity, || series_budget_of(&identity, pod().as_deref()), exchange, now)?;
+        let pod = pod();
         let model = event.model.clone().or_else(|| pod.as_ref()?.model.as_ref().map(|m| m.name.clone()));
         let severity = if event.status >= 500 { Severity::Error } else { Severity::Warn };
         Some(LogRecord {
@@ -392,6 +393,10 @@ impl Store {
             watched_cgroups: probes.watched_cgroups as u64,
             connections: telemetry.connections(),
             route_overflow: self.requests.route_overflow.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            series_overflow: [requests::SeriesOverflow::Workload, requests::SeriesOverflow::Node]
+                .into_iter()
+                .map(|reason| (reason.label(), self.requests.series_overflow.get(&reason).copied().unwrap_or(0)))
+                .collect(),
             model_overflow: self.requests.model_overflow,
             http_skipped: telemetry.skipped(),
             events_dropped: {
@@ -407,6 +412,23 @@ impl Store {
             cpu_seconds: readings.own.map(|o| o.cpu_seconds),
             resident_bytes: readings.own.map(|o| o.resident_bytes),
         }
+    }
+}
+
+/// The workload whose series budget an identity's request series count against: its pod's
+/// controller (a ReplicaSet counts as its Deployment), else the pod, else the identity itself.
+fn series_budget_of(identity: &Identity, pod: Option<&PodMeta>) -> Arc<str> {
+    if let Some(pod) = pod
+        && let Some(owner) = &pod.owner
+    {
+        let name = crate::identity::model::workload_name(owner, &pod.labels).unwrap_or_else(|| owner.name.clone());
+        let kind = if owner.kind == "ReplicaSet" && name != owner.name { "Deployment" } else { owner.kind.as_str() };
+        return format!("{}/{kind}/{name}", pod.namespace).into();
+    }
+    match (identity.pod_uid(), identity.container_id()) {
+        (Some(uid), _) => format!("pod/{uid}").into(),
+        (None, Some(id)) => format!("container/{id}").into(),
+        (None, None) => format!("{identity:?}").into(),
     }
 }
 

@@ -58,6 +58,12 @@ pub struct RequestsConfig {
     pub slow_threshold: Duration,
     /// At most this many slow/failed request events per second; the rest are counted. Default `5`.
     pub events_per_second: u32,
+    /// Request series kept per workload (the pods of one Deployment, StatefulSet, … or one pod
+    /// without the Kubernetes API) across method, route, status and model; requests beyond it
+    /// fold into one `_other` series per status and are counted. Default `200`.
+    pub workload_series_budget: usize,
+    /// Request series kept for the whole node, folded the same way beyond it. Default `2000`.
+    pub node_series_budget: usize,
 }
 
 impl Default for RequestsConfig {
@@ -68,6 +74,8 @@ impl Default for RequestsConfig {
             model_budget: 20,
             slow_threshold: Duration::from_secs(1),
             events_per_second: 5,
+            workload_series_budget: 200,
+            node_series_budget: 2000,
         }
     }
 }
@@ -174,9 +182,29 @@ impl RateLimit {
     }
 }
 
+/// Why a request went to a series budget's `_other` series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SeriesOverflow {
+    Workload,
+    Node,
+}
+
+impl SeriesOverflow {
+    pub fn label(self) -> &'static str {
+        match self {
+            SeriesOverflow::Workload => "workload_budget",
+            SeriesOverflow::Node => "node_budget",
+        }
+    }
+}
+
 /// Everything kept for one identity's requests, so a request costs one identity look-up.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Workload {
+    /// The budget this identity's series count against (its pod's workload).
+    budget: std::sync::Arc<str>,
+    /// Series counted against the budgets (the `_other` ones are not).
+    counted: usize,
     series: HashMap<RequestKey, LatencyHistogram>,
     /// Routes seen per request-named model (`None`: the pod's own).
     routes: HashMap<Option<String>, HashSet<String>>,
@@ -187,6 +215,11 @@ struct Workload {
 pub struct RequestStore {
     config: RequestsConfig,
     workloads: HashMap<Identity, Workload>,
+    /// Series counted per workload budget, and for the node.
+    budget_use: HashMap<std::sync::Arc<str>, usize>,
+    node_series: usize,
+    /// Requests folded into `_other` series by a series budget, by budget.
+    pub series_overflow: BTreeMap<SeriesOverflow, u64>,
     /// Requests whose route went to `_other`, by model (empty: none).
     pub route_overflow: BTreeMap<String, u64>,
     /// Requests whose model went to `_other`.
@@ -201,6 +234,9 @@ impl RequestStore {
         RequestStore {
             config,
             workloads: HashMap::new(),
+            budget_use: HashMap::new(),
+            node_series: 0,
+            series_overflow: BTreeMap::new(),
             route_overflow: BTreeMap::new(),
             model_overflow: 0,
             events_dropped: 0,
@@ -220,12 +256,26 @@ impl RequestStore {
 
     /// Records one request of `identity`; returns its event (slow or failed) if it passed the
     /// rate limit.
-    pub fn record(&mut self, identity: &Identity, exchange: &Exchange, now: Instant) -> Option<RequestEvent> {
+    /// `budget` names the workload whose series budget the identity's series count against; it
+    /// is asked once per identity.
+    pub fn record(
+        &mut self,
+        identity: &Identity,
+        budget: impl FnOnce() -> std::sync::Arc<str>,
+        exchange: &Exchange,
+        now: Instant,
+    ) -> Option<RequestEvent> {
         let route = route_of(&exchange.target);
         let model = route.model.or_else(|| model_from_json_body(&exchange.request_body_prefix));
         let workload = match self.workloads.get_mut(identity) {
             Some(workload) => workload,
-            None => self.workloads.entry(identity.clone()).or_default(),
+            None => self.workloads.entry(identity.clone()).or_insert_with(|| Workload {
+                budget: budget(),
+                counted: 0,
+                series: HashMap::new(),
+                routes: HashMap::new(),
+                models: HashSet::new(),
+            }),
         };
         let model = model.map(|RequestModel { name, version }| {
             // Request-named models are client input: budget them like routes.
@@ -256,7 +306,31 @@ impl RequestStore {
         };
         let duration_ns = exchange.end_ns.saturating_sub(exchange.start_ns);
         let method = method_label(&exchange.method);
-        let key = RequestKey { method, route: template, status: exchange.status, model };
+        let mut key = RequestKey { method, route: template, status: exchange.status, model };
+        if !workload.series.contains_key(&key) {
+            let used = self.budget_use.get(&workload.budget).copied().unwrap_or(0);
+            let over = if self.node_series >= self.config.node_series_budget {
+                Some(SeriesOverflow::Node)
+            } else if used >= self.config.workload_series_budget {
+                Some(SeriesOverflow::Workload)
+            } else {
+                None
+            };
+            match over {
+                // One `_other` series per status (and per whether a model was named) keeps errors
+                // visible while the budget holds.
+                Some(reason) => {
+                    *self.series_overflow.entry(reason).or_default() += 1;
+                    let model = key.model.as_ref().map(|_| (OVERFLOW_MODEL.to_owned(), String::new()));
+                    key = RequestKey { method: "_OTHER", route: OVERFLOW_ROUTE.to_owned(), status: key.status, model };
+                }
+                None => {
+                    workload.counted += 1;
+                    *self.budget_use.entry(workload.budget.clone()).or_default() += 1;
+                    self.node_series += 1;
+                }
+            }
+        }
         let event = if exchange.status >= 500 {
             Some("failed_request")
         } else if Duration::from_nanos(duration_ns) >= self.config.slow_threshold {
@@ -283,9 +357,22 @@ impl RequestStore {
         event
     }
 
-    /// Forgets everything about identities that are gone.
+    /// Forgets everything about identities that are gone; their series leave the budgets.
     pub fn retain(&mut self, keep: impl Fn(&Identity) -> bool) {
-        self.workloads.retain(|identity, _| keep(identity));
+        let (budget_use, node_series) = (&mut self.budget_use, &mut self.node_series);
+        self.workloads.retain(|identity, workload| {
+            let kept = keep(identity);
+            if !kept {
+                *node_series -= workload.counted;
+                if let Some(used) = budget_use.get_mut(&workload.budget) {
+                    *used -= workload.counted;
+                    if *used == 0 {
+                        budget_use.remove(&workload.budget);
+                    }
+                }
+            }
+            kept
+        });
     }
 }
 #[cfg(test)]
@@ -316,7 +403,7 @@ mod tests {
             request_bytes: None,
             response_bytes: None,
         };
-        store.record(&pod(), &exchange, Instant::now()).into_iter().collect()
+        store.record(&pod(), || "ml/Deployment/bert".into(), &exchange, Instant::now()).into_iter().collect()
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct AgentRow {
     pub watched_cgroups: u64,
     pub connections: u64,
     pub route_overflow: Vec<(String, u64)>,
+    /// Requests folded into `_other` series by the series budgets, by budget.
+    pub series_overflow: Vec<(&'static str, u64)>,
     pub model_overflow: u64,
     #[serde(skip)]
     pub http_skipped: Vec<(SkipReason, u64)>,
@@ -149,30 +151,61 @@ pub struct LogRecord {
     pub fields: Vec<(&'static str, f64)>,
 }
 
-/// The latest snapshot, shared between the collector and every reader without a lock.
+/// The latest snapshot, shared between the collector and every reader without a lock, with its
+/// encoded exposition once a scrape asked for it.
 #[derive(Debug)]
 pub struct SnapshotCell {
-    current: ArcSwap<(Instant, Arc<Snapshot>)>,
+    current: ArcSwap<Published>,
+}
+
+#[derive(Debug)]
+struct Published {
+    at: Instant,
+    snapshot: Arc<Snapshot>,
+    /// Held while encoding, so concurrent scrapes encode once and wait for it.
+    encoded: std::sync::Mutex<Option<axum::body::Bytes>>,
+}
+
+impl Published {
+    fn new(snapshot: Snapshot) -> Self {
+        Published { at: Instant::now(), snapshot: Arc::new(snapshot), encoded: std::sync::Mutex::new(None) }
+    }
 }
 
 impl Default for SnapshotCell {
     fn default() -> Self {
-        SnapshotCell { current: ArcSwap::from_pointee((Instant::now(), Arc::new(Snapshot::empty()))) }
+        SnapshotCell { current: ArcSwap::from_pointee(Published::new(Snapshot::empty())) }
     }
 }
 
 impl SnapshotCell {
     pub fn get(&self) -> Arc<Snapshot> {
-        self.current.load().1.clone()
+        self.current.load().snapshot.clone()
     }
 
     /// Age of the snapshot; `None` before the first collection.
     pub fn age(&self) -> Option<Duration> {
         let current = self.current.load();
-        (current.1.agent.collections > 0).then(|| current.0.elapsed())
+        (current.snapshot.agent.collections > 0).then(|| current.at.elapsed())
     }
 
     pub fn set(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new((Instant::now(), Arc::new(snapshot))));
+        self.current.store(Arc::new(Published::new(snapshot)));
+    }
+
+    /// The current snapshot encoded by `encode`, which runs once per snapshot: concurrent callers
+    /// wait for the first and share its bytes.
+    pub fn encoded<E>(
+        &self,
+        encode: impl FnOnce(&Arc<Snapshot>) -> Result<axum::body::Bytes, E>,
+    ) -> Result<axum::body::Bytes, E> {
+        let current = self.current.load_full();
+        let mut encoded = current.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = encoded.as_ref() {
+            return Ok(bytes.clone());
+        }
+        let bytes = encode(&current.snapshot)?;
+        *encoded = Some(bytes.clone());
+        Ok(bytes)
     }
 }

@@ -312,3 +312,64 @@ fn oom_kills_land_in_their_container_or_are_counted() {
     assert_eq!(second.containers[0].oom_kills, 2);
     assert_eq!(telemetry.dropped_for(DropReason::OomVictimUnattributed), 1);
 }
+
+#[test]
+fn series_budgets_per_workload_and_node_fold_into_other() {
+    let telemetry = Arc::new(Telemetry::default());
+    let mut config = Config::default();
+    config.requests.workload_series_budget = 5;
+    config.requests.node_series_budget = 8;
+    let mut store = Store::new(&config, telemetry);
+    let (a, path_a) = container(9);
+    let path_b = format!("/kubepods/besteffort/pod2b2c3d4e-0000-4000-8000-123456789abc/{}", "0a".repeat(32));
+    let b = identify(&path_b);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(60, a.clone());
+    resolver.cgroups.insert(61, b.clone());
+    let cgroups = [(a.clone(), path_a, stats(None)), (b.clone(), path_b, stats(None))];
+    store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    let send = |store: &mut Store, resolver: &mut FakeResolver, cgroup_id: u64, target: &str, status: u16| {
+        let Observation::Exchange { exchange, .. } = request(target) else { unreachable!() };
+        let exchange = Box::new(Exchange { status, ..*exchange });
+        store.apply(Observation::Exchange { cgroup_id, tgid: 1, exchange }, resolver, Instant::now(), &mut Vec::new());
+    };
+    // Container a (its own pod here, without the API): 12 routes → 5 kept, 7 folded.
+    for i in 0..12 {
+        send(&mut store, &mut resolver, 60, &format!("/r{i}x"), if i % 2 == 0 { 200 } else { 503 });
+    }
+    // Container b of another pod: 3 routes fit the node budget (8), 2 do not.
+    for i in 0..5 {
+        send(&mut store, &mut resolver, 61, &format!("/s{i}x"), 200);
+    }
+    let snapshot = store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    let routes_of = |id: &Identity| -> Vec<(String, String)> {
+        snapshot
+            .requests
+            .iter()
+            .filter(|r| attributes::get(&r.attributes, Attr::ContainerId) == id.container_id())
+            .map(|r| {
+                let get = |attr| attributes::get(&r.attributes, attr).unwrap_or_default().to_owned();
+                (get(Attr::HttpRoute), get(Attr::HttpStatus))
+            })
+            .collect()
+    };
+    let a_routes = routes_of(&a);
+    assert_eq!(a_routes.iter().filter(|(route, _)| route != "_other").count(), 5, "{a_routes:?}");
+    // Folded requests keep their status: one `_other` series per status.
+    let a_other: Vec<&String> = a_routes.iter().filter(|(route, _)| route == "_other").map(|(_, s)| s).collect();
+    assert_eq!(a_other, ["200", "503"], "{a_routes:?}");
+    let b_routes = routes_of(&b);
+    assert_eq!(b_routes.iter().filter(|(route, _)| route != "_other").count(), 3, "{b_routes:?}");
+    assert_eq!(snapshot.agent.series_overflow, vec![("workload_budget", 7), ("node_budget", 2)]);
+    let total: u64 = snapshot.requests.iter().map(|r| r.duration.count).sum();
+    assert_eq!(total, 17, "every request is still counted");
+    // A gone container gives its series back to the budgets.
+    let only_b = [cgroups[1].clone()];
+    store.fold(readings(&only_b, None), &mut resolver, SystemTime::now());
+    send(&mut store, &mut resolver, 61, "/s9x", 200);
+    let after = store.fold(readings(&only_b, None), &mut resolver, SystemTime::now());
+    assert!(
+        after.requests.iter().any(|r| attributes::get(&r.attributes, Attr::HttpRoute) == Some("/s9x")),
+        "room again once a's series left"
+    );
+}
