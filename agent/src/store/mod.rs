@@ -94,7 +94,8 @@ struct Tracked {
     retired: TaskCpu,
     oom_kills: u64,
     /// The probes count only what ran since the agent started; this is the cgroup's own usage
-    /// at first sight minus what the probes had then, so the counter carries the cgroup's whole life.
+    /// minus what the probes had then (the smallest such estimate), so the counter carries the
+    /// cgroup's whole life.
     cpu_offset_ns: Option<i64>,
     /// Last CPU figure exported, so rounding between the two sources never makes it go back.
     last_cpu_ns: u64,
@@ -256,12 +257,14 @@ impl Store {
                 if let Some(value) = live.get(*identity) {
                     kernel::add_task_cpu(&mut total, value);
                 }
-                // Set once the cgroup's own usage is known: a first read that fails must not
-                // lose the cgroup's life before the agent.
-                if tracked.cpu_offset_ns.is_none()
-                    && let Some(usage) = usage_ns
-                {
-                    tracked.cpu_offset_ns = Some(usage as i64 - total.on_cpu_ns as i64);
+                // The cgroup's life before the agent: its own usage minus what the probes saw.
+                // The files are read after the probe map, so a busy cgroup's usage already holds
+                // time the map did not (a fork storm's map read takes tens of ms): every estimate
+                // is too high by that skew, never too low, and the smallest seen is the best.
+                // A first read that fails leaves it unset rather than losing the history.
+                if let Some(usage) = usage_ns {
+                    let estimate = usage as i64 - total.on_cpu_ns as i64;
+                    tracked.cpu_offset_ns = Some(tracked.cpu_offset_ns.map_or(estimate, |o| o.min(estimate)));
                 }
                 let offset = tracked.cpu_offset_ns.unwrap_or(0);
                 ((total.on_cpu_ns as i64).saturating_add(offset).max(0) as u64, Some(total))

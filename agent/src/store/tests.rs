@@ -373,3 +373,25 @@ fn series_budgets_per_workload_and_node_fold_into_other() {
         "room again once a's series left"
     );
 }
+
+#[test]
+fn a_skewed_first_estimate_of_the_pre_agent_history_is_corrected() {
+    let (mut store, _) = store();
+    let (id, path) = container(11);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(70, id.clone());
+    let fold = |store: &mut Store, resolver: &mut FakeResolver, usage_s: f64, probes_s: f64| {
+        let cgroups = [(id.clone(), path.clone(), stats(Some((usage_s * 1e9) as u64)))];
+        let entries = vec![entry(70, 1, (probes_s * 1e9) as u64, true)];
+        cpu_of(&store.fold(readings(&cgroups, Some(Ok(entries))), resolver, SystemTime::now()), &id).unwrap()
+    };
+    // 10 s before the agent; at first sight the files were read 0.08 s of CPU after the map.
+    assert!((fold(&mut store, &mut resolver, 12.08, 2.0) - 12.08).abs() < 1e-9);
+    // With the first estimate kept, the counter would now run 0.08 s ahead of the cgroup.
+    // A quiet collection (files and map agree) corrects it: it follows the probes from there,
+    // never above the cgroup's own figure and never back.
+    assert!((fold(&mut store, &mut resolver, 12.5, 2.5) - 12.5).abs() < 1e-9);
+    assert!((fold(&mut store, &mut resolver, 13.0, 3.0) - 13.0).abs() < 1e-9);
+    // A busy read again (files 0.05 s ahead): the estimate is not raised by it.
+    assert!((fold(&mut store, &mut resolver, 14.05, 4.0) - 14.0).abs() < 1e-9);
+}
