@@ -36,7 +36,7 @@ use crate::{
     sinks::{self, Delivery, SinkStats},
     sources::{
         Observation, Outbox,
-        cgroup::{CgroupError, Layout},
+        cgroup::Layout,
         events::EventSource,
         kernel::{self, Probes},
         kubernetes::{self, PodCache},
@@ -352,28 +352,24 @@ impl Collector {
             CollectionFailed { stage: Stage::Discover, error: &e }.emit(&self.telemetry);
         }
         self.update_watch();
-        let (cpu, finished) = match self.probes.as_mut() {
-            Some(probes) => {
-                let (cpu, finished) = read_cpu(probes, &self.proc_root, &self.telemetry);
-                (Some(cpu), finished)
-            }
-            None => (None, Vec::new()),
+        let cpu = self.probes.as_mut().map(|probes| read_cpu(probes, &self.proc_root, &self.telemetry));
+        // Processes folded for the last time: the resolver forgets them after the fold.
+        let finished: std::collections::HashSet<u32> = match &cpu {
+            Some(Ok(entries)) => entries.iter().filter(|e| !e.alive).map(|e| e.tgid).collect(),
+            _ => Default::default(),
         };
-        let layout = self.resolver.layout().clone();
-        let mut read_errors = 0;
+        let layout = self.resolver.layout();
         let cgroups = self
             .resolver
             .table()
             .cgroups
             .iter()
-            .map(|(identity, path)| {
-                let read = read_cgroup(&layout, path, &mut read_errors);
-                CgroupReading { identity: identity.clone(), path: path.clone(), read }
+            .map(|(identity, path)| CgroupReading {
+                identity: identity.clone(),
+                path: path.clone(),
+                read: read_cgroup(layout, path, &self.telemetry),
             })
             .collect();
-        for _ in 0..read_errors {
-            CollectionFailed { stage: Stage::CgroupRead, error: &"reading cgroup files failed" }.emit(&self.telemetry);
-        }
         let readings =
             Readings { cgroups, cpu, probes: self.probes.as_ref().map(probe_health), own: procfs::own_usage() };
         Collected { duration: started.elapsed() }.emit(&self.telemetry);
@@ -387,20 +383,15 @@ impl Collector {
 }
 
 /// The probes' CPU entries with each process's liveness; entries of finished processes are
-/// deleted from the map (the fold that follows folds them for the last time). Returns the
-/// finished tgids too.
-fn read_cpu(
-    probes: &mut Probes,
-    proc_root: &std::path::Path,
-    telemetry: &Telemetry,
-) -> (Result<Vec<CpuEntry>, ()>, Vec<u32>) {
+/// deleted from the map (the fold that follows folds them for the last time).
+fn read_cpu(probes: &mut Probes, proc_root: &std::path::Path, telemetry: &Telemetry) -> Result<Vec<CpuEntry>, ()> {
     // Tasks running uninterrupted get their time so far accounted before the read.
     kernel::flush_cpu_slices();
     let entries = match probes.read_task_cpu() {
         Ok(entries) => entries,
         Err(e) => {
             CollectionFailed { stage: Stage::ProbeRead, error: &e }.emit(telemetry);
-            return (Err(()), Vec::new());
+            return Err(());
         }
     };
     let mut alive = std::collections::HashMap::new();
@@ -416,16 +407,16 @@ fn read_cpu(
         })
         .collect();
     probes.remove_tasks(&finished_keys);
-    let finished = alive.into_iter().filter(|(_, a)| !a).map(|(tgid, _)| tgid).collect();
-    (Ok(entries), finished)
+    Ok(entries)
 }
 
 /// Reads one cgroup's files; a cgroup whose directory is gone is `Gone`.
-fn read_cgroup(layout: &Layout, path: &str, errors: &mut u32) -> CgroupRead {
+fn read_cgroup(layout: &Layout, path: &str, telemetry: &Telemetry) -> CgroupRead {
     match layout.read_stats(path) {
         Ok(stats) => return CgroupRead::Stats(stats),
+        // Removed while being read: said by `Gone` below, not an error.
         Err(e) if e.is_not_found() => {}
-        Err(CgroupError::Read { .. } | CgroupError::Parse { .. } | CgroupError::NoHierarchy { .. }) => *errors += 1,
+        Err(e) => CollectionFailed { stage: Stage::CgroupRead, error: &e }.emit(telemetry),
     }
     if layout.cgroup_exists(path) { CgroupRead::NoFiles } else { CgroupRead::Gone }
 }

@@ -19,6 +19,8 @@ macro_rules! label_enum {
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// How many there are: the size of the counter array indexed by them.
+            pub const COUNT: usize = Self::ALL.len();
 
             pub const fn label(self) -> &'static str {
                 match self { $($name::$variant => $label),+ }
@@ -59,17 +61,11 @@ label_enum!(
 pub struct Telemetry {
     collections: AtomicU64,
     last_collection_ns: AtomicU64,
-    collection_errors: [AtomicU64; 3],
-    dropped: [AtomicU64; 5],
-    skipped: [AtomicU64; 6],
+    collection_errors: [AtomicU64; Stage::COUNT],
+    dropped: [AtomicU64; DropReason::COUNT],
+    skipped: [AtomicU64; SkipReason::COUNT],
     connections: AtomicU64,
 }
-
-const _: () = {
-    assert!(Stage::ALL.len() == 3);
-    assert!(DropReason::ALL.len() == 5);
-    assert!(SkipReason::ALL.len() == 6);
-};
 
 impl Telemetry {
     pub fn collections(&self) -> u64 {

@@ -1,8 +1,9 @@
 //! The one identity resolver: owns the map from the kernel's keys (v2 cgroup id, tgid) to an
 //! [`Identity`] and its pod, found by walking the cgroup hierarchy and, for processes whose
-//! cgroup id says nothing (v1 nodes), by reading `/proc/<tgid>/cgroup`. It publishes what it knows
-//! as a read-only [`IdentityTable`] (an `ArcSwap`), so no reader waits on it, and decides which
-//! cgroups request tracing follows.
+//! cgroup id says nothing (v1 nodes), by reading `/proc/<tgid>/cgroup`, and decides which cgroups
+//! request tracing follows. It lives on the collector thread beside the store, its only reader
+//! today; the [`IdentityTable`] is replaced whole at each discovery, so a reader on another
+//! thread (the GPU source) can be given it through an `ArcSwap` without a lock.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,8 +11,6 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-
-use arc_swap::ArcSwap;
 
 use super::{Identity, identify, model::ModelRule};
 use crate::{
@@ -43,7 +42,7 @@ pub trait Resolve {
     fn pod(&self, identity: &Identity) -> PodLookup;
 }
 
-/// The resolver's knowledge at the last discovery, for readers on other threads.
+/// The resolver's knowledge at the last discovery.
 #[derive(Debug, Default)]
 pub struct IdentityTable {
     pub by_cgroup_id: HashMap<u64, Identity>,
@@ -59,8 +58,7 @@ pub struct Resolver {
     export_systemd: bool,
     pods: Option<Arc<PodCache>>,
     watch_set: WatchSet,
-    table: Arc<IdentityTable>,
-    published: Arc<ArcSwap<IdentityTable>>,
+    table: IdentityTable,
     by_tgid: HashMap<u32, (Option<Identity>, Instant)>,
     /// Processes that exited since the last collection: their entries serve that collection's
     /// fold (which folds their CPU into their container) and go after it.
@@ -86,17 +84,11 @@ impl Resolver {
                 other => other,
             },
             pods,
-            table: Arc::default(),
-            published: Arc::default(),
+            table: IdentityTable::default(),
             by_tgid: HashMap::new(),
             exited: Vec::new(),
             own_cgroup_id,
         }
-    }
-
-    /// The table as of the last discovery, for other threads.
-    pub fn published(&self) -> Arc<ArcSwap<IdentityTable>> {
-        self.published.clone()
     }
 
     pub fn table(&self) -> &IdentityTable {
@@ -149,9 +141,7 @@ impl Resolver {
                 }
             }
         }
-        let table = Arc::new(IdentityTable { by_cgroup_id, cgroups });
-        self.published.store(table.clone());
-        self.table = table;
+        self.table = IdentityTable { by_cgroup_id, cgroups };
         Ok(())
     }
 
@@ -260,14 +250,12 @@ mod tests {
     }
 
     #[test]
-    fn discovery_publishes_containers_by_cgroup_id() {
+    fn discovery_finds_containers_by_cgroup_id() {
         let (_cgroups, _proc, mut resolver, id) = fixture();
-        let published = resolver.published();
         resolver.discover().unwrap();
         let identity = resolver.by_cgroup_id(id).expect("the container by its v2 id");
         assert_eq!(identity.container_id(), Some(CID));
         assert_eq!(resolver.table().cgroups[&identity], format!("{POD}/{CID}"), "its own cgroup, not the sub-cgroup");
-        assert_eq!(published.load().by_cgroup_id.get(&id), Some(&identity), "readers see the same table");
         let (watched, all) = resolver.watched();
         assert_eq!((watched.contains(&id), all), (true, false), "watch: auto without the API follows pods");
     }

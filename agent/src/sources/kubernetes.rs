@@ -283,7 +283,8 @@ pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, Kubernete
 /// Watches this node's pods into `cache` until the task is dropped. Warns once when the API
 /// server cannot be reached (then retries with backoff), and says when the watch is back.
 pub async fn watch_pods(client: kube::Client, node: String, cache: Arc<PodCache>, models: ModelConfig) {
-    // Cloning the working copy per event is cheap at a node's pod count (≤ a few hundred).
+    // Each change publishes a copy of the cache: a node's pods (≤ a few hundred, their metadata
+    // behind `Arc`) and the remembered deletions (≤ 4096 UIDs), at a few pod events a second.
     let api: kube::Api<Pod> = kube::Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();

@@ -88,7 +88,7 @@ pub struct Readings {
 }
 
 /// A tracked attributable cgroup and what outlives its processes.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Tracked {
     /// CPU of processes that have exited, folded in so the counter never goes back.
     retired: TaskCpu,
@@ -101,12 +101,6 @@ struct Tracked {
     last_cpu_ns: u64,
     /// Live processes' totals at the last good map read, used when a read fails.
     last_live: TaskCpu,
-}
-
-impl Default for Tracked {
-    fn default() -> Self {
-        Tracked { retired: TaskCpu::ZERO, oom_kills: 0, cpu_offset_ns: None, last_cpu_ns: 0, last_live: TaskCpu::ZERO }
-    }
 }
 
 pub struct Store {
@@ -216,9 +210,7 @@ impl Store {
             readings.cgroups.iter().filter(|c| c.read != CgroupRead::Gone).map(|c| (&c.identity, c)).collect();
         self.tracked.retain(|identity, _| present.contains_key(identity));
         for identity in present.keys() {
-            if !self.tracked.contains_key(*identity) {
-                self.tracked.insert((*identity).clone(), Tracked::default());
-            }
+            self.tracked.entry((*identity).clone()).or_default();
         }
         // OOM kills that arrived before their cgroup was known.
         for (id, kills) in std::mem::take(&mut self.oom_by_cgroup_id) {

@@ -121,6 +121,8 @@ struct Traffic {
     payload: Option<PayloadRing>,
     /// What `watched` holds now, to update it by difference.
     watched_now: HashSet<u64>,
+    /// What the switch in `watch_config` says now; `None` until it is written.
+    watch_all_now: Option<bool>,
 }
 
 /// A ring buffer the kernel fills, read by one source's thread.
@@ -374,14 +376,17 @@ impl Probes {
     /// Traces every process but the agent itself (standalone use), or only the watched cgroups.
     pub fn set_watch_all(&mut self, all: bool) {
         let Some(traffic) = self.traffic.as_mut() else { return };
+        // Called at every collection: the map is written only when the switch changes.
+        if traffic.watch_all_now == Some(all) {
+            return;
+        }
         let results = [
             traffic.watch_config.set(traffic::AGENT_TGID, std::process::id(), 0),
             traffic.watch_config.set(traffic::WATCH_ALL, u32::from(all), 0),
         ];
-        for result in results {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "Setting the request tracing switch failed");
-            }
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => tracing::warn!(error = %e, "Setting the request tracing switch failed"),
+            None => traffic.watch_all_now = Some(all),
         }
     }
 
@@ -480,6 +485,7 @@ fn attach_traffic(
             fd_classes: FdClasses { fd_class: take_map(ebpf, FD_CLASS_MAP)? },
         }),
         watched_now: HashSet::new(),
+        watch_all_now: None,
     }))
 }
 
