@@ -109,6 +109,8 @@ pub struct Store {
     oom_by_cgroup_id: HashMap<u64, u64>,
     requests: RequestStore,
     retired_unattributed_ns: u64,
+    /// Live processes' unattributed CPU at the last good map read, used when a read fails.
+    last_unattributed_live_ns: u64,
     telemetry: Arc<Telemetry>,
 }
 
@@ -119,6 +121,7 @@ impl Store {
             oom_by_cgroup_id: HashMap::new(),
             requests: RequestStore::new(config.requests.clone()),
             retired_unattributed_ns: 0,
+            last_unattributed_live_ns: 0,
             telemetry,
         }
     }
@@ -227,12 +230,13 @@ impl Store {
                 for (identity, tracked) in self.tracked.iter_mut() {
                     tracked.last_live = live.get(identity).copied().unwrap_or(TaskCpu::ZERO);
                 }
+                self.last_unattributed_live_ns = unattributed;
                 (live, unattributed)
             }
             // A failed read: the last good figures stand, so nothing dips.
             Some(Err(())) | None => {
                 let live = self.tracked.iter().map(|(identity, t)| (identity.clone(), t.last_live)).collect();
-                (live, 0)
+                (live, self.last_unattributed_live_ns)
             }
         };
         let oom_from_probe = readings.probes.as_ref().is_some_and(|p| p.has_oom_probe);

@@ -131,13 +131,13 @@ fn a_failed_map_read_repeats_the_last_figures() {
     let mut resolver = FakeResolver::default();
     resolver.cgroups.insert(20, id.clone());
     let cgroups = [(id.clone(), path.clone(), stats(Some(0)))];
-    let good = store.fold(
-        readings(&cgroups, Some(Ok(vec![entry(20, 5, 4_000_000_000, true)]))),
-        &mut resolver,
-        SystemTime::now(),
-    );
+    // Process 6 runs outside any attributed cgroup.
+    let entries = vec![entry(20, 5, 4_000_000_000, true), entry(999, 6, 1_000_000_000, true)];
+    let good = store.fold(readings(&cgroups, Some(Ok(entries))), &mut resolver, SystemTime::now());
     let failed = store.fold(readings(&cgroups, Some(Err(()))), &mut resolver, SystemTime::now());
     assert_eq!(cpu_of(&failed, &id), cpu_of(&good, &id));
+    assert_eq!(good.agent.unattributed_cpu_seconds, Some(1.0));
+    assert_eq!(failed.agent.unattributed_cpu_seconds, Some(1.0), "unattributed CPU does not dip either");
     assert_eq!(failed.containers[0].runqueue_delay, good.containers[0].runqueue_delay, "no dip after a failed read");
 }
 
