@@ -125,12 +125,13 @@ impl CgroupGuard {
     }
 
     pub fn dir(&self, hierarchy: &str) -> PathBuf {
-        let (_, root) = self
-            .roots
-            .iter()
-            .find(|(name, _)| *name == hierarchy)
-            .unwrap_or_else(|| panic!("this machine has no {hierarchy} cgroup hierarchy"));
-        root.join(self.rel.trim_start_matches('/'))
+        self.try_dir(hierarchy).unwrap_or_else(|| panic!("this machine has no {hierarchy} cgroup hierarchy"))
+    }
+
+    /// The cgroup's directory in `hierarchy`, if this machine has that hierarchy.
+    pub fn try_dir(&self, hierarchy: &str) -> Option<PathBuf> {
+        let (_, root) = self.roots.iter().find(|(name, _)| *name == hierarchy)?;
+        Some(root.join(self.rel.trim_start_matches('/')))
     }
 
     /// The `cgroup.procs` files a process writes its pid to, to join this cgroup everywhere.

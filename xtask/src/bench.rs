@@ -447,7 +447,7 @@ fn pipeline_under_load(load: Duration) -> anyhow::Result<()> {
 /// A cgroup's own CPU figure: v1 cpuacct.usage, else v2 cpu.stat usage_usec.
 fn cgroup_cpu_seconds(cgroup: &CgroupGuard) -> f64 {
     let read = |path: std::path::PathBuf| std::fs::read_to_string(path).ok();
-    let v1 = std::panic::catch_unwind(|| cgroup.dir("cpuacct")).ok().and_then(|d| read(d.join("cpuacct.usage")));
+    let v1 = cgroup.try_dir("cpuacct").and_then(|dir| read(dir.join("cpuacct.usage")));
     if let Some(ns) = v1.and_then(|t| t.trim().parse::<f64>().ok()) {
         return ns / 1e9;
     }

@@ -30,7 +30,7 @@ fn main() {
         }
     }
     let mode = args.next().unwrap_or_else(|| usage());
-    let mut mib = || args.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| usage());
+    let mut number = || args.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| usage());
     match mode.as_str() {
         "burn" => {
             println!("ready");
@@ -41,7 +41,7 @@ fn main() {
             }
         }
         "hold" => {
-            let memory = touch(mib());
+            let memory = touch(number());
             println!("ready");
             let _ = std::io::stdout().flush();
             loop {
@@ -50,7 +50,7 @@ fn main() {
             }
         }
         "oom" => {
-            let limit = mib();
+            let limit = number();
             println!("ready");
             let _ = std::io::stdout().flush();
             let mut held = Vec::new();
@@ -63,7 +63,7 @@ fn main() {
         }
         // A fork storm: N short processes one after another, then exit.
         "forks" => {
-            let count = mib();
+            let count = number();
             println!("ready");
             let _ = std::io::stdout().flush();
             for _ in 0..count {
