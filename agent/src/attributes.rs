@@ -71,13 +71,6 @@ impl Attr {
     }
 }
 
-/// Serialised by its OpenTelemetry name.
-impl serde::Serialize for Attr {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.otel())
-    }
-}
-
 /// Attributes in the order sinks show them.
 pub type Attributes = Vec<(Attr, String)>;
 

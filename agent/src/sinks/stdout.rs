@@ -15,7 +15,7 @@ pub fn json(record: &LogRecord) -> Value {
     let mut object = Map::new();
     object.insert("timestamp".into(), humantime::format_rfc3339_millis(record.time).to_string().into());
     object.insert("event".into(), record.name.into());
-    object.insert("severity".into(), serde_json::to_value(record.severity).unwrap_or(Value::Null));
+    object.insert("severity".into(), record.severity.as_str().into());
     for (attr, value) in &record.attributes {
         let value = match (attr, value) {
             (_, None) => Value::Null,
@@ -84,6 +84,7 @@ mod tests {
         };
         let value = json(&record);
         assert_eq!(value["event"], "failed_request");
+        assert_eq!(value["severity"], "error");
         assert_eq!(value["http.response.status_code"], 500);
         assert_eq!(value["k8s.pod.name"], Value::Null);
         assert_eq!(value["duration_ms"], 1.5);

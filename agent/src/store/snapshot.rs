@@ -8,7 +8,6 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 
 use crate::{
     attributes::{Attr, Attributes},
@@ -17,7 +16,7 @@ use crate::{
 
 /// A histogram: `counts[i]` observations with value ≤ `bounds[i]` (not cumulative), the last
 /// count above every bound.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Histogram {
     pub bounds: Vec<f64>,
     pub counts: Vec<u64>,
@@ -25,7 +24,7 @@ pub struct Histogram {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Memory {
     pub usage_bytes: u64,
     pub working_set_bytes: u64,
@@ -34,7 +33,7 @@ pub struct Memory {
     pub limit_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Throttling {
     pub throttled_seconds: f64,
     pub periods: u64,
@@ -42,7 +41,7 @@ pub struct Throttling {
 }
 
 /// One attributed container (or docker container, or systemd unit).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ContainerRow {
     pub attributes: Attributes,
     /// Its cgroup, relative to the hierarchy roots.
@@ -57,7 +56,7 @@ pub struct ContainerRow {
 }
 
 /// One request series.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RequestRow {
     /// Whose, then the semantic-convention attributes of the request.
     pub attributes: Attributes,
@@ -67,7 +66,7 @@ pub struct RequestRow {
     pub p99_seconds: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeRow {
     pub name: String,
     pub event: String,
@@ -76,7 +75,7 @@ pub struct ProbeRow {
 }
 
 /// The agent's figures about itself.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentRow {
     pub collections: u64,
     pub last_collection_seconds: f64,
@@ -86,7 +85,6 @@ pub struct AgentRow {
     /// Ring buffer drops by ring (`events`, `payloads`).
     pub ringbuf_drops: Vec<(String, u64)>,
     pub probe_errors: Vec<(String, u64)>,
-    #[serde(skip)]
     pub collection_errors: Vec<(Stage, u64)>,
     /// With the scheduler probes only.
     pub unattributed_cpu_seconds: Option<f64>,
@@ -97,17 +95,14 @@ pub struct AgentRow {
     /// Requests folded into `_other` series by the series budgets, by budget.
     pub series_overflow: Vec<(&'static str, u64)>,
     pub model_overflow: u64,
-    #[serde(skip)]
     pub http_skipped: Vec<(SkipReason, u64)>,
-    #[serde(skip)]
     pub events_dropped: Vec<(DropReason, u64)>,
     pub cpu_seconds: Option<f64>,
     pub resident_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    #[serde(with = "humantime_serde")]
     pub taken_at: SystemTime,
     /// Sorted by cgroup, so output is stable.
     pub containers: Vec<ContainerRow>,
@@ -127,27 +122,33 @@ impl Snapshot {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
     Info,
     Warn,
     Error,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warn => "warn",
+            Severity::Error => "error",
+        }
+    }
+}
+
 /// One structured event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord {
-    #[serde(with = "humantime_serde")]
     pub time: SystemTime,
     pub severity: Severity,
     /// The event's name, e.g. `slow_request`.
     pub name: &'static str,
     /// Identity and event attributes; `None` values are known to be unknown.
-    #[serde(skip)]
     pub attributes: Vec<(Attr, Option<String>)>,
     /// Event-specific numbers, e.g. `duration_ms`.
-    #[serde(skip)]
     pub fields: Vec<(&'static str, f64)>,
 }
 
