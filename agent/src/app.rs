@@ -11,8 +11,9 @@
 //!                                              files, probe CPU map, bpf_stats     stdout JSON lines
 //! ```
 //!
-//! No lock is shared between a source and the collector: sources send, the resolver publishes
-//! read-only tables, the snapshot is swapped atomically, and `/healthz` runs on the async runtime
+//! No lock is shared between a source and the collector: sources send, the pod cache is published
+//! copy-on-write, the resolver and the store live on the collector thread, the snapshot is swapped
+//! atomically, and `/healthz` runs on the async runtime
 //! that nothing blocks. Shutdown is ordered by a cancellation token: the HTTP server stops, the
 //! sources stop, the collector folds once more, the sinks flush, and only then are the probes
 //! detached (dropping them).
