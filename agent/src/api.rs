@@ -11,7 +11,11 @@ use axum::{
     routing::get,
 };
 
-use crate::{app::Control, store::SnapshotCell};
+use crate::{
+    app::Control,
+    sources::kubernetes::{WatchHealth, WatchStatus},
+    store::SnapshotCell,
+};
 
 /// What the handlers share.
 pub struct ApiState {
@@ -22,6 +26,8 @@ pub struct ApiState {
     pub min_collect_interval: Duration,
     /// A snapshot older than this means the collector is stuck: `/healthz` fails.
     pub max_snapshot_age: Duration,
+    /// The pod watch's health; `None` without the Kubernetes API.
+    pub pod_watch: Option<Arc<WatchHealth>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -113,11 +119,44 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
+/// Ready once the first collection is done and, with the Kubernetes API, once the pod watch has
+/// listed this node's pods: an agent that cannot name pods (RBAC not applied yet) holds a rollout
+/// back where `kubectl rollout status` shows it. A watch lost later keeps the agent ready: it still
+/// serves every series, with the names it last saw, and an API server outage must not take every
+/// node's agent out of its Service at once. The body says which part is missing.
 async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
-    match state.cell.age() {
-        Some(_) => (StatusCode::OK, "ready\n").into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "first collection not finished\n").into_response(),
+    let collection = match state.cell.age() {
+        Some(age) => Ok(format!("collection: ok ({}s ago)", age.as_secs())),
+        None => Err("collection: first collection not finished".to_owned()),
+    };
+    let watch = state.pod_watch.as_ref().map(|health| pod_watch_line(&health.status()));
+    let mut ready = collection.is_ok();
+    let mut body = match collection {
+        Ok(line) | Err(line) => line,
+    };
+    body.push('\n');
+    if let Some((synced, line)) = watch {
+        ready &= synced;
+        body.push_str(&line);
+        body.push('\n');
     }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, format!("{}\n{body}", if ready { "ready" } else { "not ready" })).into_response()
+}
+
+/// Whether the watch has listed this node's pods once, and a line saying how it is.
+fn pod_watch_line(status: &WatchStatus) -> (bool, String) {
+    let error = status.last_error.as_ref().map(|(reason, e)| format!(" ({}: {e})", reason.label()));
+    let line = match (status.up, status.synced_once) {
+        (true, _) => format!("pod watch: up ({} pods)", status.pods),
+        (false, false) => format!("pod watch: not synced yet{}", error.unwrap_or_default()),
+        (false, true) => format!(
+            "pod watch: down for {}s{}; names as last seen",
+            status.last_sync_age.as_secs(),
+            error.unwrap_or_default()
+        ),
+    };
+    (status.synced_once, line)
 }
 
 /// Limits of the agent's own HTTP server: a client that sends slowly, or not at all, or opens

@@ -40,7 +40,7 @@ use crate::{
         cgroup::Layout,
         events::EventSource,
         kernel::{self, Probes},
-        kubernetes::{self, PodCache},
+        kubernetes::{self, PodCache, WatchHealth},
         payload::PayloadSource,
         procfs,
     },
@@ -103,9 +103,17 @@ pub fn run(config: Config) -> Result<(), RunError> {
             .context("setting `kubernetes`")
             .map_err(RunError::Usage)?;
         let cache = Arc::new(PodCache::notifying(pods_changed_tx));
+        let health = Arc::new(WatchHealth::default());
         let node = config.kubernetes.resolved_node_name();
-        tracing::info!(node = %node, "Watching pods of this node through the Kubernetes API");
-        let watch = kubernetes::watch_pods(client, node, cache.clone(), config.kubernetes.model.clone());
+        tracing::info!(node = %node, "Starting the watch of this node's pods through the Kubernetes API");
+        let watch = kubernetes::watch_pods(
+            client,
+            node,
+            cache.clone(),
+            config.kubernetes.model.clone(),
+            health.clone(),
+            config.kubernetes.retry(),
+        );
         let cancel = cancel.clone();
         runtime.spawn(async move {
             tokio::select! {
@@ -113,7 +121,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 () = cancel.cancelled() => {}
             }
         });
-        Some(cache)
+        Some((cache, health))
     } else {
         tracing::info!("Kubernetes API not configured: attributing by pod UID and container id");
         None
@@ -162,9 +170,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
     // The collector owns the resolver, the store and the probes until it stops.
     let cell = Arc::new(SnapshotCell::default());
     let (control_tx, control) = crossbeam_channel::unbounded();
+    let pod_watch = pods.as_ref().map(|(_, health)| health.clone());
     let collector = Collector {
         store: Store::new(&config, telemetry.clone()),
-        resolver: Resolver::new(&config, layout, pods),
+        resolver: Resolver::new(&config, layout, pods.as_ref().map(|(cache, _)| cache.clone())),
+        pod_watch: pod_watch.clone(),
         probes,
         cell: cell.clone(),
         telemetry: telemetry.clone(),
@@ -180,6 +190,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         refresh: Some(control_tx.clone()),
         min_collect_interval: config.min_collect_interval,
         max_snapshot_age: config.interval * 3 + Duration::from_secs(30),
+        pod_watch,
     });
     let served = runtime.block_on(serve(listener, state, cancel.clone()));
 
@@ -263,6 +274,7 @@ struct Collector {
     telemetry: Arc<Telemetry>,
     logs: Outbox<LogRecord>,
     proc_root: std::path::PathBuf,
+    pod_watch: Option<Arc<WatchHealth>>,
 }
 
 impl Collector {
@@ -371,8 +383,13 @@ impl Collector {
                 read: read_cgroup(layout, path, &self.telemetry),
             })
             .collect();
-        let readings =
-            Readings { cgroups, cpu, probes: self.probes.as_ref().map(probe_health), own: procfs::own_usage() };
+        let readings = Readings {
+            cgroups,
+            cpu,
+            probes: self.probes.as_ref().map(probe_health),
+            own: procfs::own_usage(),
+            pod_watch: self.pod_watch.as_ref().map(|health| health.status()),
+        };
         Collected { duration: started.elapsed() }.emit(&self.telemetry);
         let snapshot = self.store.fold(readings, &mut self.resolver, SystemTime::now());
         for tgid in finished {

@@ -244,6 +244,9 @@ impl Config {
         if self.kubernetes.model.model_annotation.is_empty() {
             return field_error("kubernetes.model.model_annotation", "must not be empty");
         }
+        if self.kubernetes.retry_max < MIN_INTERVAL {
+            return field_error("kubernetes.retry_max", "must be at least 1s");
+        }
         if self.attribution.max_cgroup_depth == 0 {
             return field_error("attribution.max_cgroup_depth", "must be at least 1");
         }

@@ -7,7 +7,11 @@ use serde::Serialize;
 
 use crate::{
     config::Config,
-    sources::{cgroup::Layout, kernel},
+    sources::{
+        cgroup::Layout,
+        kernel,
+        kubernetes::{self, KubernetesConfig},
+    },
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,7 +130,86 @@ pub fn run(config: &Config) -> Vec<Check> {
     }
     let (nvml, detail) = nvml_present();
     checks.push(check("NVML", nvml, detail));
+    checks.extend(kubernetes_checks(&config.kubernetes));
     checks
+}
+
+/// The verbs the pod watch needs on pods, cluster-wide (it lists with a field selector).
+const WATCH_VERBS: [&str; 2] = ["list", "watch"];
+
+/// With the Kubernetes API on: whether the API server answers, and whether it lets this agent
+/// list and watch pods (asked with a SelfSubjectAccessReview, which every authenticated user may).
+fn kubernetes_checks(config: &KubernetesConfig) -> Vec<Check> {
+    if !config.enabled() {
+        let detail = "not configured: no in-cluster service account or kubeconfig (pods named by UID only)";
+        return vec![Check { check: "kubernetes API".into(), status: "info", detail: detail.into() }];
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return vec![check("kubernetes API", false, format!("cannot start a runtime: {e}"))],
+    };
+    runtime.block_on(async {
+        let client_config = match kubernetes::client_config(config).await {
+            Ok(client_config) => client_config,
+            Err(e) => return vec![check("kubernetes API", false, format!("{:#}", anyhow::Error::new(e)))],
+        };
+        let url = client_config.cluster_url.to_string();
+        let client = match kube::Client::try_from(client_config) {
+            Ok(client) => client,
+            Err(e) => return vec![check("kubernetes API", false, format!("{url}: {e}"))],
+        };
+        let timeout = std::time::Duration::from_secs(5);
+        let version = match tokio::time::timeout(timeout, client.apiserver_version()).await {
+            Ok(Ok(info)) => info.git_version,
+            Ok(Err(e)) => return vec![check("kubernetes API", false, format!("{url}: {e}"))],
+            Err(_) => return vec![check("kubernetes API", false, format!("{url}: no answer within 5s"))],
+        };
+        let reachable = check("kubernetes API", true, format!("{url} answers ({version})"));
+        let mut denied = Vec::new();
+        for verb in WATCH_VERBS {
+            match tokio::time::timeout(timeout, may(&client, verb)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => denied.push(verb.to_owned()),
+                Ok(Err(e)) => denied.push(format!("{verb} (review failed: {e})")),
+                Err(_) => denied.push(format!("{verb} (no answer within 5s)")),
+            }
+        }
+        let rbac = if denied.is_empty() {
+            check("kubernetes RBAC", true, "may list and watch pods")
+        } else {
+            check(
+                "kubernetes RBAC",
+                false,
+                format!(
+                    "may not {} pods: apply the ClusterRole `modelmeter` from daemonset/base (pods: get, list, \
+                     watch) and bind it to the agent's service account",
+                    denied.join(", ")
+                ),
+            )
+        };
+        vec![reachable, rbac]
+    })
+}
+
+/// Whether the API server lets this client do `verb` on pods in every namespace.
+async fn may(client: &kube::Client, verb: &str) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                resource: Some("pods".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(client.clone());
+    let answer = api.create(&kube::api::PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 /// The checks as an aligned table.

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod attributes;
+pub mod backoff;
 pub mod config;
 pub mod doctor;
 pub mod identity;

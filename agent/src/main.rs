@@ -65,12 +65,23 @@ fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// The configured filter, with the Kubernetes client's own failure logs silenced: the pod watch
+/// reports every failure itself, once per outage and with the fix, and the client would log each
+/// retry at warn/error. A filter that names a `kube` target decides for itself.
+fn log_filter(level: &str) -> String {
+    if level.contains("kube") {
+        level.to_owned()
+    } else {
+        format!("{level},kube_runtime::watcher=error,kube_client::client::builder=off")
     }
 }
 

@@ -57,6 +57,19 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// Why the pod watch failed.
+    WatchErrorReason {
+        Expired => "expired",
+        Forbidden => "forbidden",
+        Other => "other",
+        ServerError => "server_error",
+        Throttled => "throttled",
+        Unauthorized => "unauthorized",
+        Unreachable => "unreachable",
+    }
+);
+
 #[derive(Debug, Default)]
 pub struct Telemetry {
     collections: AtomicU64,

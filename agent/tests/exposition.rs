@@ -10,11 +10,11 @@ use modelmeter::{
         model::{Model, ModelRule},
     },
     sinks::prometheus,
-    sources::kubernetes::PodMeta,
+    sources::kubernetes::{PodMeta, WatchStatus},
     store::{
         AgentRow, ContainerRow, Histogram, Memory, ProbeRow, RequestRow, Snapshot, Throttling, identity_attributes,
     },
-    telemetry::{DropReason, SkipReason, Stage},
+    telemetry::{DropReason, SkipReason, Stage, WatchErrorReason},
 };
 
 const UID: &str = "1b2c3d4e-0000-4000-8000-123456789abc";
@@ -143,6 +143,17 @@ fn fixed_snapshot() -> Snapshot {
             ],
             cpu_seconds: Some(0.25),
             resident_bytes: Some(20_971_520),
+            pod_watch: Some(WatchStatus {
+                up: false,
+                synced_once: true,
+                pods: 12,
+                errors: WatchErrorReason::ALL
+                    .iter()
+                    .map(|r| (*r, if *r == WatchErrorReason::Unreachable { 3 } else { 0 }))
+                    .collect(),
+                last_sync_age: std::time::Duration::from_millis(42_500),
+                last_error: Some((WatchErrorReason::Unreachable, "connection refused".into())),
+            }),
         },
     }
 }

@@ -129,6 +129,7 @@ fn fold(c: &mut Criterion) {
             .collect())),
         probes: None,
         own: None,
+        pod_watch: None,
     };
     let mut store = Store::new(&Config::default(), Arc::new(Telemetry::default()));
     c.bench_function("fold 2,000 containers", |b| {

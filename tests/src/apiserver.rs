@@ -25,8 +25,31 @@ struct State {
     history: Vec<(u64, &'static str, Value)>,
     /// Watches from before this version get 410 Gone.
     oldest_version: u64,
-    /// Request targets (path and query), in order.
-    requests: Vec<String>,
+    /// Every request, in order.
+    requests: Vec<Request>,
+    /// Answer requests for pods with 403 Forbidden, as before RBAC is applied.
+    forbidden: bool,
+}
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub user_agent: Option<String>,
+    pub at: Instant,
+}
+
+impl Request {
+    /// A list or watch of pods.
+    pub fn is_pods(&self) -> bool {
+        self.target.split('?').next() == Some("/api/v1/pods")
+    }
+
+    pub fn is_watch(&self) -> bool {
+        query_params(&self.target).get("watch").is_some_and(|w| w == "true" || w == "1")
+    }
 }
 
 /// The server; `stop` closes the listener and every open watch, `start` serves the same state again.
@@ -134,8 +157,19 @@ impl FakeApiServer {
         state.oldest_version = state.resource_version + 1;
     }
 
+    /// Request targets (path and query), in order.
     pub fn requests(&self) -> Vec<String> {
+        self.request_log().into_iter().map(|r| r.target).collect()
+    }
+
+    pub fn request_log(&self) -> Vec<Request> {
         self.state.lock().expect("state lock").requests.clone()
+    }
+
+    /// While set, every list and watch of pods gets 403 Forbidden (RBAC not applied yet), and
+    /// access reviews say not allowed.
+    pub fn set_forbidden(&self, forbidden: bool) {
+        self.state.lock().expect("state lock").forbidden = forbidden;
     }
 
     /// A kubeconfig that points at this server without authentication.
@@ -227,21 +261,61 @@ fn handle_connection(stream: TcpStream, state: &Mutex<State>, running: &AtomicBo
                 Err(e) => return Err(e),
             }
         }
-        let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let mut words = line.split_whitespace();
+        let method = words.next().unwrap_or("GET").to_owned();
+        let target = words.next().unwrap_or("/").to_owned();
+        let (mut user_agent, mut content_length) = (None, 0usize);
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
                 break;
             }
+            if let Some((name, value)) = header.split_once(':') {
+                let value = value.trim().to_owned();
+                match name.to_ascii_lowercase().as_str() {
+                    "user-agent" => user_agent = Some(value),
+                    "content-length" => content_length = value.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
         }
-        state.lock().expect("state lock").requests.push(target.clone());
+        let mut body = vec![0; content_length];
+        std::io::Read::read_exact(&mut reader, &mut body)?;
+        let forbidden = {
+            let mut state = state.lock().expect("state lock");
+            let request = Request { method: method.clone(), target: target.clone(), user_agent, at: Instant::now() };
+            state.requests.push(request);
+            state.forbidden
+        };
         let params = query_params(&target);
         let path = target.split('?').next().unwrap_or("");
-        if path != "/api/v1/pods" {
-            let body =
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"});
-            respond(&mut writer, "404 Not Found", &body)?;
-            continue;
+        match (method.as_str(), path) {
+            ("GET", "/version") => {
+                let version = json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"});
+                respond(&mut writer, "200 OK", &version)?;
+                continue;
+            }
+            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => {
+                let mut review: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let resource = review["spec"]["resourceAttributes"]["resource"].clone();
+                let allowed = !forbidden && resource == "pods";
+                review["status"] = json!({"allowed": allowed});
+                respond(&mut writer, "201 Created", &review)?;
+                continue;
+            }
+            ("GET", "/api/v1/pods") if forbidden => {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                    "reason": "Forbidden", "message": "pods is forbidden: User \"system:serviceaccount:modelmeter:modelmeter\" \
+                    cannot list resource \"pods\" in API group \"\" at the cluster scope"});
+                respond(&mut writer, "403 Forbidden", &status)?;
+                continue;
+            }
+            ("GET", "/api/v1/pods") => {}
+            _ => {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"});
+                respond(&mut writer, "404 Not Found", &body)?;
+                continue;
+            }
         }
         if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
             return watch(&mut writer, state, running, &params);

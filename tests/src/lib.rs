@@ -263,6 +263,16 @@ pub fn http_get(url: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// GET returning the status and body of any HTTP answer; `Err` only when there was none.
+pub fn http_get_any(url: &str) -> Result<(u16, String), String> {
+    let response = match ureq::get(url).timeout(Duration::from_secs(30)).call() {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = response.status();
+    response.into_string().map(|body| (status, body)).map_err(|e| e.to_string())
+}
+
 /// The agent as a child process, with its own config, on a free port. Stopped with SIGTERM on drop.
 pub struct Agent {
     child: Option<Child>,
@@ -274,7 +284,7 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `modelmeter run` with `extra_yaml` appended to a config that sets the listen address,
-    /// and waits until `/readyz` answers.
+    /// and waits until it has collected once (`/readyz` may still say the pod watch is not synced).
     pub fn start(extra_yaml: &str) -> Agent {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let config = tempfile::NamedTempFile::new().expect("temp file");
@@ -293,7 +303,8 @@ impl Agent {
         let child = command.spawn().expect("starting modelmeter");
         let mut agent = Agent { child: Some(child), addr, _config: config, log, stdout };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(&agent.url("/readyz")).is_err() {
+        let collected = |url: &str| http_get_any(url).is_ok_and(|(_, body)| body.contains("collection: ok"));
+        while !collected(&agent.url("/readyz")) {
             if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("modelmeter exited with {status} before becoming ready:\n{}", agent.log());
             }

@@ -15,6 +15,8 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::backoff::Jitter;
+
 pub mod prometheus;
 pub mod stdout;
 
@@ -134,29 +136,6 @@ fn deliver<S: Sink>(sink: &mut S, batch: &[S::Item], delivery: &Delivery, stats:
     }
 }
 
-/// Full jitter (a uniform wait between zero and the capped exponential bound), as the AWS
-/// architecture note on backoff recommends, so that agents restarting together spread out.
-struct Jitter(u64);
-
-impl Jitter {
-    fn seeded() -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
-        Jitter((nanos as u64 ^ u64::from(std::process::id())) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn backoff(&mut self, attempt: u32, base: Duration, max: Duration) -> Duration {
-        let bound = base.saturating_mul(1 << attempt.min(16)).min(max);
-        Duration::from_nanos(self.next() % (bound.as_nanos() as u64).max(1))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,14 +225,5 @@ mod tests {
         let (sent, stats) = run(10, failure, &[1]);
         assert_eq!(sent.len(), 3);
         assert_eq!(stats.dropped.load(Relaxed), 1);
-    }
-
-    #[test]
-    fn backoff_is_capped_with_full_jitter() {
-        let mut jitter = Jitter(42);
-        for attempt in 1..40 {
-            let wait = jitter.backoff(attempt, Duration::from_millis(100), Duration::from_secs(2));
-            assert!(wait < Duration::from_secs(2), "{wait:?}");
-        }
     }
 }

@@ -335,6 +335,43 @@ fn encode_agent(e: &mut DescriptorEncoder, agent: &crate::store::AgentRow) -> Re
         agent.events_dropped.iter().map(|(reason, n)| (vec![("reason", reason.label().to_owned())], *n)),
         counter_u64,
     )?;
+    let watch = agent.pod_watch.as_ref();
+    family(
+        e,
+        "modelmeter_kubernetes_watch_up",
+        "1 while the watch of this node's pods is listed and watching, else 0 (names may be stale or missing).",
+        None,
+        MetricType::Gauge,
+        watch.map(|w| (Vec::new(), if w.up { 1.0 } else { 0.0 })),
+        gauge,
+    )?;
+    family(
+        e,
+        "modelmeter_kubernetes_watch_errors",
+        "Failures of the pod watch, by reason.",
+        None,
+        MetricType::Counter,
+        watch.into_iter().flat_map(|w| &w.errors).map(|(reason, n)| (vec![("reason", reason.label().to_owned())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_kubernetes_pods",
+        "Pods of this node the agent knows from the API server.",
+        None,
+        MetricType::Gauge,
+        watch.map(|w| (Vec::new(), w.pods as f64)),
+        gauge,
+    )?;
+    family(
+        e,
+        "modelmeter_kubernetes_last_sync_age",
+        "0 while the pod watch is up; else how long since the pod cache last matched the API server.",
+        Some(Unit::Seconds),
+        MetricType::Gauge,
+        watch.map(|w| (Vec::new(), w.last_sync_age.as_secs_f64())),
+        gauge,
+    )?;
     // The standard process collector's names, so existing dashboards find the agent's own cost.
     family(
         e,

@@ -7,16 +7,21 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::model::{Model, ModelConfig, Owner, PodFacts, model_of};
+use crate::{
+    backoff::Jitter,
+    identity::model::{Model, ModelConfig, Owner, PodFacts, model_of},
+    telemetry::WatchErrorReason,
+};
 
 /// Annotation the kubelet puts on a static pod's mirror: its value is the UID the kubelet (and so
 /// the cgroup name) uses, which differs from the mirror pod's own UID.
@@ -44,6 +49,9 @@ pub struct KubernetesConfig {
     /// A kubeconfig for running outside the cluster; unset: in-cluster config, else `KUBECONFIG`
     /// or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+    /// The longest wait between attempts when the API server refuses or fails the watch.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
     pub model: ModelConfig,
 }
 
@@ -53,6 +61,7 @@ impl Default for KubernetesConfig {
             watch: WatchMode::Auto,
             node_name: String::new(),
             kubeconfig: None,
+            retry_max: WatchRetry::default().max,
             model: ModelConfig::default(),
         }
     }
@@ -69,6 +78,10 @@ impl KubernetesConfig {
                     || std::env::var_os("KUBECONFIG").is_some()
             }
         }
+    }
+
+    pub fn retry(&self) -> WatchRetry {
+        WatchRetry { max: self.retry_max, ..WatchRetry::default() }
     }
 
     pub fn resolved_node_name(&self) -> String {
@@ -202,6 +215,11 @@ impl PodCache {
         PodCache { changed: Some(changed), ..PodCache::default() }
     }
 
+    /// Pods of this node the cache knows (a static pod once, though it is keyed twice).
+    pub fn pod_count(&self) -> usize {
+        self.published.load().pods.iter().filter(|(key, meta)| **key == meta.uid).count()
+    }
+
     pub fn lookup(&self, uid: &str) -> PodLookup {
         let inner = self.published.load();
         match inner.pods.get(uid) {
@@ -265,9 +283,15 @@ pub enum KubernetesError {
     Client(#[source] kube::Error),
 }
 
-/// Builds a client from `config.kubeconfig`, else in-cluster/`KUBECONFIG`/`~/.kube/config`.
-pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, KubernetesError> {
-    let client_config = match &config.kubeconfig {
+/// The User-Agent the agent sends, so an operator can pick it out in the API server's audit log.
+pub fn user_agent(node: &str) -> String {
+    format!("modelmeter/{} ({node})", env!("CARGO_PKG_VERSION"))
+}
+
+/// The client configuration from `config.kubeconfig`, else in-cluster/`KUBECONFIG`/`~/.kube/config`,
+/// with the agent's User-Agent.
+pub async fn client_config(config: &KubernetesConfig) -> Result<kube::Config, KubernetesError> {
+    let mut client_config = match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|source| KubernetesError::Kubeconfig { path: path.clone(), source })?;
@@ -277,40 +301,250 @@ pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, Kubernete
         }
         None => kube::Config::infer().await.map_err(KubernetesError::Infer)?,
     };
-    kube::Client::try_from(client_config).map_err(KubernetesError::Client)
+    // A host name that is not a valid header value (a node name always is) goes without one.
+    if let Ok(agent) = http::HeaderValue::from_str(&user_agent(&config.resolved_node_name())) {
+        client_config.headers.push((http::header::USER_AGENT, agent));
+    }
+    Ok(client_config)
 }
 
-/// Watches this node's pods into `cache` until the task is dropped. Warns once when the API
-/// server cannot be reached (then retries with backoff), and says when the watch is back.
-pub async fn watch_pods(client: kube::Client, node: String, cache: Arc<PodCache>, models: ModelConfig) {
+pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, KubernetesError> {
+    kube::Client::try_from(client_config(config).await?).map_err(KubernetesError::Client)
+}
+
+/// How the pod watch is doing, for `/metrics` and `/readyz`. The watch task is the only writer.
+#[derive(Debug)]
+pub struct WatchHealth {
+    state: Mutex<WatchState>,
+}
+
+#[derive(Debug)]
+struct WatchState {
+    up: bool,
+    synced_once: bool,
+    pods: usize,
+    errors: [u64; WatchErrorReason::COUNT],
+    /// When the cache was last known to match the API server (the agent's start before that).
+    last_in_sync: Instant,
+    last_error: Option<(WatchErrorReason, String)>,
+}
+
+/// A copy of the watch's health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchStatus {
+    /// Listed and watching: the pod cache follows the API server.
+    pub up: bool,
+    /// The cache was filled from the API server at least once.
+    pub synced_once: bool,
+    /// Pods of this node the cache knows.
+    pub pods: u64,
+    /// Failures by reason, every reason listed.
+    pub errors: Vec<(WatchErrorReason, u64)>,
+    /// 0 while the watch is up; else how long since the cache was last known to match the API
+    /// server (since the agent started, when it never was).
+    pub last_sync_age: Duration,
+    /// The latest failure, while the watch is down.
+    pub last_error: Option<(WatchErrorReason, String)>,
+}
+
+impl Default for WatchHealth {
+    fn default() -> Self {
+        WatchHealth {
+            state: Mutex::new(WatchState {
+                up: false,
+                synced_once: false,
+                pods: 0,
+                errors: [0; WatchErrorReason::COUNT],
+                last_in_sync: Instant::now(),
+                last_error: None,
+            }),
+        }
+    }
+}
+
+impl WatchHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn synced(&self, pods: usize) {
+        let mut state = self.lock();
+        (state.up, state.synced_once, state.pods, state.last_error) = (true, true, pods, None);
+    }
+
+    fn pods_changed(&self, pods: usize) {
+        self.lock().pods = pods;
+    }
+
+    fn failed(&self, reason: WatchErrorReason, error: String) {
+        let mut state = self.lock();
+        if state.up {
+            state.last_in_sync = Instant::now();
+        }
+        state.up = false;
+        state.errors[reason as usize] += 1;
+        state.last_error = Some((reason, error));
+    }
+
+    pub fn status(&self) -> WatchStatus {
+        let state = self.lock();
+        WatchStatus {
+            up: state.up,
+            synced_once: state.synced_once,
+            pods: state.pods as u64,
+            errors: WatchErrorReason::ALL.iter().map(|r| (*r, state.errors[*r as usize])).collect(),
+            last_sync_age: if state.up { Duration::ZERO } else { state.last_in_sync.elapsed() },
+            last_error: state.last_error.clone(),
+        }
+    }
+}
+
+/// How the pod watch retries: capped exponential backoff with equal jitter, so a server that
+/// keeps refusing is asked at most about once per half cap, and a thousand agents spread out.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchRetry {
+    pub base: Duration,
+    pub max: Duration,
+    /// While the API server does not answer at all, it is polled (`GET /version`) this often, so
+    /// that the watch comes back as soon as the server does, whatever the backoff has grown to.
+    pub poll: Duration,
+}
+
+impl Default for WatchRetry {
+    fn default() -> Self {
+        WatchRetry { base: Duration::from_millis(500), max: Duration::from_secs(30), poll: Duration::from_secs(1) }
+    }
+}
+
+/// What kind of failure a watcher error is.
+fn classify(error: &watcher::Error) -> WatchErrorReason {
+    let status_reason = |code: u16| match code {
+        401 => WatchErrorReason::Unauthorized,
+        403 => WatchErrorReason::Forbidden,
+        410 => WatchErrorReason::Expired,
+        429 => WatchErrorReason::Throttled,
+        500..=599 => WatchErrorReason::ServerError,
+        _ => WatchErrorReason::Other,
+    };
+    let client_reason = |error: &kube::Error| match error {
+        kube::Error::Api(status) => status_reason(status.code),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => WatchErrorReason::Unreachable,
+        _ => WatchErrorReason::Other,
+    };
+    match error {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            client_reason(e)
+        }
+        watcher::Error::WatchError(status) => status_reason(status.code),
+        watcher::Error::NoResourceVersion => WatchErrorReason::Other,
+    }
+}
+
+/// Says once per outage, per kind of failure, what is wrong and how to fix it; the retries in
+/// between are quiet (debug).
+fn report(reason: WatchErrorReason, error: &watcher::Error, retry: &WatchRetry) {
+    let retry_max = humantime::format_duration(retry.max).to_string();
+    match reason {
+        WatchErrorReason::Forbidden | WatchErrorReason::Unauthorized => tracing::warn!(
+            error = %error,
+            retry_max = %retry_max,
+            "The Kubernetes API server refuses to list and watch pods for this agent: series carry pod UIDs \
+             only, without names or models. Apply the ClusterRole `modelmeter` from daemonset/base (pods: get, \
+             list, watch) and its ClusterRoleBinding to the agent's service account; the agent retries on its \
+             own (401: check the service account token)"
+        ),
+        WatchErrorReason::Unreachable => tracing::warn!(
+            error = %error,
+            "Kubernetes API unreachable: attributing by pod UID until the pod watch succeeds"
+        ),
+        // The API server's history moved on (compaction): a re-list is the normal answer.
+        WatchErrorReason::Expired => tracing::debug!(error = %error, "Pod watch expired; listing again"),
+        _ => tracing::warn!(error = %error, "Kubernetes pod watch failed: attributing by pod UID until it succeeds"),
+    }
+}
+
+/// Whether the API server answers HTTP at all (any status counts).
+async fn answers(client: &kube::Client) -> bool {
+    let probe = tokio::time::timeout(Duration::from_secs(2), client.apiserver_version()).await;
+    matches!(probe, Ok(Ok(_) | Err(kube::Error::Api(_))))
+}
+
+/// Watches this node's pods into `cache` until the task is dropped. Every failure ends the
+/// watcher; after a backoff a new one lists again, so pods deleted meanwhile go too. The backoff
+/// starts over when the watch proves to work (an event after the list, or a watch that stayed up
+/// a whole cap), or when a server that did not answer starts to.
+pub async fn watch_pods(
+    client: kube::Client,
+    node: String,
+    cache: Arc<PodCache>,
+    models: ModelConfig,
+    health: Arc<WatchHealth>,
+    retry: WatchRetry,
+) {
     // Each change publishes a copy of the cache: a node's pods (≤ a few hundred, their metadata
     // behind `Arc`) and the remembered deletions (≤ 4096 UIDs), at a few pod events a second.
-    let api: kube::Api<Pod> = kube::Api::all(client);
+    let api: kube::Api<Pod> = kube::Api::all(client.clone());
     let selector = format!("spec.nodeName={node}");
-    let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
-    let mut relist = None;
-    let mut warned = false;
-    let mut healthy = false;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                if !healthy {
-                    healthy = true;
-                    tracing::info!(node = %node, "Watching this node's pods");
+    let config = watcher::Config::default().fields(&selector);
+    let mut jitter = Jitter::seeded();
+    let mut attempt = 0u32;
+    let mut reported: HashSet<WatchErrorReason> = HashSet::new();
+    let mut ever_synced = false;
+    loop {
+        let mut events = watcher(api.clone(), config.clone()).boxed();
+        let mut relist = None;
+        let mut synced_at: Option<Instant> = None;
+        let error = loop {
+            let Some(event) = events.next().await else { break None };
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => break Some(e),
+            };
+            let (listed, changed) = match &event {
+                watcher::Event::InitDone => (true, false),
+                watcher::Event::Apply(_) | watcher::Event::Delete(_) => (false, true),
+                watcher::Event::Init | watcher::Event::InitApply(_) => (false, false),
+            };
+            cache.apply(event, &mut relist, &models);
+            if listed {
+                synced_at = Some(Instant::now());
+                health.synced(cache.pod_count());
+                if !ever_synced {
+                    tracing::info!(node = %node, pods = cache.pod_count(), "Watching this node's pods");
+                } else if !reported.is_empty() {
+                    tracing::info!(node = %node, pods = cache.pod_count(), "Pod watch is back");
                 }
-                cache.apply(event, &mut relist, &models);
+                ever_synced = true;
+                reported.clear();
+            } else if changed {
+                health.pods_changed(cache.pod_count());
+                attempt = 0;
             }
-            Err(e) => {
-                healthy = false;
-                if warned {
-                    tracing::debug!(error = %e, "Kubernetes pod watch failed, retrying");
-                } else {
-                    warned = true;
-                    tracing::warn!(
-                        error = %e,
-                        "Kubernetes API unreachable: attributing by pod UID until the pod watch succeeds"
-                    );
-                }
+        };
+        if synced_at.is_some_and(|at| at.elapsed() >= retry.max) {
+            attempt = 0;
+        }
+        let reason = error.as_ref().map_or(WatchErrorReason::Other, classify);
+        let message = error.as_ref().map_or_else(|| "the watch stream ended".to_owned(), ToString::to_string);
+        health.failed(reason, message);
+        match &error {
+            Some(error) if reported.insert(reason) => report(reason, error, &retry),
+            _ => tracing::debug!(reason = reason.label(), error = ?error, attempt, "Pod watch failed, retrying"),
+        }
+        let wait = jitter.equal_backoff(attempt, retry.base, retry.max);
+        attempt = attempt.saturating_add(1);
+        if reason != WatchErrorReason::Unreachable {
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        // The server did not answer: poll it, and list as soon as it does.
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            let nap = jitter.around(retry.poll).min(deadline - tokio::time::Instant::now());
+            tokio::time::sleep(nap).await;
+            if answers(&client).await {
+                attempt = 0;
+                break;
             }
         }
     }
@@ -400,6 +634,46 @@ mod tests {
         assert!(matches!(cache.lookup("hash2"), PodLookup::Deleted), "the static pod's mirror UID too");
         assert!(matches!(cache.lookup("u3"), PodLookup::Known(_)));
         assert!(matches!(cache.lookup("never"), PodLookup::Unknown));
+    }
+
+    #[test]
+    fn watch_failures_are_classified_by_status() {
+        let api = |code: u16| {
+            let status = kube::core::Status { code, ..Default::default() };
+            watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)))
+        };
+        assert_eq!(classify(&api(403)), WatchErrorReason::Forbidden);
+        assert_eq!(classify(&api(401)), WatchErrorReason::Unauthorized);
+        assert_eq!(classify(&api(429)), WatchErrorReason::Throttled);
+        assert_eq!(classify(&api(503)), WatchErrorReason::ServerError);
+        assert_eq!(classify(&api(404)), WatchErrorReason::Other);
+        let gone = kube::core::Status { code: 410, ..Default::default() };
+        assert_eq!(classify(&watcher::Error::WatchError(Box::new(gone))), WatchErrorReason::Expired);
+        assert_eq!(classify(&watcher::Error::NoResourceVersion), WatchErrorReason::Other);
+    }
+
+    #[test]
+    fn watch_health_reports_up_down_and_staleness() {
+        let health = WatchHealth::default();
+        let status = health.status();
+        assert!(!status.up && !status.synced_once && status.last_error.is_none());
+        health.failed(WatchErrorReason::Forbidden, "403".into());
+        health.failed(WatchErrorReason::Forbidden, "403".into());
+        let status = health.status();
+        assert_eq!(
+            status.errors.iter().find(|(r, _)| *r == WatchErrorReason::Forbidden),
+            Some(&(WatchErrorReason::Forbidden, 2))
+        );
+        assert_eq!(status.errors.len(), WatchErrorReason::COUNT, "every reason is listed");
+        health.synced(3);
+        let status = health.status();
+        assert!(status.up && status.synced_once && status.last_error.is_none());
+        assert_eq!((status.pods, status.last_sync_age), (3, Duration::ZERO));
+        health.failed(WatchErrorReason::Unreachable, "refused".into());
+        std::thread::sleep(Duration::from_millis(20));
+        let status = health.status();
+        assert!(!status.up && status.synced_once);
+        assert!(status.last_sync_age >= Duration::from_millis(20), "counted from when it went down");
     }
 
     #[test]

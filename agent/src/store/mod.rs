@@ -30,7 +30,7 @@ use crate::{
         Observation, OomKill,
         cgroup::CgroupStats,
         kernel::{self, TaskCpu},
-        kubernetes::{PodLookup, PodMeta},
+        kubernetes::{PodLookup, PodMeta, WatchStatus},
         procfs::OwnUsage,
         protocol::http1::Exchange,
     },
@@ -85,6 +85,8 @@ pub struct Readings {
     pub cpu: Option<Result<Vec<CpuEntry>, ()>>,
     pub probes: Option<ProbeHealth>,
     pub own: Option<OwnUsage>,
+    /// `None` without the Kubernetes API.
+    pub pod_watch: Option<WatchStatus>,
 }
 
 /// A tracked attributable cgroup and what outlives its processes.
@@ -410,6 +412,7 @@ impl Store {
             },
             cpu_seconds: readings.own.map(|o| o.cpu_seconds),
             resident_bytes: readings.own.map(|o| o.resident_bytes),
+            pod_watch: readings.pod_watch.clone(),
         }
     }
 }

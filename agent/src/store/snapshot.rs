@@ -99,6 +99,8 @@ pub struct AgentRow {
     pub events_dropped: Vec<(DropReason, u64)>,
     pub cpu_seconds: Option<f64>,
     pub resident_bytes: Option<u64>,
+    /// `None` without the Kubernetes API.
+    pub pod_watch: Option<crate::sources::kubernetes::WatchStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -89,6 +89,7 @@ fn readings(cgroups: &[(Identity, String, CgroupRead)], cpu: Option<Result<Vec<C
         cpu,
         probes: None,
         own: None,
+        pod_watch: None,
     }
 }
 
