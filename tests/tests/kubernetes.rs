@@ -220,7 +220,7 @@ fn list_gaps(requests: &[Request]) -> Vec<f64> {
 #[test]
 fn a_forbidden_watch_warns_once_backs_off_to_its_cap_and_names_arrive_once_access_is_granted() {
     require_root();
-    let pod = PodUnderTest::new(301);
+    let pod = PodUnderTest::new(108);
     let api = FakeApiServer::start();
     api.set_forbidden(true);
     let annotations = [("modelmeter.io/model", "granted")];
@@ -289,7 +289,7 @@ fn a_forbidden_watch_warns_once_backs_off_to_its_cap_and_names_arrive_once_acces
 #[test]
 fn after_an_api_server_restart_the_agent_lists_again_within_two_seconds() {
     require_root();
-    let pod = PodUnderTest::new(401);
+    let pod = PodUnderTest::new(109);
     let mut api = FakeApiServer::start();
     let annotations = [("modelmeter.io/model", "before")];
     api.add_pod(TestPod { annotations: &annotations, ..pod.api("restart-0", "node-a") }.to_json());
