@@ -127,8 +127,10 @@ pub mod events {
     const _: () = assert!(core::mem::size_of::<Event>() == 32);
 }
 
-/// Socket payload capture for request tracing: syscall probes on watched cgroups send the first
-/// bytes of each read and write on a socket; userspace pairs requests and responses.
+/// Request tracing: syscall probes on watched cgroups follow each connection in the kernel, pair
+/// every HTTP/1 request with its response, and send one [`Completion`] per request. A connection
+/// the kernel cannot follow (a request split before its method, pipelining) falls back to raw
+/// payload records ([`DataEvent`]) that userspace parses.
 pub mod traffic {
     /// `HashMap<u64, u8>`: cgroup v2 ids whose processes are traced.
     pub const WATCHED_CGROUPS_MAP: &str = "WATCHED_CGROUPS";
@@ -137,34 +139,52 @@ pub mod traffic {
     pub const WATCH_CONFIG_MAP: &str = "WATCH_CONFIG";
     pub const WATCH_ALL: u32 = 0;
     pub const AGENT_TGID: u32 = 1;
-    /// `LruHashMap<FdKey, u8>`: what an fd is, as far as the probes know.
+    /// `LruHashMap<FdKey, FdInfo>`: what an fd is, and the connection behind it.
     pub const FD_CLASS_MAP: &str = "FD_CLASS";
     /// `LruHashMap<u64, ActiveCall>`: syscalls between enter and exit, by pid_tgid.
     pub const ACTIVE_CALLS_MAP: &str = "ACTIVE_CALLS";
-    /// `RingBuf` of [`DataEvent`]s.
+    /// `LruHashMap<u64, Conn>`: each followed connection's request in progress, by connection id.
+    pub const CONNS_MAP: &str = "CONNS";
+    /// `RingBuf` of [`Completion`]s and [`DataEvent`]s (told apart by `kind`).
     pub const DATA_EVENTS_MAP: &str = "DATA_EVENTS";
     pub const WATCHED_CGROUPS_DEFAULT_ENTRIES: u32 = 4096;
     pub const FD_CLASS_DEFAULT_ENTRIES: u32 = 65_536;
+    /// Connections followed at once; the least recently used go first.
+    pub const CONNS_DEFAULT_ENTRIES: u32 = 8192;
     pub const DATA_EVENTS_DEFAULT_BYTES: u32 = 1024 * 1024;
 
-    /// Bytes of payload captured per syscall: enough for a request line, headers and the start of
-    /// a JSON body, or a response's status line and headers.
+    /// Bytes of payload per raw record on a fallback connection: a request line, headers and the
+    /// start of a JSON body, or a response's status line and headers.
     pub const CAPTURE_BYTES: usize = 512;
+    /// The first bytes of a request a completion carries: its request line (method and target),
+    /// and a small request's body, where a `"model"` may be.
+    pub const REQUEST_CAPTURE: usize = 256;
+    /// The first bytes of a response body a completion carries: an OpenAI-compatible server
+    /// names the `"model"` within them.
+    pub const RESPONSE_CAPTURE: usize = 192;
 
     pub const FD_SOCKET: u8 = 1;
     pub const FD_NOT_SOCKET: u8 = 2;
     /// Userspace was asked ([`KIND_FD_UNKNOWN`]) and has not answered yet.
     pub const FD_PENDING: u8 = 3;
 
-    /// Data a watched process read from a socket.
+    /// Data a watched process read from a socket (fallback connections).
     pub const KIND_DATA_IN: u32 = 1;
-    /// Data a watched process wrote to a socket.
+    /// Data a watched process wrote to a socket (fallback connections).
     pub const KIND_DATA_OUT: u32 = 2;
-    /// A watched process closed a socket.
+    /// A fallback connection closed.
     pub const KIND_CLOSE: u32 = 3;
     /// A watched process used an fd the probes have not classified: userspace looks at
     /// `/proc/<tgid>/fd/<fd>` and writes the verdict to [`FD_CLASS_MAP`].
     pub const KIND_FD_UNKNOWN: u32 = 4;
+    /// A request paired in the kernel: a [`Completion`].
+    pub const KIND_COMPLETION: u32 = 5;
+
+    /// [`Completion::flags`]: the response's end was not known from its framing (a head too large
+    /// to scan, a chunk header split across writes); it ended at the next request or the close.
+    pub const COMPLETION_FRAMING_GUESSED: u16 = 1;
+    /// [`Completion::flags`]: the response ran until the connection closed.
+    pub const COMPLETION_UNTIL_CLOSE: u16 = 2;
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -174,20 +194,125 @@ pub mod traffic {
     }
     const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 
+    /// What the probes know of an fd. `dup`, `dup2`, `dup3` and `fcntl(F_DUPFD)` copy it, so every
+    /// fd of one socket shares its connection id.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FdInfo {
+        /// Unique per connection while the agent runs (the CPU in the top bits, a per-CPU count below).
+        pub conn_id: u64,
+        /// [`FD_SOCKET`], [`FD_NOT_SOCKET`] or [`FD_PENDING`].
+        pub class: u8,
+        /// [`FD_COUNTED_NOT_HTTP`]: this fd's not-HTTP traffic was counted once.
+        pub flags: u8,
+        pub _pad: [u8; 6],
+    }
+
+    /// [`FdInfo::flags`]: the fd's first read that was not a request was counted.
+    pub const FD_COUNTED_NOT_HTTP: u8 = 1;
+    /// [`ActiveCall::kind`] of a `dup`-like call: `fd` is the fd being copied.
+    pub const KIND_DUP: u32 = 6;
+    const _: () = assert!(core::mem::size_of::<FdInfo>() == 16);
+
     /// A syscall in flight between its enter and exit tracepoints (keyed by pid_tgid).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default)]
     pub struct ActiveCall {
-        /// User buffer the data is in (the first iovec's for vectored calls).
+        /// User buffer the data is in (the first iovec's for vectored calls; 0 for sendfile).
         pub buf: u64,
         /// Bytes of `buf` that belong to this call (the first iovec's length for vectored calls).
         pub buf_len: u64,
+        pub conn_id: u64,
         pub fd: u32,
-        /// [`KIND_DATA_IN`] or [`KIND_DATA_OUT`].
+        /// [`KIND_DATA_IN`] or [`KIND_DATA_OUT`]; for a dup, the fd it copies.
         pub kind: u32,
     }
-    const _: () = assert!(core::mem::size_of::<ActiveCall>() == 24);
+    const _: () = assert!(core::mem::size_of::<ActiveCall>() == 32);
 
+    /// One request, paired in the kernel: from the first byte of it read to the last byte of its
+    /// response written.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Completion {
+        pub kind: u32,
+        /// The process that read the request.
+        pub tgid: u32,
+        pub conn_id: u64,
+        pub cgroup_id: u64,
+        /// Exit of the read that brought the request's first byte.
+        pub start_ns: u64,
+        /// Exit of the write that sent the response's last byte.
+        pub end_ns: u64,
+        pub request_bytes: u64,
+        pub response_bytes: u64,
+        /// The final status (101 included; interim 1xx skipped).
+        pub status: u16,
+        pub flags: u16,
+        /// Valid bytes in `request` and `response`.
+        pub request_captured: u16,
+        pub response_captured: u16,
+        pub request: [u8; REQUEST_CAPTURE],
+        /// The start of the response body (of its first chunk's data when chunked).
+        pub response: [u8; RESPONSE_CAPTURE],
+    }
+    const _: () = assert!(core::mem::size_of::<Completion>() == 64 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
+
+    /// Where a connection is.
+    pub const PHASE_IDLE: u8 = 0;
+    /// Reading a request; no response yet.
+    pub const PHASE_REQUEST: u8 = 1;
+    /// Writing a response whose head has not ended yet.
+    pub const PHASE_RESPONSE_HEAD: u8 = 2;
+    /// Writing a response body.
+    pub const PHASE_RESPONSE_BODY: u8 = 3;
+    /// Not HTTP/1 any more (after a 101 upgrade): ignored until closed.
+    pub const PHASE_OPAQUE: u8 = 4;
+    /// Followed by userspace through raw payload records.
+    pub const PHASE_FALLBACK: u8 = 5;
+
+    /// How the response body ends.
+    pub const FRAMING_LENGTH: u8 = 1;
+    pub const FRAMING_CHUNKED: u8 = 2;
+    pub const FRAMING_UNTIL_CLOSE: u8 = 3;
+    /// Lost (see [`COMPLETION_FRAMING_GUESSED`]).
+    pub const FRAMING_UNKNOWN: u8 = 4;
+
+    /// A connection's state in the kernel.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct Conn {
+        pub record: Completion,
+        /// Length framing: body bytes left. Chunked: bytes left of the current chunk (data and CRLF).
+        pub body_remaining: u64,
+        /// The response head's Content-Length as scanned.
+        pub content_length: u64,
+        /// Response head bytes scanned so far.
+        pub scanned: u32,
+        pub phase: u8,
+        pub framing: u8,
+        /// Header scanner: which field name is being matched or read (`SCAN_*` in the probes).
+        pub scan_field: u8,
+        /// Header scanner: bytes of the field name (or of `chunked`) matched so far.
+        pub scan_index: u8,
+        /// Header scanner: bytes into the current line.
+        pub line_pos: u16,
+        /// `CONN_*` bits.
+        pub flags: u8,
+        pub _pad: [u8; 5],
+    }
+    const _: () = assert!(core::mem::size_of::<Conn>() == core::mem::size_of::<Completion>() + 32);
+
+    /// [`Conn::flags`]: a request was paired on this connection (a response with none pending then
+    /// means a pipelined request was missed).
+    pub const CONN_SEEN_REQUEST: u8 = 1;
+    /// [`Conn::flags`]: the request was HEAD (no response body).
+    pub const CONN_HEAD_REQUEST: u8 = 4;
+    /// [`Conn::flags`]: the response head had a Content-Length.
+    pub const CONN_HAS_LENGTH: u8 = 8;
+    /// [`Conn::flags`]: the response head's Transfer-Encoding was chunked.
+    pub const CONN_CHUNKED: u8 = 16;
+
+    /// A raw payload record of a fallback connection (or an fd classification request).
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct DataEvent {
@@ -201,9 +326,10 @@ pub mod traffic {
         /// At the syscall's exit.
         pub timestamp_ns: u64,
         pub cgroup_id: u64,
+        pub conn_id: u64,
         pub data: [u8; CAPTURE_BYTES],
     }
-    const _: () = assert!(core::mem::size_of::<DataEvent>() == 40 + CAPTURE_BYTES);
+    const _: () = assert!(core::mem::size_of::<DataEvent>() == 48 + CAPTURE_BYTES);
 }
 
 /// Per-CPU error counters, so that no failure in a handler is silent.
@@ -217,10 +343,30 @@ pub mod counters {
     pub const DATA_RINGBUF_DROPS: u32 = 3;
     /// A syscall's enter could not be remembered for its exit.
     pub const ACTIVE_CALL_ERRORS: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A connection's state could not be stored.
+    pub const CONN_ERRORS: u32 = 5;
+    /// Connections whose first read was not an HTTP/1 request (counted once each).
+    pub const NOT_HTTP: u32 = 6;
+    /// Responses written with no request pending.
+    pub const UNMATCHED_RESPONSE: u32 = 7;
+    /// Requests whose connection closed before a response.
+    pub const UNFINISHED: u32 = 8;
+    /// Connections handed to userspace (a request split inside its method, pipelining).
+    pub const FALLBACK: u32 = 9;
+    pub const COUNT: u32 = 10;
 
-    pub const NAMES: [&str; COUNT as usize] =
-        ["ringbuf_drops", "task_cpu_map_full", "wakeup_map_errors", "data_ringbuf_drops", "active_call_errors"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_drops",
+        "task_cpu_map_full",
+        "wakeup_map_errors",
+        "data_ringbuf_drops",
+        "active_call_errors",
+        "conn_errors",
+        "not_http",
+        "unmatched_response",
+        "unfinished",
+        "fallback",
+    ];
 }
 
 #[cfg(feature = "user")]
@@ -232,6 +378,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::events::Event {}
     unsafe impl aya::Pod for super::traffic::FdKey {}
     unsafe impl aya::Pod for super::traffic::ActiveCall {}
+    unsafe impl aya::Pod for super::traffic::FdInfo {}
 }
 
 #[cfg(test)]

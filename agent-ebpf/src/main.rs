@@ -2,8 +2,9 @@
 //! tracepoints, and process exits and OOM kills through a ring buffer.
 //!
 //! Request tracing: syscall tracepoints (read, readv, recvfrom, recvmsg, write, writev, sendto,
-//! sendmsg, close, accept, accept4) capture the first bytes of each socket read and write of watched
-//! cgroups into a second ring buffer; userspace parses and pairs them.
+//! sendmsg, sendfile, close, accept, accept4, dup, dup2, dup3, fcntl) follow each connection of
+//! watched cgroups, pair HTTP/1 requests with their responses in the kernel, and send one
+//! completion per request through a second ring buffer.
 //!
 //! The kernel side never reads kernel structs (no CO-RE in Rust eBPF): it keys by what helpers give
 //! (`bpf_get_current_pid_tgid`, `bpf_get_current_cgroup_id`) and by tracepoint arguments. Each
@@ -16,17 +17,14 @@ use agent_common::{
     counters,
     events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
     sched::{CpuState, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
-    traffic::{
-        AGENT_TGID, ActiveCall, CAPTURE_BYTES, DataEvent, FD_CLASS_DEFAULT_ENTRIES, FD_PENDING, FD_SOCKET, FdKey,
-        KIND_CLOSE, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN, WATCH_ALL, WATCHED_CGROUPS_DEFAULT_ENTRIES,
-    },
+    traffic::*,
 };
 use aya_ebpf::{
     Global,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop,
+        bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -64,7 +62,7 @@ static WATCHED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(WATCHED_CGR
 static WATCH_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
 
 #[map(name = "FD_CLASS")]
-static FD_CLASS: LruHashMap<FdKey, u8> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
+static FD_CLASS: LruHashMap<FdKey, FdInfo> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
 
 #[map(name = "ACTIVE_CALLS")]
 static ACTIVE_CALLS: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
@@ -295,6 +293,13 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
 // lookup is all an unwatched process pays. Offsets are those of
 // /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_*/format: fd @16, buffer/iovec/msghdr @24,
 // count @32 on enter; ret @16 on exit.
+//
+// Each connection (all fds of one socket: `dup`s share its id) has a `Conn` in CONNS. A read that
+// starts with a method token starts a request and keeps its first bytes; the first write that
+// starts with a status line starts the response; the response head is scanned for its framing
+// (Content-Length, chunked, none), and the body counted down to its last byte, when one
+// `Completion` goes to userspace. A connection the kernel cannot follow is handed to userspace
+// (PHASE_FALLBACK) as raw payload records.
 
 /// Where a syscall's data is.
 #[derive(Clone, Copy)]
@@ -305,6 +310,8 @@ enum Buffer {
     Iovec,
     /// `struct user_msghdr *` @24 (recvmsg, sendmsg): the first iovec of `msg_iov`.
     Msghdr,
+    /// sendfile: no user buffer, only a length.
+    None,
 }
 
 /// Layout of `struct iovec` (include/uapi/linux/uio.h).
@@ -317,6 +324,38 @@ struct Iovec {
 
 /// Offset of `msg_iov` in `struct user_msghdr` (include/linux/socket.h): after msg_name and msg_namelen.
 const MSGHDR_IOV_OFFSET: u64 = 16;
+/// Response head bytes scanned in one write (in `SCAN_CHUNK` pieces) and in all.
+const SCAN_CHUNK: usize = 256;
+const SCAN_CHUNKS_PER_WRITE: usize = 8;
+const MAX_HEAD_SCAN: u32 = 16 * 1024;
+/// Chunk headers followed in one write.
+const CHUNKS_PER_WRITE: usize = 8;
+/// fcntl commands that duplicate an fd (include/uapi/asm-generic/fcntl.h, linux/fcntl.h).
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// Header scanner states (`Conn::scan_field`).
+const SCAN_OTHER: u8 = 0;
+const SCAN_NAME_LENGTH: u8 = 1;
+const SCAN_NAME_ENCODING: u8 = 2;
+const SCAN_VALUE_LENGTH: u8 = 3;
+const SCAN_VALUE_ENCODING: u8 = 4;
+const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
+const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
+const CHUNKED: &[u8; 7] = b"chunked";
+
+#[map(name = "CONNS")]
+static CONNS: LruHashMap<u64, Conn> = LruHashMap::with_max_entries(CONNS_DEFAULT_ENTRIES, 0);
+
+/// A fresh `Conn` is built here: it is larger than the eBPF stack.
+#[map(name = "CONN_SCRATCH")]
+static CONN_SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SCAN_SCRATCH")]
+static SCAN_SCRATCH: PerCpuArray<[u8; SCAN_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "CONN_IDS")]
+static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn watched() -> bool {
@@ -330,22 +369,39 @@ fn watched() -> bool {
     unsafe { WATCHED_CGROUPS.get(&bpf_get_current_cgroup_id()).is_some() }
 }
 
-/// Whether the fd's traffic is captured: known sockets, and fds not classified yet (reported to
-/// userspace once, which answers before it reads their data, so a connection opened before the
-/// agent started is measured from its next request). Known non-sockets are skipped.
+/// A connection id no other connection has had since the probes loaded: the CPU in the top
+/// 16 bits, that CPU's count below.
 #[inline(always)]
-fn capture_fd(tgid: u32, fd: u32) -> bool {
+fn new_conn_id() -> u64 {
+    // SAFETY: helper without preconditions.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+    let Some(counter) = CONN_IDS.get_ptr_mut(0) else { return 0 };
+    // SAFETY: per-CPU slot, and tracing programs do not nest on one CPU.
+    unsafe {
+        *counter += 1;
+        (cpu << 48) | (*counter & 0xffff_ffff_ffff)
+    }
+}
+
+/// The connection behind an fd, or `None` for an fd known not to be a socket. An fd never seen
+/// (opened before the agent, inherited, or not a socket at all) gets an id at once and userspace
+/// is asked what it is; its traffic is followed meanwhile, so a connection opened before the
+/// agent is measured from its next request.
+#[inline(always)]
+fn fd_conn(tgid: u32, fd: u32) -> Option<u64> {
     let key = FdKey { tgid, fd };
     // SAFETY: the value is copied out at once.
-    match unsafe { FD_CLASS.get(&key) } {
-        Some(class) => *class == FD_SOCKET || *class == FD_PENDING,
-        None => {
-            if FD_CLASS.insert(&key, &FD_PENDING, BPF_NOEXIST as u64).is_ok() {
-                send_data_header(KIND_FD_UNKNOWN, tgid, fd);
-            }
-            true
-        }
+    if let Some(info) = unsafe { FD_CLASS.get(&key) } {
+        return (info.class != FD_NOT_SOCKET).then_some(info.conn_id);
     }
+    let info = FdInfo { conn_id: new_conn_id(), class: FD_PENDING, flags: 0, _pad: [0; 6] };
+    if FD_CLASS.insert(&key, &info, BPF_NOEXIST as u64).is_ok() {
+        send_header(KIND_FD_UNKNOWN, tgid, fd, info.conn_id);
+        return Some(info.conn_id);
+    }
+    // Another thread of the process got there first.
+    // SAFETY: the value is copied out at once.
+    unsafe { FD_CLASS.get(&key) }.filter(|i| i.class != FD_NOT_SOCKET).map(|i| i.conn_id)
 }
 
 #[inline(always)]
@@ -365,9 +421,7 @@ fn on_data_enter(ctx: &TracePointContext, kind: u32, buffer: Buffer) {
     let (Ok(fd), Ok(arg)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
         return;
     };
-    if !capture_fd((pid_tgid >> 32) as u32, fd as u32) {
-        return;
-    }
+    let Some(conn_id) = fd_conn((pid_tgid >> 32) as u32, fd as u32) else { return };
     let located = match buffer {
         // SAFETY: offset from the format file.
         Buffer::Direct => unsafe { ctx.read_at::<u64>(32) }.ok().map(|count| (arg, count)),
@@ -376,54 +430,662 @@ fn on_data_enter(ctx: &TracePointContext, kind: u32, buffer: Buffer) {
         Buffer::Msghdr => {
             unsafe { bpf_probe_read_user((arg + MSGHDR_IOV_OFFSET) as *const u64) }.ok().and_then(first_iovec)
         }
+        Buffer::None => Some((0, 0)),
     };
     let Some((buf, buf_len)) = located else { return };
-    let call = ActiveCall { buf, buf_len, fd: fd as u32, kind };
+    let call = ActiveCall { buf, buf_len, conn_id, fd: fd as u32, kind };
     if ACTIVE_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count(counters::ACTIVE_CALL_ERRORS);
     }
 }
 
+/// The syscall's call record and its return value, when it moved data.
 #[inline(always)]
-fn on_data_exit(ctx: &TracePointContext) {
+fn take_call(ctx: &TracePointContext) -> Option<(ActiveCall, u64)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = (unsafe { ACTIVE_CALLS.get(&pid_tgid) }).copied()?;
+    let _ = ACTIVE_CALLS.remove(&pid_tgid);
+    // SAFETY: offset from the format file.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.ok()?;
+    (ret > 0).then_some((call, ret as u64))
+}
+
+/// Each exit program handles one direction: the verifier then checks one path per program.
+#[inline(always)]
+fn on_data_exit(ctx: &TracePointContext, kind: u32) {
     if !watched() {
         return;
     }
+    let Some((call, ret)) = take_call(ctx) else { return };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if kind == KIND_DATA_IN {
+        on_read(&call, ret, now);
+    } else {
+        on_write(&call, ret, now);
+    }
+}
+
+/// The length of the method token and its space at the start of `head` (0: none), and whether
+/// the read was too short to tell (the first bytes of a method, split from the rest).
+#[inline(always)]
+fn method_token(head: &[u8; 8], len: u64) -> (u64, bool) {
+    const METHODS: [&[u8]; 9] =
+        [b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ", b"TRACE ", b"DELETE ", b"OPTIONS ", b"CONNECT "];
+    let mut i = 0;
+    while i < METHODS.len() {
+        let method = METHODS[i];
+        let mut matched = 0;
+        while matched < method.len() && matched < 8 && head[matched] == method[matched] {
+            matched += 1;
+        }
+        if matched == method.len() && len >= method.len() as u64 {
+            return (method.len() as u64, false);
+        }
+        if matched as u64 == len && len < method.len() as u64 {
+            return (0, true);
+        }
+        i += 1;
+    }
+    (0, false)
+}
+
+/// Reads a plain-bytes value from user memory (through the raw helper: a generic call returning
+/// more than a register is not allowed in BPF).
+#[inline(always)]
+fn read_user<T: Copy>(at: u64) -> Option<T> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `value` and fails cleanly on a
+    // bad address; T is a byte array or integer, valid for any bytes.
+    let rc = unsafe { probe_read_user_raw(value.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32, at as *const _) };
+    // SAFETY: the helper filled it.
+    (rc == 0).then(|| unsafe { value.assume_init() })
+}
+
+/// Copies up to `len` bytes at `from` into `to` (of `size` bytes, a power of two); returns how many.
+#[inline(always)]
+fn copy_user(to: *mut u8, size: usize, from: u64, len: u64) -> u16 {
+    let mut n = len;
+    if n > size as u64 {
+        n = size as u64;
+    }
+    let n = n as u32 & (size as u32 * 2 - 1);
+    // SAFETY: `to` has `size` bytes, `n` ≤ size; user memory is read through the helper.
+    if n > 0 && n <= size as u32 && unsafe { probe_read_user_raw(to.cast(), n, from as *const _) } == 0 {
+        n as u16
+    } else {
+        0
+    }
+}
+
+/// The connection's state, created (idle) when it has none.
+#[inline(always)]
+fn conn_state(conn_id: u64) -> Option<*mut Conn> {
+    if let Some(conn) = CONNS.get_ptr_mut(&conn_id) {
+        return Some(conn);
+    }
+    let scratch = CONN_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; only the fields a fresh connection relies on are reset.
+    unsafe {
+        (*scratch).phase = PHASE_IDLE;
+        (*scratch).flags = 0;
+        if CONNS.insert(&conn_id, &*scratch, 0).is_err() {
+            count(counters::CONN_ERRORS);
+            return None;
+        }
+    }
+    CONNS.get_ptr_mut(&conn_id)
+}
+
+#[inline(always)]
+fn on_read(call: &ActiveCall, ret: u64, now: u64) {
+    let existing = CONNS.get_ptr_mut(&call.conn_id);
+    // SAFETY: a map value pointer; tracing programs on one connection run one at a time in practice,
+    // and a race costs one request's figures, never memory safety.
+    let phase = existing.map_or(PHASE_IDLE, |c| unsafe { (*c).phase });
+    match phase {
+        PHASE_FALLBACK => send_data(KIND_DATA_IN, call, ret, now),
+        PHASE_OPAQUE => {}
+        PHASE_REQUEST => {
+            if let Some(conn) = existing {
+                // SAFETY: as above.
+                unsafe { (*conn).record.request_bytes += ret };
+            }
+        }
+        _ => {
+            let head: [u8; 8] = read_user(call.buf).unwrap_or([0; 8]);
+            let (method, split) = method_token(&head, if call.buf_len < ret { call.buf_len } else { ret });
+            if method > 0 {
+                if let Some(conn) = existing {
+                    // The last response's framing was missed: it ended with its last write.
+                    // SAFETY: as above.
+                    unsafe {
+                        if (*conn).phase != PHASE_IDLE {
+                            (*conn).record.flags |= COMPLETION_FRAMING_GUESSED;
+                            complete(&mut *conn);
+                        }
+                    }
+                }
+                start_request(call, ret, now, head[0] == b'H');
+            } else if split {
+                // A method split across reads: userspace reassembles this connection from here on.
+                if let Some(conn) = conn_state(call.conn_id) {
+                    // SAFETY: a map value pointer.
+                    unsafe { (*conn).phase = PHASE_FALLBACK };
+                    count(counters::FALLBACK);
+                    send_data(KIND_DATA_IN, call, ret, now);
+                }
+            } else if phase == PHASE_IDLE {
+                count_not_http(call);
+            }
+        }
+    }
+}
+
+/// Counts an fd's traffic as not HTTP, once per fd.
+#[inline(always)]
+fn count_not_http(call: &ActiveCall) {
+    let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: call.fd };
+    if let Some(info) = FD_CLASS.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer.
+        unsafe {
+            if (*info).flags & FD_COUNTED_NOT_HTTP == 0 {
+                (*info).flags |= FD_COUNTED_NOT_HTTP;
+                count(counters::NOT_HTTP);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn start_request(call: &ActiveCall, ret: u64, now: u64, head_method: bool) {
+    let Some(conn) = conn_state(call.conn_id) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { ACTIVE_CALLS.get(&pid_tgid) }).copied() else { return };
-    let _ = ACTIVE_CALLS.remove(&pid_tgid);
-    // SAFETY: offset from the format file.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else { return };
-    if ret <= 0 {
+    // SAFETY: a map value pointer; the copy is bounded by the array's size.
+    unsafe {
+        let c = &mut *conn;
+        c.record.kind = KIND_COMPLETION;
+        c.record.tgid = (pid_tgid >> 32) as u32;
+        c.record.conn_id = call.conn_id;
+        c.record.cgroup_id = bpf_get_current_cgroup_id();
+        c.record.start_ns = now;
+        c.record.end_ns = now;
+        c.record.request_bytes = ret;
+        c.record.response_bytes = 0;
+        c.record.status = 0;
+        c.record.flags = 0;
+        c.record.response_captured = 0;
+        let available = if call.buf_len < ret { call.buf_len } else { ret };
+        c.record.request_captured = copy_user(c.record.request.as_mut_ptr(), REQUEST_CAPTURE, call.buf, available);
+        c.phase = PHASE_REQUEST;
+        c.framing = 0;
+        c.flags &= CONN_SEEN_REQUEST;
+        if head_method {
+            c.flags |= CONN_HEAD_REQUEST;
+        }
+        c.scanned = 0;
+        c.scan_field = SCAN_OTHER;
+        c.scan_index = 0;
+        c.line_pos = 0;
+        c.content_length = 0;
+        c.body_remaining = 0;
+    }
+}
+
+/// The status of a status line at `buf`, if it is one.
+#[inline(always)]
+fn status_line(buf: u64) -> Option<u16> {
+    let line: [u8; 13] = read_user(buf)?;
+    let version = line[0] == b'H'
+        && line[1] == b'T'
+        && line[2] == b'T'
+        && line[3] == b'P'
+        && line[4] == b'/'
+        && line[5] == b'1'
+        && line[6] == b'.'
+        && line[8] == b' ';
+    let digits = [line[9], line[10], line[11]];
+    if !version || !digits.iter().all(u8::is_ascii_digit) || digits[0] == b'0' || !matches!(line[12], b' ' | b'\r') {
+        return None;
+    }
+    Some(digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
+}
+
+#[inline(always)]
+fn on_write(call: &ActiveCall, ret: u64, now: u64) {
+    let Some(conn) = CONNS.get_ptr_mut(&call.conn_id) else {
+        if call.buf != 0 && status_line(call.buf).is_some() {
+            count(counters::UNMATCHED_RESPONSE);
+        }
+        return;
+    };
+    // SAFETY: a map value pointer (see `on_read`).
+    let c = unsafe { &mut *conn };
+    // Bytes of this call that can be read: the first iovec, and none for sendfile.
+    let readable = if call.buf == 0 {
+        0
+    } else if call.buf_len < ret {
+        call.buf_len
+    } else {
+        ret
+    };
+    match c.phase {
+        PHASE_FALLBACK => {
+            send_data(KIND_DATA_OUT, call, ret, now);
+            return;
+        }
+        PHASE_IDLE => {
+            if readable > 0 && status_line(call.buf).is_some() {
+                count(counters::UNMATCHED_RESPONSE);
+                if c.flags & CONN_SEEN_REQUEST != 0 {
+                    // A response to a request never seen as one: pipelined requests in one read.
+                    c.phase = PHASE_FALLBACK;
+                    count(counters::FALLBACK);
+                }
+            }
+            return;
+        }
+        PHASE_REQUEST => {
+            if readable == 0 {
+                return;
+            }
+            let Some(status) = status_line(call.buf) else { return };
+            // An interim response (100 Continue): the final one follows.
+            if (100..200).contains(&status) && status != 101 {
+                return;
+            }
+            c.record.status = status;
+            c.phase = PHASE_RESPONSE_HEAD;
+        }
+        PHASE_RESPONSE_HEAD | PHASE_RESPONSE_BODY => {}
+        _ => return,
+    }
+    c.record.response_bytes += ret;
+    c.record.end_ns = now;
+    let mut body_at = 0;
+    if c.phase == PHASE_RESPONSE_HEAD {
+        match scan_head(c, call.buf, readable) {
+            Some(end) => {
+                body_at = end;
+                if !framed(c) {
+                    return;
+                }
+            }
+            None => {
+                if c.scanned >= MAX_HEAD_SCAN || readable < ret {
+                    // The head goes on where it cannot be read: its end is a guess.
+                    c.phase = PHASE_RESPONSE_BODY;
+                    c.framing = FRAMING_UNKNOWN;
+                }
+                return;
+            }
+        }
+    }
+    if count_body(c, call.buf, readable, ret, body_at) {
+        complete(c);
+    }
+}
+
+/// Sets the framing once the head has ended; returns false when the response already completed.
+#[inline(always)]
+fn framed(c: &mut Conn) -> bool {
+    c.phase = PHASE_RESPONSE_BODY;
+    let status = c.record.status;
+    if status == 101 {
+        complete(c);
+        c.phase = PHASE_OPAQUE;
+        return false;
+    }
+    if c.flags & CONN_HEAD_REQUEST != 0 || status == 204 || status == 304 {
+        complete(c);
+        return false;
+    }
+    if c.flags & CONN_CHUNKED != 0 {
+        c.framing = FRAMING_CHUNKED;
+        c.body_remaining = 0;
+    } else if c.flags & CONN_HAS_LENGTH != 0 {
+        c.framing = FRAMING_LENGTH;
+        c.body_remaining = c.content_length;
+        if c.content_length == 0 {
+            complete(c);
+            return false;
+        }
+    } else {
+        c.framing = FRAMING_UNTIL_CLOSE;
+    }
+    true
+}
+
+/// What `scan_step` works on: one scratch chunk of a response head.
+#[repr(C)]
+struct ScanContext {
+    conn: *mut Conn,
+    bytes: *const [u8; SCAN_CHUNK],
+    len: u64,
+    /// Index after the head's last byte, once found; 0 before.
+    end: u64,
+}
+
+/// One byte of a `bpf_loop` over a head chunk: the verifier checks this once instead of walking
+/// every iteration of an inline loop (which it refuses beyond a few hundred bytes).
+#[inline(never)]
+extern "C" fn scan_step(index: u64, context: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes back the context `scan_head` gave it, on its stack; its pointers
+    // are to map values that live through the program run.
+    let context = unsafe { &mut *context.cast::<ScanContext>() };
+    if index >= context.len {
+        return 1;
+    }
+    // SAFETY: the index is masked into the chunk.
+    let byte = unsafe { (*context.bytes)[index as usize & (SCAN_CHUNK - 1)] };
+    // SAFETY: as above.
+    if scan_byte(unsafe { &mut *context.conn }, byte) {
+        context.end = index + 1;
+        return 1;
+    }
+    0
+}
+
+/// Scans the readable part of a response write for the head's end and its framing fields;
+/// returns the offset where the body starts once the head has ended.
+#[inline(always)]
+fn scan_head(c: &mut Conn, buf: u64, readable: u64) -> Option<u64> {
+    let scratch = SCAN_SCRATCH.get_ptr_mut(0)?;
+    let mut chunk = 0;
+    while chunk < SCAN_CHUNKS_PER_WRITE {
+        let offset = (chunk * SCAN_CHUNK) as u64;
+        if offset >= readable || c.scanned >= MAX_HEAD_SCAN {
+            return None;
+        }
+        // SAFETY: this CPU's scratch slot of SCAN_CHUNK bytes.
+        let n = copy_user(unsafe { (*scratch).as_mut_ptr() }, SCAN_CHUNK, buf + offset, readable - offset);
+        if n == 0 {
+            return None;
+        }
+        let mut context = ScanContext { conn: c, bytes: scratch, len: u64::from(n), end: 0 };
+        // SAFETY: a static callback and a context that outlives the call.
+        unsafe {
+            bpf_loop(
+                u32::from(n),
+                scan_step as *mut core::ffi::c_void,
+                (&mut context as *mut ScanContext).cast(),
+                0,
+            );
+        }
+        if context.end > 0 {
+            c.scanned += context.end as u32;
+            return Some(offset + context.end);
+        }
+        c.scanned += u32::from(n);
+        chunk += 1;
+    }
+    None
+}
+
+/// One byte of a response head; true at its end (the empty line). Only Content-Length and
+/// Transfer-Encoding matter; bare LF line ends are accepted (RFC 9112 §2.2).
+#[inline(always)]
+fn scan_byte(c: &mut Conn, byte: u8) -> bool {
+    if byte == b'\r' {
+        return false;
+    }
+    if byte == b'\n' {
+        let empty = c.line_pos == 0;
+        c.line_pos = 0;
+        c.scan_field = SCAN_OTHER;
+        c.scan_index = 0;
+        return empty;
+    }
+    let lower = byte | 0x20;
+    let index = c.scan_index as usize;
+    if c.line_pos == 0 {
+        c.scan_field = match lower {
+            b'c' => SCAN_NAME_LENGTH,
+            b't' => SCAN_NAME_ENCODING,
+            _ => SCAN_OTHER,
+        };
+        c.scan_index = 1;
+    } else {
+        match c.scan_field {
+            SCAN_NAME_LENGTH => {
+                let expected = if index < CONTENT_LENGTH.len() { CONTENT_LENGTH[index] } else { 0 };
+                // ':' | 0x20 is ':' too (0x3a has that bit).
+                if lower != expected {
+                    c.scan_field = SCAN_OTHER;
+                } else if index + 1 == CONTENT_LENGTH.len() {
+                    c.scan_field = SCAN_VALUE_LENGTH;
+                    c.content_length = 0;
+                    c.flags |= CONN_HAS_LENGTH;
+                } else {
+                    c.scan_index += 1;
+                }
+            }
+            SCAN_NAME_ENCODING => {
+                let expected = if index < TRANSFER_ENCODING.len() { TRANSFER_ENCODING[index] } else { 0 };
+                if lower != expected {
+                    c.scan_field = SCAN_OTHER;
+                } else if index + 1 == TRANSFER_ENCODING.len() {
+                    c.scan_field = SCAN_VALUE_ENCODING;
+                    c.scan_index = 0;
+                } else {
+                    c.scan_index += 1;
+                }
+            }
+            SCAN_VALUE_LENGTH => {
+                // Capped well below overflow (a 128-bit multiply is not available in BPF).
+                if byte.is_ascii_digit() && c.content_length < (1 << 59) {
+                    c.content_length = c.content_length * 10 + u64::from(byte - b'0');
+                }
+            }
+            SCAN_VALUE_ENCODING => {
+                let expected = if index < CHUNKED.len() { CHUNKED[index] } else { 0 };
+                if lower == expected {
+                    c.scan_index += 1;
+                    if c.scan_index as usize == CHUNKED.len() {
+                        c.flags |= CONN_CHUNKED;
+                    }
+                } else {
+                    c.scan_index = if lower == CHUNKED[0] { 1 } else { 0 };
+                }
+            }
+            _ => {}
+        }
+    }
+    c.line_pos = c.line_pos.saturating_add(1);
+    false
+}
+
+/// Counts the body bytes of a write from `from` on; true once the body is complete. Keeps the
+/// first bytes of the body (of the first chunk's data) for the model.
+#[inline(always)]
+fn count_body(c: &mut Conn, buf: u64, readable: u64, ret: u64, from: u64) -> bool {
+    match c.framing {
+        FRAMING_LENGTH => {
+            keep_body_start(c, buf, readable, from, u64::MAX);
+            let sent = ret.saturating_sub(from);
+            if sent >= c.body_remaining {
+                c.body_remaining = 0;
+                return true;
+            }
+            c.body_remaining -= sent;
+            false
+        }
+        FRAMING_CHUNKED => count_chunks(c, buf, readable, ret, from),
+        _ => {
+            keep_body_start(c, buf, readable, from, u64::MAX);
+            false
+        }
+    }
+}
+
+#[inline(always)]
+fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64) {
+    if c.record.response_captured != 0 || from >= readable {
         return;
     }
+    let mut len = readable - from;
+    if len > limit {
+        len = limit;
+    }
+    c.record.response_captured = copy_user(c.record.response.as_mut_ptr(), RESPONSE_CAPTURE, buf + from, len);
+}
+
+/// Hex digit values; 16 for anything else.
+static HEX_DIGITS: [u8; 256] = {
+    let mut table = [16u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// What `chunk_step` works on: one response write of a chunked body.
+#[repr(C)]
+struct ChunkContext {
+    conn: *mut Conn,
+    buf: u64,
+    readable: u64,
+    ret: u64,
+    /// Where the next chunk header starts, in this write.
+    pos: u64,
+    /// 1 at the last chunk, 2 when the write was followed to its end, 0 while neither.
+    outcome: u64,
+}
+
+const CHUNKS_LAST: u64 = 1;
+const CHUNKS_WRITE_DONE: u64 = 2;
+
+/// Follows chunk headers through one write (RFC 9112 §7.1), at most `CHUNKS_PER_WRITE`; true at
+/// the last chunk. A header that cannot be read here (split across writes, or in a later iovec)
+/// makes the end a guess.
+#[inline(always)]
+fn count_chunks(c: &mut Conn, buf: u64, readable: u64, ret: u64, from: u64) -> bool {
+    let mut context = ChunkContext { conn: c, buf, readable, ret, pos: from, outcome: 0 };
+    // SAFETY: a static callback and a context that outlives the call.
+    unsafe {
+        bpf_loop(
+            CHUNKS_PER_WRITE as u32,
+            chunk_step as *mut core::ffi::c_void,
+            (&mut context as *mut ChunkContext).cast(),
+            0,
+        );
+    }
+    match context.outcome {
+        CHUNKS_LAST => true,
+        CHUNKS_WRITE_DONE => false,
+        _ => {
+            c.framing = FRAMING_UNKNOWN;
+            false
+        }
+    }
+}
+
+/// One chunk of a write: the rest of the current chunk's data, then the next chunk header.
+#[inline(never)]
+extern "C" fn chunk_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `bpf_loop` passes back the context `count_chunks` gave it; its connection pointer
+    // is a map value that lives through the program run.
+    let x = unsafe { &mut *context.cast::<ChunkContext>() };
+    // SAFETY: as above.
+    let c = unsafe { &mut *x.conn };
+    if c.body_remaining > 0 {
+        let left = x.ret.saturating_sub(x.pos);
+        if left <= c.body_remaining {
+            c.body_remaining -= left;
+            x.outcome = CHUNKS_WRITE_DONE;
+            return 1;
+        }
+        x.pos += c.body_remaining;
+        c.body_remaining = 0;
+    }
+    if x.pos >= x.ret {
+        x.outcome = CHUNKS_WRITE_DONE;
+        return 1;
+    }
+    if x.pos + 3 > x.readable {
+        c.framing = FRAMING_UNKNOWN;
+        x.outcome = CHUNKS_WRITE_DONE;
+        return 1;
+    }
+    let Some(line) = read_user::<[u8; 24]>(x.buf + x.pos) else {
+        c.framing = FRAMING_UNKNOWN;
+        x.outcome = CHUNKS_WRITE_DONE;
+        return 1;
+    };
+    // chunk-size CRLF, without extensions (servers do not send them). One table look-up and
+    // one branch per digit keep the verifier's paths linear.
+    let (mut size, mut digits) = (0u64, 0usize);
+    while digits < 15 {
+        let value = HEX_DIGITS[line[digits] as usize];
+        if value > 15 {
+            break;
+        }
+        size = (size << 4) | u64::from(value);
+        digits += 1;
+    }
+    let end = digits + 2;
+    let terminated = line.get(digits) == Some(&b'\r') && line.get(digits + 1) == Some(&b'\n');
+    if digits == 0 || !terminated || x.pos + end as u64 > x.readable {
+        c.framing = FRAMING_UNKNOWN;
+        x.outcome = CHUNKS_WRITE_DONE;
+        return 1;
+    }
+    if size == 0 {
+        x.outcome = CHUNKS_LAST;
+        return 1;
+    }
+    x.pos += end as u64;
+    keep_body_start(c, x.buf, x.readable, x.pos, size);
+    c.body_remaining = size + 2;
+    0
+}
+
+/// Sends the connection's request as one completion and makes the connection idle.
+#[inline(always)]
+fn complete(c: &mut Conn) {
+    if DATA_EVENTS.output::<Completion>(&c.record, data_wakeup_flags()).is_err() {
+        count(counters::DATA_RINGBUF_DROPS);
+    }
+    c.phase = PHASE_IDLE;
+    c.flags = CONN_SEEN_REQUEST;
+}
+
+/// A raw payload record of a fallback connection.
+#[inline(always)]
+fn send_data(kind: u32, call: &ActiveCall, ret: u64, now: u64) {
     let Some(mut entry) = DATA_EVENTS.reserve::<DataEvent>(0) else {
         count(counters::DATA_RINGBUF_DROPS);
         return;
     };
     let event = entry.as_mut_ptr();
-    let mut captured = ret as u64;
+    let mut captured = ret;
     if captured > call.buf_len {
         captured = call.buf_len;
-    }
-    if captured > CAPTURE_BYTES as u64 {
-        captured = CAPTURE_BYTES as u64;
     }
     // SAFETY: `event` points at a reserved record of the right size; the copy is bounded by
     // CAPTURE_BYTES, the size of `data`, and reads user memory through the helper.
     unsafe {
-        (*event).kind = call.kind;
-        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).kind = kind;
+        (*event).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         (*event).fd = call.fd;
-        (*event).len = ret as u64;
-        (*event).timestamp_ns = bpf_ktime_get_ns();
+        (*event).len = ret;
+        (*event).timestamp_ns = now;
         (*event).cgroup_id = bpf_get_current_cgroup_id();
-        let copied = captured as u32 & (CAPTURE_BYTES as u32 * 2 - 1);
-        let ok = copied > 0
-            && copied <= CAPTURE_BYTES as u32
-            && probe_read_user_raw((*event).data.as_mut_ptr().cast(), copied, call.buf as *const _) == 0;
-        (*event).captured = if ok { copied } else { 0 };
+        (*event).conn_id = call.conn_id;
+        (*event).captured = if call.buf == 0 {
+            0
+        } else {
+            u32::from(copy_user((*event).data.as_mut_ptr(), CAPTURE_BYTES, call.buf, captured))
+        };
     }
     entry.submit(data_wakeup_flags());
 }
@@ -437,9 +1099,9 @@ fn data_wakeup_flags() -> u64 {
     }
 }
 
-/// A record with no payload (close, fd classification request).
+/// A record with no payload (a fallback connection's close, an fd classification request).
 #[inline(always)]
-fn send_data_header(kind: u32, tgid: u32, fd: u32) {
+fn send_header(kind: u32, tgid: u32, fd: u32, conn_id: u64) {
     let Some(mut entry) = DATA_EVENTS.reserve::<DataEvent>(0) else {
         count(counters::DATA_RINGBUF_DROPS);
         return;
@@ -454,6 +1116,7 @@ fn send_data_header(kind: u32, tgid: u32, fd: u32) {
         (*event).len = 0;
         (*event).timestamp_ns = bpf_ktime_get_ns();
         (*event).cgroup_id = bpf_get_current_cgroup_id();
+        (*event).conn_id = conn_id;
     }
     entry.submit(data_wakeup_flags());
 }
@@ -468,7 +1131,7 @@ macro_rules! data_syscall {
 
         #[tracepoint(category = "syscalls", name = $exit_event)]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_data_exit(&ctx);
+            on_data_exit(&ctx, $kind);
             0
         }
     };
@@ -482,8 +1145,18 @@ data_syscall!(enter_write, exit_write, "sys_enter_write", "sys_exit_write", KIND
 data_syscall!(enter_writev, exit_writev, "sys_enter_writev", "sys_exit_writev", KIND_DATA_OUT, Buffer::Iovec);
 data_syscall!(enter_sendto, exit_sendto, "sys_enter_sendto", "sys_exit_sendto", KIND_DATA_OUT, Buffer::Direct);
 data_syscall!(enter_sendmsg, exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg", KIND_DATA_OUT, Buffer::Msghdr);
+// sendfile64: out_fd @16 — the body of a response sent from a file counts, unread.
+data_syscall!(
+    enter_sendfile,
+    exit_sendfile,
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+    KIND_DATA_OUT,
+    Buffer::None
+);
 
-/// close: a socket's connection state ends; the fd number may be reused for anything.
+/// close: the connection's request ends (a response until close completes here); the fd number
+/// may be reused for anything.
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn enter_close(ctx: TracePointContext) -> u32 {
     if !watched() {
@@ -493,10 +1166,29 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else { return 0 };
     let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
     // SAFETY: the value is copied out at once.
-    if let Some(FD_SOCKET | FD_PENDING) = unsafe { FD_CLASS.get(&key) }.copied() {
-        send_data_header(KIND_CLOSE, key.tgid, key.fd);
-    }
+    let Some(info) = (unsafe { FD_CLASS.get(&key) }).copied() else { return 0 };
     let _ = FD_CLASS.remove(&key);
+    if info.class == FD_NOT_SOCKET {
+        return 0;
+    }
+    if let Some(conn) = CONNS.get_ptr_mut(&info.conn_id) {
+        // SAFETY: a map value pointer.
+        let c = unsafe { &mut *conn };
+        match c.phase {
+            PHASE_RESPONSE_HEAD | PHASE_RESPONSE_BODY => {
+                c.record.flags |= if c.framing == FRAMING_UNTIL_CLOSE {
+                    COMPLETION_UNTIL_CLOSE
+                } else {
+                    COMPLETION_FRAMING_GUESSED
+                };
+                complete(c);
+            }
+            PHASE_REQUEST => count(counters::UNFINISHED),
+            PHASE_FALLBACK => send_header(KIND_CLOSE, key.tgid, key.fd, info.conn_id),
+            _ => {}
+        }
+        let _ = CONNS.remove(&info.conn_id);
+    }
     0
 }
 
@@ -509,10 +1201,8 @@ fn on_accept_exit(ctx: &TracePointContext) {
     let Ok(fd) = (unsafe { ctx.read_at::<i64>(16) }) else { return };
     if fd >= 0 {
         let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
-        let _ = FD_CLASS.insert(&key, &FD_SOCKET, 0);
-        // A fresh connection on this fd number: whatever userspace knew of the number is over
-        // (its close may have gone unseen, or it was a file).
-        send_data_header(KIND_CLOSE, key.tgid, key.fd);
+        let info = FdInfo { conn_id: new_conn_id(), class: FD_SOCKET, flags: 0, _pad: [0; 6] };
+        let _ = FD_CLASS.insert(&key, &info, 0);
     }
 }
 
@@ -526,6 +1216,98 @@ pub fn exit_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn exit_accept(ctx: TracePointContext) -> u32 {
     on_accept_exit(&ctx);
+    0
+}
+
+/// dup, dup2, dup3 and fcntl(F_DUPFD): remembers the fd being copied (@16).
+#[inline(always)]
+fn on_dup_enter(ctx: &TracePointContext) {
+    if !watched() {
+        return;
+    }
+    // SAFETY: offset from the format file.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else { return };
+    let call = ActiveCall { buf: 0, buf_len: 0, conn_id: 0, fd: fd as u32, kind: KIND_DUP };
+    if ACTIVE_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0).is_err() {
+        count(counters::ACTIVE_CALL_ERRORS);
+    }
+}
+
+/// The new fd (the return value) shares the old fd's connection, so a server reading on one and
+/// writing on the other is one stream.
+#[inline(always)]
+fn on_dup_exit(ctx: &TracePointContext) {
+    if !watched() {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(call) = (unsafe { ACTIVE_CALLS.get(&pid_tgid) }).copied() else { return };
+    let _ = ACTIVE_CALLS.remove(&pid_tgid);
+    // SAFETY: offset from the format file.
+    let Ok(new_fd) = (unsafe { ctx.read_at::<i64>(16) }) else { return };
+    if call.kind != KIND_DUP || new_fd < 0 {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    if fd_conn(tgid, call.fd).is_none() {
+        return;
+    }
+    // SAFETY: the value is copied out at once.
+    if let Some(info) = (unsafe { FD_CLASS.get(&FdKey { tgid, fd: call.fd }) }).copied() {
+        let _ = FD_CLASS.insert(&FdKey { tgid, fd: new_fd as u32 }, &info, 0);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_dup")]
+pub fn enter_dup(ctx: TracePointContext) -> u32 {
+    on_dup_enter(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_dup")]
+pub fn exit_dup(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_dup2")]
+pub fn enter_dup2(ctx: TracePointContext) -> u32 {
+    on_dup_enter(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_dup2")]
+pub fn exit_dup2(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_dup3")]
+pub fn enter_dup3(ctx: TracePointContext) -> u32 {
+    on_dup_enter(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_dup3")]
+pub fn exit_dup3(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
+    0
+}
+
+/// fcntl: only F_DUPFD and F_DUPFD_CLOEXEC (cmd @24) copy an fd.
+#[tracepoint(category = "syscalls", name = "sys_enter_fcntl")]
+pub fn enter_fcntl(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file.
+    if matches!(unsafe { ctx.read_at::<u64>(24) }, Ok(F_DUPFD | F_DUPFD_CLOEXEC)) {
+        on_dup_enter(&ctx);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_fcntl")]
+pub fn exit_fcntl(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
     0
 }
 

@@ -70,6 +70,11 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// Where a request was paired with its response.
+    PairPath { Kernel => "kernel", Userspace => "userspace" }
+);
+
 #[derive(Debug, Default)]
 pub struct Telemetry {
     collections: AtomicU64,
@@ -78,6 +83,7 @@ pub struct Telemetry {
     dropped: [AtomicU64; DropReason::COUNT],
     skipped: [AtomicU64; SkipReason::COUNT],
     connections: AtomicU64,
+    paired: [AtomicU64; PairPath::COUNT],
 }
 
 impl Telemetry {
@@ -108,6 +114,11 @@ impl Telemetry {
 
     pub fn connections(&self) -> u64 {
         self.connections.load(Relaxed)
+    }
+
+    /// Every path, zero or not.
+    pub fn paired(&self) -> Vec<(PairPath, u64)> {
+        PairPath::ALL.iter().map(|p| (*p, self.paired[*p as usize].load(Relaxed))).collect()
     }
 }
 
@@ -169,6 +180,18 @@ pub struct TrafficSkipped {
 impl TrafficSkipped {
     pub fn emit(self, telemetry: &Telemetry) {
         telemetry.skipped[self.reason as usize].fetch_add(1, Relaxed);
+    }
+}
+
+/// Requests paired with their responses.
+pub struct RequestsPaired {
+    pub path: PairPath,
+    pub count: u64,
+}
+
+impl RequestsPaired {
+    pub fn emit(self, telemetry: &Telemetry) {
+        telemetry.paired[self.path as usize].fetch_add(self.count, Relaxed);
     }
 }
 

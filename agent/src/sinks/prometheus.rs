@@ -310,6 +310,29 @@ fn encode_agent(e: &mut DescriptorEncoder, agent: &crate::store::AgentRow) -> Re
     )?;
     family(
         e,
+        "modelmeter_http_paired_requests",
+        "Requests paired with their responses, by where: in the kernel, or in userspace for connections the probes handed back.",
+        None,
+        MetricType::Counter,
+        agent
+            .requests_traced
+            .then_some(&agent.paired_requests)
+            .into_iter()
+            .flatten()
+            .map(|(path, n)| (vec![("path", path.label().to_owned())], *n)),
+        counter_u64,
+    )?;
+    family(
+        e,
+        "modelmeter_http_fallback_connections",
+        "Connections the probes could not follow and handed to userspace (a request split inside its method, pipelining).",
+        None,
+        MetricType::Counter,
+        agent.requests_traced.then_some((Vec::new(), agent.fallback_connections)),
+        counter_u64,
+    )?;
+    family(
+        e,
         "modelmeter_http_watched_cgroups",
         "cgroups whose requests are traced.",
         None,
@@ -320,7 +343,7 @@ fn encode_agent(e: &mut DescriptorEncoder, agent: &crate::store::AgentRow) -> Re
     family(
         e,
         "modelmeter_http_connections",
-        "Connections being followed.",
+        "Connections followed in userspace (handed back by the probes).",
         None,
         MetricType::Gauge,
         agent.requests_traced.then(|| (Vec::new(), agent.connections as f64)),

@@ -1,15 +1,19 @@
-//! The request source: reads the socket payload ring on its own thread, tells the probes which
-//! fds are sockets, follows each connection with an HTTP/1 parser and sends every paired request
-//! and response as an [`Observation::Exchange`] keyed by the kernel's cgroup id and tgid.
+//! The request source: reads the payload ring on its own thread. Requests the probes paired in the
+//! kernel arrive as one completion each and go straight to the store; connections the probes
+//! handed back (a request split inside its method, pipelining) arrive as raw payload records and
+//! are followed here by an HTTP/1 parser. It also tells the probes which fds are not sockets.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use agent_common::traffic::{FdKey, KIND_CLOSE, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN};
+use agent_common::traffic::{
+    Completion, FdKey, KIND_CLOSE, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN, REQUEST_CAPTURE,
+    RESPONSE_CAPTURE,
+};
 use crossbeam_channel::Receiver;
 use tokio_util::sync::CancellationToken;
 
@@ -18,26 +22,26 @@ use super::{
     procfs::{is_socket, process_exists},
     protocol::http1::{Direction, Exchange, Http1Stream, Segment, Skip},
 };
-use crate::telemetry::{ConnectionsFollowed, DropReason, EventsDropped, SkipReason, Telemetry, TrafficSkipped};
+use crate::telemetry::{
+    ConnectionsFollowed, DropReason, EventsDropped, PairPath, RequestsPaired, SkipReason, Telemetry, TrafficSkipped,
+};
 
 /// How often the ring is read: its probes wake the reader only for a large backlog, which saves
 /// an irq_work per record.
 const POLL: Duration = Duration::from_millis(100);
 /// Records handled before looking at exits and shutdown again.
 const BATCH: usize = 4096;
-/// Connections followed at once; beyond this new ones are counted and not followed.
+/// Fallback connections followed at once; beyond this new ones are counted and not followed.
 const MAX_STREAMS: usize = 65_536;
-/// fds remembered as not sockets; the set is cleared when it reaches this.
-const MAX_NOT_SOCKETS: usize = 65_536;
 /// How often connections of processes that exited unseen are swept.
 const SWEEP: Duration = Duration::from_secs(5);
 
-/// Follows connections; pure apart from the /proc look-ups it is given.
+/// Follows fallback connections and turns completions into exchanges; pure apart from the /proc
+/// look-ups it is given.
 #[derive(Debug, Default)]
 pub struct Connections {
-    streams: HashMap<FdKey, Stream>,
-    /// fds classified as not sockets, whose already-captured data is dropped.
-    not_sockets: HashSet<FdKey>,
+    /// Fallback connections by the probes' connection id.
+    streams: HashMap<u64, Stream>,
     exchanges: Vec<Exchange>,
     skips: Vec<Skip>,
 }
@@ -46,79 +50,79 @@ pub struct Connections {
 struct Stream {
     parser: Http1Stream,
     cgroup_id: u64,
+    tgid: u32,
 }
 
 /// What the source must do for one record, besides parsing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     None,
-    /// Ask /proc whether this fd is a socket, then call [`Connections::classified`].
-    Classify(FdKey),
+    /// Ask /proc whether this fd is a socket, and tell the probes when it is not.
+    Classify(FdKey, u64),
 }
 
 impl Connections {
     /// Applies one payload record; exchanges go to `out`, skipped traffic to `telemetry`.
     pub fn apply(&mut self, bytes: &[u8], out: &mut Vec<Observation>, telemetry: &Telemetry) -> Action {
+        let malformed = || EventsDropped { reason: DropReason::MalformedPayload, count: 1 }.emit(telemetry);
+        match kernel::record_kind(bytes) {
+            Some(KIND_COMPLETION) => {
+                match kernel::decode_completion(bytes).as_ref().and_then(exchange_of) {
+                    Some((exchange, completion)) => {
+                        RequestsPaired { path: PairPath::Kernel, count: 1 }.emit(telemetry);
+                        out.push(Observation::Exchange {
+                            cgroup_id: completion.cgroup_id,
+                            tgid: completion.tgid,
+                            exchange: Box::new(exchange),
+                        });
+                    }
+                    None => malformed(),
+                }
+                return Action::None;
+            }
+            Some(KIND_FD_UNKNOWN | KIND_CLOSE | KIND_DATA_IN | KIND_DATA_OUT) => {}
+            _ => {
+                malformed();
+                return Action::None;
+            }
+        }
         let Some((event, captured)) = kernel::decode_data_event(bytes) else {
-            EventsDropped { reason: DropReason::MalformedPayload, count: 1 }.emit(telemetry);
+            malformed();
             return Action::None;
         };
-        let key = FdKey { tgid: event.tgid, fd: event.fd };
         match event.kind {
-            KIND_FD_UNKNOWN => {
-                // A new fd, or a reused number: whatever was followed under this key is over.
-                self.close(key, telemetry);
-                return Action::Classify(key);
-            }
-            KIND_CLOSE => {
-                self.close(key, telemetry);
-                self.not_sockets.remove(&key);
-            }
-            // Data the probes captured before the fd was classified as a file, pipe, …
-            KIND_DATA_IN | KIND_DATA_OUT if self.not_sockets.contains(&key) => {}
-            KIND_DATA_IN | KIND_DATA_OUT => {
-                if !self.streams.contains_key(&key) {
+            KIND_FD_UNKNOWN => return Action::Classify(FdKey { tgid: event.tgid, fd: event.fd }, event.conn_id),
+            KIND_CLOSE => self.close(event.conn_id, telemetry),
+            _ => {
+                if !self.streams.contains_key(&event.conn_id) {
                     if self.streams.len() >= MAX_STREAMS {
                         TrafficSkipped { reason: SkipReason::TooManyConnections }.emit(telemetry);
                         return Action::None;
                     }
-                    self.streams.insert(key, Stream { parser: Http1Stream::new(), cgroup_id: event.cgroup_id });
+                    let stream = Stream { parser: Http1Stream::new(), cgroup_id: event.cgroup_id, tgid: event.tgid };
+                    self.streams.insert(event.conn_id, stream);
                 }
-                let Some(stream) = self.streams.get_mut(&key) else { return Action::None };
+                let Some(stream) = self.streams.get_mut(&event.conn_id) else { return Action::None };
                 let direction = if event.kind == KIND_DATA_IN { Direction::In } else { Direction::Out };
                 let segment = Segment { direction, timestamp_ns: event.timestamp_ns, len: event.len, captured };
                 stream.parser.feed(segment, &mut self.exchanges, &mut self.skips);
-                let cgroup_id = stream.cgroup_id;
+                let (cgroup_id, tgid) = (stream.cgroup_id, stream.tgid);
+                if !self.exchanges.is_empty() {
+                    let count = self.exchanges.len() as u64;
+                    RequestsPaired { path: PairPath::Userspace, count }.emit(telemetry);
+                }
                 for exchange in self.exchanges.drain(..) {
-                    out.push(Observation::Exchange { cgroup_id, tgid: key.tgid, exchange: Box::new(exchange) });
+                    out.push(Observation::Exchange { cgroup_id, tgid, exchange: Box::new(exchange) });
                 }
                 self.count_skips(telemetry);
             }
-            _ => EventsDropped { reason: DropReason::MalformedPayload, count: 1 }.emit(telemetry),
         }
         Action::None
     }
 
-    /// The answer to an [`Action::Classify`]: `None` when the fd was already closed.
-    pub fn classified(&mut self, key: FdKey, is_socket: Option<bool>) {
-        match is_socket {
-            Some(false) => {
-                if self.not_sockets.len() >= MAX_NOT_SOCKETS {
-                    self.not_sockets.clear();
-                }
-                self.not_sockets.insert(key);
-            }
-            // Closed before this record was read (the reader runs in batches): its data goes to
-            // the parser, which skips whatever is not HTTP.
-            Some(true) | None => {
-                self.not_sockets.remove(&key);
-            }
-        }
-    }
-
-    /// The connection closed (or its fd was reused): requests still waiting are dropped, counted.
-    fn close(&mut self, key: FdKey, telemetry: &Telemetry) {
-        if let Some(mut stream) = self.streams.remove(&key) {
+    /// The connection closed: requests still waiting are dropped, counted.
+    fn close(&mut self, conn_id: u64, telemetry: &Telemetry) {
+        if let Some(mut stream) = self.streams.remove(&conn_id) {
             stream.parser.close(&mut self.skips);
             self.count_skips(telemetry);
         }
@@ -140,14 +144,13 @@ impl Connections {
     /// Forgets the connections of a process that has exited (its fds closed inside exit, where
     /// no close(2) was seen).
     pub fn forget_process(&mut self, tgid: u32) {
-        self.streams.retain(|key, _| key.tgid != tgid);
-        self.not_sockets.retain(|key| key.tgid != tgid);
+        self.streams.retain(|_, stream| stream.tgid != tgid);
     }
 
     /// Forgets connections of processes for which `gone` says so (asked once per process).
     pub fn forget_processes_where(&mut self, gone: impl Fn(u32) -> bool) {
         let mut verdicts: HashMap<u32, bool> = HashMap::new();
-        self.streams.retain(|key, _| !*verdicts.entry(key.tgid).or_insert_with(|| gone(key.tgid)));
+        self.streams.retain(|_, stream| !*verdicts.entry(stream.tgid).or_insert_with(|| gone(stream.tgid)));
     }
 
     pub fn len(&self) -> usize {
@@ -156,6 +159,43 @@ impl Connections {
 
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
+    }
+}
+
+/// The exchange a kernel completion stands for: the request line from its first bytes, the
+/// request body's start where it was captured, and the response body's start. `None` when the
+/// first bytes are not a request line.
+pub fn exchange_of(completion: &Completion) -> Option<(Exchange, &Completion)> {
+    let request = &completion.request[..usize::from(completion.request_captured).min(REQUEST_CAPTURE)];
+    let line_end = request.iter().position(|&b| b == b'\n').unwrap_or(request.len());
+    let line = request[..line_end].strip_suffix(b"\r").unwrap_or(&request[..line_end]);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = std::str::from_utf8(parts.next()?).ok()?;
+    // A target longer than the capture is cut there; the route template needs only its start.
+    let target = String::from_utf8_lossy(parts.next().filter(|t| !t.is_empty())?).into_owned();
+    let body = request.windows(4).position(|w| w == b"\r\n\r\n").map_or(&[][..], |end| &request[end + 4..]);
+    let response = &completion.response[..usize::from(completion.response_captured).min(RESPONSE_CAPTURE)];
+    Some((
+        Exchange {
+            start_ns: completion.start_ns,
+            end_ns: completion.end_ns,
+            method: method.to_owned(),
+            target,
+            status: completion.status,
+            request_body_prefix: body.to_vec(),
+            response_body_prefix: event_stream_data(response).to_vec(),
+            request_bytes: Some(completion.request_bytes),
+            response_bytes: Some(completion.response_bytes),
+        },
+        completion,
+    ))
+}
+
+/// The data of a server-sent event stream's first event (`data: {...}`), else the bytes as they are.
+fn event_stream_data(body: &[u8]) -> &[u8] {
+    match body.strip_prefix(b"data:") {
+        Some(data) => data.strip_prefix(b" ").unwrap_or(data),
+        None => body,
     }
 }
 
@@ -184,13 +224,10 @@ impl PayloadSource {
             loop {
                 let (ring, fd_classes) = (&mut self.ring.ring, &mut self.ring.fd_classes);
                 let drained = ring.drain(BATCH, |bytes| {
-                    // Classified at once, so the data records right after are judged by it.
-                    if let Action::Classify(key) = connections.apply(bytes, &mut out, &self.telemetry) {
-                        let verdict = is_socket(&self.proc_root, key.tgid, key.fd);
-                        if let Some(is_socket) = verdict {
-                            fd_classes.classify_fd(key, is_socket);
-                        }
-                        connections.classified(key, verdict);
+                    if let Action::Classify(key, conn_id) = connections.apply(bytes, &mut out, &self.telemetry)
+                        && let Some(is_socket) = is_socket(&self.proc_root, key.tgid, key.fd)
+                    {
+                        fd_classes.classify_fd(key, conn_id, is_socket);
                     }
                 });
                 if !out.is_empty() {

@@ -399,7 +399,20 @@ impl Store {
                 .map(|reason| (reason.label(), self.requests.series_overflow.get(&reason).copied().unwrap_or(0)))
                 .collect(),
             model_overflow: self.requests.model_overflow,
-            http_skipped: telemetry.skipped(),
+            http_skipped: {
+                let mut skipped = telemetry.skipped();
+                for (reason, n) in &counters.skipped {
+                    match skipped.iter_mut().find(|(r, _)| r == reason) {
+                        Some((_, total)) => *total += n,
+                        None if *n > 0 => skipped.push((*reason, *n)),
+                        None => {}
+                    }
+                }
+                skipped.sort_by_key(|(reason, _)| *reason as usize);
+                skipped
+            },
+            paired_requests: telemetry.paired(),
+            fallback_connections: counters.fallback_connections,
             events_dropped: {
                 let mut dropped = telemetry.dropped();
                 let limited = self.requests.events_dropped;

@@ -266,7 +266,10 @@ impl RequestStore {
         now: Instant,
     ) -> Option<RequestEvent> {
         let route = route_of(&exchange.target);
-        let model = route.model.or_else(|| model_from_json_body(&exchange.request_body_prefix));
+        let model = route
+            .model
+            .or_else(|| model_from_json_body(&exchange.request_body_prefix))
+            .or_else(|| model_from_json_body(&exchange.response_body_prefix));
         let workload = match self.workloads.get_mut(identity) {
             Some(workload) => workload,
             None => self.workloads.entry(identity.clone()).or_insert_with(|| Workload {
@@ -400,6 +403,7 @@ mod tests {
             target: target.into(),
             status,
             request_body_prefix: Vec::new(),
+            response_body_prefix: Vec::new(),
             request_bytes: None,
             response_bytes: None,
         };

@@ -96,6 +96,10 @@ pub struct AgentRow {
     pub series_overflow: Vec<(&'static str, u64)>,
     pub model_overflow: u64,
     pub http_skipped: Vec<(SkipReason, u64)>,
+    /// Requests paired in the kernel and in userspace.
+    pub paired_requests: Vec<(crate::telemetry::PairPath, u64)>,
+    /// Connections the probes handed to userspace.
+    pub fallback_connections: u64,
     pub events_dropped: Vec<(DropReason, u64)>,
     pub cpu_seconds: Option<f64>,
     pub resident_bytes: Option<u64>,

@@ -248,6 +248,7 @@ fn request(target: &str) -> Observation {
             target: target.into(),
             status: 200,
             request_body_prefix: Vec::new(),
+            response_body_prefix: Vec::new(),
             request_bytes: None,
             response_bytes: None,
         }),

@@ -14,7 +14,7 @@ use agent_common::{
     events::{EVENTS_MAP, Event},
     sched::TASK_CPU_MAP,
     traffic::{
-        self, DATA_EVENTS_MAP, DataEvent, FD_CLASS_MAP, FD_NOT_SOCKET, FD_SOCKET, FdKey, WATCH_CONFIG_MAP,
+        self, Completion, DATA_EVENTS_MAP, DataEvent, FD_CLASS_MAP, FD_NOT_SOCKET, FdInfo, FdKey, WATCH_CONFIG_MAP,
         WATCHED_CGROUPS_MAP,
     },
 };
@@ -24,7 +24,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, RawTracePoint, TracePoint},
 };
 
-use crate::config::ProbesConfig;
+use crate::{config::ProbesConfig, telemetry::SkipReason};
 
 /// The probes' per-(cgroup, process) CPU entry and its key.
 pub use agent_common::sched::{TaskCpu, TaskKey};
@@ -92,7 +92,7 @@ const EVENT_PROBES: [(&str, &str, &str); 2] =
     [("sched_process_exit", "sched", "sched_process_exit"), ("oom_mark_victim", "oom", "mark_victim")];
 
 /// Syscall tracepoints of request tracing: (program, event in category `syscalls`).
-const TRAFFIC_PROBES: [(&str, &str); 19] = [
+const TRAFFIC_PROBES: [(&str, &str); 29] = [
     ("enter_read", "sys_enter_read"),
     ("exit_read", "sys_exit_read"),
     ("enter_readv", "sys_enter_readv"),
@@ -109,9 +109,19 @@ const TRAFFIC_PROBES: [(&str, &str); 19] = [
     ("exit_sendto", "sys_exit_sendto"),
     ("enter_sendmsg", "sys_enter_sendmsg"),
     ("exit_sendmsg", "sys_exit_sendmsg"),
+    ("enter_sendfile", "sys_enter_sendfile64"),
+    ("exit_sendfile", "sys_exit_sendfile64"),
     ("enter_close", "sys_enter_close"),
     ("exit_accept4", "sys_exit_accept4"),
     ("exit_accept", "sys_exit_accept"),
+    ("enter_dup", "sys_enter_dup"),
+    ("exit_dup", "sys_exit_dup"),
+    ("enter_dup2", "sys_enter_dup2"),
+    ("exit_dup2", "sys_exit_dup2"),
+    ("enter_dup3", "sys_enter_dup3"),
+    ("exit_dup3", "sys_exit_dup3"),
+    ("enter_fcntl", "sys_enter_fcntl"),
+    ("exit_fcntl", "sys_exit_fcntl"),
 ];
 
 /// The maps of request tracing, when its probes are attached.
@@ -166,15 +176,19 @@ pub struct PayloadRing {
 
 /// The probes' map of what each fd is.
 pub struct FdClasses {
-    fd_class: BpfHashMap<MapData, FdKey, u8>,
+    fd_class: BpfHashMap<MapData, FdKey, FdInfo>,
 }
 
 impl FdClasses {
-    /// Tells the probes what an fd they asked about is.
-    pub fn classify_fd(&mut self, key: FdKey, is_socket: bool) {
-        let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
+    /// Tells the probes what an fd they asked about is. A socket needs no answer: the probes
+    /// follow an fd they asked about until told it is not one.
+    pub fn classify_fd(&mut self, key: FdKey, conn_id: u64, is_socket: bool) {
+        if is_socket {
+            return;
+        }
+        let info = FdInfo { conn_id, class: FD_NOT_SOCKET, flags: 0, _pad: [0; 6] };
         // BPF_EXIST: an fd closed before this answer came has no entry, and must not get one back.
-        if let Err(e) = self.fd_class.insert(key, class, 2) {
+        if let Err(e) = self.fd_class.insert(key, info, 2) {
             tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "Classifying an fd failed");
         }
     }
@@ -189,6 +203,10 @@ pub struct ProbeCounters {
     pub payload_ring_drops: u64,
     /// Failures inside the probes, by kind (`task_cpu_map_full`, …).
     pub errors: Vec<(&'static str, u64)>,
+    /// Traffic the probes saw and did not make a request of, by reason.
+    pub skipped: Vec<(SkipReason, u64)>,
+    /// Connections the probes handed to userspace to follow.
+    pub fallback_connections: u64,
 }
 
 /// One attached program, for bpf_stats and `doctor`.
@@ -424,10 +442,24 @@ impl Probes {
         ProbeCounters {
             events_ring_drops: read(counters::RINGBUF_DROPS),
             payload_ring_drops: read(counters::DATA_RINGBUF_DROPS),
-            errors: [counters::TASK_CPU_FULL, counters::WAKEUP_TS_ERRORS, counters::ACTIVE_CALL_ERRORS]
-                .into_iter()
-                .map(|index| (counters::NAMES[index as usize], read(index)))
-                .collect(),
+            errors: [
+                counters::TASK_CPU_FULL,
+                counters::WAKEUP_TS_ERRORS,
+                counters::ACTIVE_CALL_ERRORS,
+                counters::CONN_ERRORS,
+            ]
+            .into_iter()
+            .map(|index| (counters::NAMES[index as usize], read(index)))
+            .collect(),
+            skipped: [
+                (SkipReason::NotHttp, counters::NOT_HTTP),
+                (SkipReason::UnmatchedResponse, counters::UNMATCHED_RESPONSE),
+                (SkipReason::Unfinished, counters::UNFINISHED),
+            ]
+            .into_iter()
+            .map(|(reason, index)| (reason, read(index)))
+            .collect(),
+            fallback_connections: read(counters::FALLBACK),
         }
     }
 
@@ -489,7 +521,12 @@ fn attach_traffic(
     }))
 }
 
-/// Decodes one payload record: its header and the captured bytes; `None` for a short record.
+/// The kind of a payload ring record (its first field).
+pub fn record_kind(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
+/// Decodes one raw payload record: its header and the captured bytes; `None` for a short record.
 pub fn decode_data_event(bytes: &[u8]) -> Option<(DataEvent, &[u8])> {
     let header = std::mem::offset_of!(DataEvent, data);
     if bytes.len() < header {
@@ -508,10 +545,21 @@ pub fn decode_data_event(bytes: &[u8]) -> Option<(DataEvent, &[u8])> {
         len: field(std::mem::offset_of!(DataEvent, len), 8),
         timestamp_ns: field(std::mem::offset_of!(DataEvent, timestamp_ns), 8),
         cgroup_id: field(std::mem::offset_of!(DataEvent, cgroup_id), 8),
+        conn_id: field(std::mem::offset_of!(DataEvent, conn_id), 8),
         data: [0; traffic::CAPTURE_BYTES],
     };
     let captured = (event.captured as usize).min(traffic::CAPTURE_BYTES).min(bytes.len() - header);
     Some((event, &bytes[header..header + captured]))
+}
+
+/// Decodes one completion record; `None` for a short one.
+pub fn decode_completion(bytes: &[u8]) -> Option<Completion> {
+    if bytes.len() < std::mem::size_of::<Completion>() {
+        return None;
+    }
+    // SAFETY: the length was checked; Completion is plain old data, valid for any bytes, and
+    // read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Completion>()) })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>

@@ -49,6 +49,9 @@ pub struct Exchange {
     /// Final status; 101 (and 2xx to CONNECT) too, since the connection then stops being HTTP.
     pub status: u16,
     pub request_body_prefix: Vec<u8>,
+    /// The first bytes of the response body (of a chunked body's data; of an event stream's
+    /// first event's data), where an OpenAI-compatible server names the model.
+    pub response_body_prefix: Vec<u8>,
     pub request_bytes: Option<u64>,
     pub response_bytes: Option<u64>,
 }
@@ -621,6 +624,7 @@ impl Http1Stream {
             target: head.target,
             status: 0,
             request_body_prefix: Vec::new(),
+            response_body_prefix: Vec::new(),
             request_bytes,
             response_bytes: None,
         };
