@@ -326,7 +326,7 @@ struct Iovec {
 const MSGHDR_IOV_OFFSET: u64 = 16;
 /// Response head bytes scanned in one write (in `SCAN_CHUNK` pieces) and in all.
 const SCAN_CHUNK: usize = 256;
-const SCAN_CHUNKS_PER_WRITE: usize = 8;
+const SCAN_PER_WRITE: u64 = 4096;
 const MAX_HEAD_SCAN: u32 = 16 * 1024;
 /// Chunk headers followed in one write.
 const CHUNKS_PER_WRITE: usize = 8;
@@ -757,31 +757,41 @@ fn framed(c: &mut Conn) -> bool {
     true
 }
 
-/// What `scan_step` works on: one scratch chunk of a response head.
+/// What `scan_step` works on: the readable part of one response write.
 #[repr(C)]
 struct ScanContext {
     conn: *mut Conn,
-    bytes: *const [u8; SCAN_CHUNK],
-    len: u64,
+    scratch: *mut [u8; SCAN_CHUNK],
+    buf: u64,
+    readable: u64,
+    /// Bytes looked at.
+    scanned: u64,
     /// Index after the head's last byte, once found; 0 before.
     end: u64,
 }
 
-/// One byte of a `bpf_loop` over a head chunk: the verifier checks this once instead of walking
-/// every iteration of an inline loop (which it refuses beyond a few hundred bytes).
+/// One byte of a `bpf_loop` over a write: the verifier checks this once instead of walking every
+/// iteration of an inline loop (which it refuses beyond a few hundred bytes). Every
+/// `SCAN_CHUNK` bytes it copies the next piece of the write into the scratch buffer.
 #[inline(never)]
 extern "C" fn scan_step(index: u64, context: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `bpf_loop` passes back the context `scan_head` gave it, on its stack; its pointers
     // are to map values that live through the program run.
-    let context = unsafe { &mut *context.cast::<ScanContext>() };
-    if index >= context.len {
+    let x = unsafe { &mut *context.cast::<ScanContext>() };
+    if index >= x.readable {
         return 1;
     }
-    // SAFETY: the index is masked into the chunk.
-    let byte = unsafe { (*context.bytes)[index as usize & (SCAN_CHUNK - 1)] };
+    let at = index as usize & (SCAN_CHUNK - 1);
+    // SAFETY: as above; the scratch slot has SCAN_CHUNK bytes.
+    if at == 0 && copy_user(unsafe { (*x.scratch).as_mut_ptr() }, SCAN_CHUNK, x.buf + index, x.readable - index) == 0 {
+        return 1;
+    }
+    // SAFETY: `at` is masked into the chunk.
+    let byte = unsafe { (*x.scratch)[at] };
+    x.scanned = index + 1;
     // SAFETY: as above.
-    if scan_byte(unsafe { &mut *context.conn }, byte) {
-        context.end = index + 1;
+    if scan_byte(unsafe { &mut *x.conn }, byte) {
+        x.end = index + 1;
         return 1;
     }
     0
@@ -792,35 +802,21 @@ extern "C" fn scan_step(index: u64, context: *mut core::ffi::c_void) -> i64 {
 #[inline(always)]
 fn scan_head(c: &mut Conn, buf: u64, readable: u64) -> Option<u64> {
     let scratch = SCAN_SCRATCH.get_ptr_mut(0)?;
-    let mut chunk = 0;
-    while chunk < SCAN_CHUNKS_PER_WRITE {
-        let offset = (chunk * SCAN_CHUNK) as u64;
-        if offset >= readable || c.scanned >= MAX_HEAD_SCAN {
-            return None;
-        }
-        // SAFETY: this CPU's scratch slot of SCAN_CHUNK bytes.
-        let n = copy_user(unsafe { (*scratch).as_mut_ptr() }, SCAN_CHUNK, buf + offset, readable - offset);
-        if n == 0 {
-            return None;
-        }
-        let mut context = ScanContext { conn: c, bytes: scratch, len: u64::from(n), end: 0 };
-        // SAFETY: a static callback and a context that outlives the call.
-        unsafe {
-            bpf_loop(
-                u32::from(n),
-                scan_step as *mut core::ffi::c_void,
-                (&mut context as *mut ScanContext).cast(),
-                0,
-            );
-        }
-        if context.end > 0 {
-            c.scanned += context.end as u32;
-            return Some(offset + context.end);
-        }
-        c.scanned += u32::from(n);
-        chunk += 1;
+    let budget = u64::from(MAX_HEAD_SCAN.saturating_sub(c.scanned));
+    let mut bytes = readable;
+    if bytes > budget {
+        bytes = budget;
     }
-    None
+    if bytes > SCAN_PER_WRITE {
+        bytes = SCAN_PER_WRITE;
+    }
+    let mut context = ScanContext { conn: c, scratch, buf, readable: bytes, scanned: 0, end: 0 };
+    // SAFETY: a static callback and a context that outlives the call.
+    unsafe {
+        bpf_loop(bytes as u32, scan_step as *mut core::ffi::c_void, (&mut context as *mut ScanContext).cast(), 0);
+    }
+    c.scanned += context.scanned as u32;
+    (context.end > 0).then_some(context.end)
 }
 
 /// One byte of a response head; true at its end (the empty line). Only Content-Length and
