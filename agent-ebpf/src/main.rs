@@ -467,28 +467,32 @@ fn on_data_exit(ctx: &TracePointContext, kind: u32) {
     }
 }
 
-/// The length of the method token and its space at the start of `head` (0: none), and whether
-/// the read was too short to tell (the first bytes of a method, split from the rest).
+/// A request starts with a method (RFC 9110 §9: any token; in practice upper-case letters, `-`
+/// and `_`, as in `M-SEARCH`), a space and a target (`/`, `*`, or an absolute `http…`).
+/// Returns the method's length (0: not a request) and whether the read was too short to tell
+/// (the first bytes of a request, split from the rest).
 #[inline(always)]
-fn method_token(head: &[u8; 8], len: u64) -> (u64, bool) {
-    const METHODS: [&[u8]; 9] =
-        [b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ", b"TRACE ", b"DELETE ", b"OPTIONS ", b"CONNECT "];
-    let mut i = 0;
-    while i < METHODS.len() {
-        let method = METHODS[i];
-        let mut matched = 0;
-        while matched < method.len() && matched < 8 && head[matched] == method[matched] {
-            matched += 1;
+fn method_token(head: &[u8; 16], len: u64) -> (usize, bool) {
+    let mut m = 0;
+    while m < 15 {
+        let byte = head[m];
+        if !(byte.is_ascii_uppercase() || byte == b'-' || byte == b'_') {
+            break;
         }
-        if matched == method.len() && len >= method.len() as u64 {
-            return (method.len() as u64, false);
-        }
-        if matched as u64 == len && len < method.len() as u64 {
-            return (0, true);
-        }
-        i += 1;
+        m += 1;
     }
-    (0, false)
+    if (m as u64) >= len {
+        // Every byte read so far could be a method.
+        return (0, len > 0 && len < 16);
+    }
+    if m < 3 || m > 14 || head[m] != b' ' {
+        return (0, false);
+    }
+    if (m as u64) + 1 >= len {
+        return (0, true);
+    }
+    let target = head[(m + 1) & 15];
+    (if matches!(target, b'/' | b'*' | b'h') { m } else { 0 }, false)
 }
 
 /// Reads a plain-bytes value from user memory (through the raw helper: a generic call returning
@@ -554,7 +558,7 @@ fn on_read(call: &ActiveCall, ret: u64, now: u64) {
             }
         }
         _ => {
-            let head: [u8; 8] = read_user(call.buf).unwrap_or([0; 8]);
+            let head: [u8; 16] = read_user(call.buf).unwrap_or([0; 16]);
             let (method, split) = method_token(&head, if call.buf_len < ret { call.buf_len } else { ret });
             if method > 0 {
                 if let Some(conn) = existing {
@@ -567,7 +571,7 @@ fn on_read(call: &ActiveCall, ret: u64, now: u64) {
                         }
                     }
                 }
-                start_request(call, ret, now, head[0] == b'H');
+                start_request(call, ret, now, method == 4 && head[..4] == *b"HEAD");
             } else if split {
                 // A method split across reads: userspace reassembles this connection from here on.
                 if let Some(conn) = conn_state(call.conn_id) {
