@@ -507,14 +507,15 @@ fn read_user<T: Copy>(at: u64) -> Option<T> {
     (rc == 0).then(|| unsafe { value.assume_init() })
 }
 
-/// Copies up to `len` bytes at `from` into `to` (of `size` bytes, a power of two); returns how many.
+/// Copies up to `len` bytes at `from` into `to` (of `size` bytes); returns how many.
 #[inline(always)]
 fn copy_user(to: *mut u8, size: usize, from: u64, len: u64) -> u16 {
     let mut n = len;
     if n > size as u64 {
         n = size as u64;
     }
-    let n = n as u32 & (size as u32 * 2 - 1);
+    // The mask gives the verifier a bound; the check below makes it exact.
+    let n = n as u32 & ((size * 2).next_power_of_two() as u32 - 1);
     // SAFETY: `to` has `size` bytes, `n` ≤ size; user memory is read through the helper.
     if n > 0 && n <= size as u32 && unsafe { probe_read_user_raw(to.cast(), n, from as *const _) } == 0 {
         n as u16
@@ -587,14 +588,15 @@ fn on_read(call: &ActiveCall, ret: u64, now: u64) {
     }
 }
 
-/// Counts an fd's traffic as not HTTP, once per fd.
+/// Counts a socket's traffic as not HTTP, once per fd. An fd not known to be a socket yet (a file
+/// the process reads while userspace is asked) is not counted.
 #[inline(always)]
 fn count_not_http(call: &ActiveCall) {
     let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: call.fd };
     if let Some(info) = FD_CLASS.get_ptr_mut(&key) {
         // SAFETY: a map value pointer.
         unsafe {
-            if (*info).flags & FD_COUNTED_NOT_HTTP == 0 {
+            if (*info).class == FD_SOCKET && (*info).flags & FD_COUNTED_NOT_HTTP == 0 {
                 (*info).flags |= FD_COUNTED_NOT_HTTP;
                 count(counters::NOT_HTTP);
             }

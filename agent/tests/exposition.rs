@@ -14,7 +14,7 @@ use modelmeter::{
     store::{
         AgentRow, ContainerRow, Histogram, Memory, ProbeRow, RequestRow, Snapshot, Throttling, identity_attributes,
     },
-    telemetry::{DropReason, SkipReason, Stage, WatchErrorReason},
+    telemetry::{DropReason, PairPath, SkipReason, Stage, WatchErrorReason},
 };
 
 const UID: &str = "1b2c3d4e-0000-4000-8000-123456789abc";
@@ -134,6 +134,8 @@ fn fixed_snapshot() -> Snapshot {
             series_overflow: vec![("workload_budget", 9), ("node_budget", 0)],
             model_overflow: 1,
             http_skipped: vec![(SkipReason::NotHttp, 6), (SkipReason::UnmatchedResponse, 1)],
+            paired_requests: vec![(PairPath::Kernel, 40), (PairPath::Userspace, 2)],
+            fallback_connections: 1,
             events_dropped: vec![
                 (DropReason::Malformed, 0),
                 (DropReason::OomVictimUnattributed, 1),

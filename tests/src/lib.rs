@@ -171,6 +171,33 @@ impl CgroupGuard {
             .collect()
     }
 
+    /// Starts any program inside this cgroup: the child joins it between fork and exec, so it
+    /// runs there from its first instruction.
+    pub fn spawn_command(&self, command: &mut Command) -> ChildGuard {
+        use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+        let files: Vec<std::ffi::CString> = self
+            .procs_files()
+            .iter()
+            .map(|f| std::ffi::CString::new(f.as_os_str().as_bytes()).expect("a path without NUL"))
+            .collect();
+        // SAFETY: between fork and exec only async-signal-safe calls (open, write, close) on
+        // data prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let pid = b"0\n";
+                for file in &files {
+                    let fd = libc::open(file.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 || libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        ChildGuard(command.spawn().unwrap_or_else(|e| panic!("starting {command:?} in a cgroup: {e}")))
+    }
+
     /// Starts `mm-workload <args>` inside this cgroup and waits until it says it is ready.
     pub fn spawn_workload(&self, args: &[&str]) -> ChildGuard {
         let mut command = Command::new(workload_bin());
@@ -250,6 +277,22 @@ impl Drop for ChildGuard {
 }
 
 /// A free TCP port on loopback.
+/// The tests' Python with the pinned OpenAI client (`cargo xtask setup` makes it).
+pub fn e2e_python() -> PathBuf {
+    let python = workspace_root().join("target/e2e-python/bin/python3");
+    assert!(
+        python.exists(),
+        "{} is missing: `cargo xtask setup` creates the tests' Python environment with the openai client",
+        python.display()
+    );
+    python
+}
+
+/// Waits until a server in another process has written its port to `file`.
+pub fn port_from_file(file: &Path) -> u16 {
+    wait_for(Duration::from_secs(30), "the server's port file", || std::fs::read_to_string(file).ok()?.trim().parse().ok())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding an ephemeral port")
 }

@@ -339,3 +339,150 @@ fn a_client_cannot_inflate_the_series_beyond_the_budgets() {
     assert!(peak < 64 * 1024 * 1024, "agent peak RSS {:.1} MB", peak as f64 / 1e6);
     eprintln!("{} series, /metrics {} bytes, peak RSS {:.1} MB", series.len(), exposition.len(), peak as f64 / 1e6);
 }
+
+/// Each request series of one pod: (model, status) → count, summed over routes and methods.
+fn counts_by_model_and_status(snapshot: &Value, uid: &str) -> BTreeMap<(String, u16), u64> {
+    let mut counts = BTreeMap::new();
+    for series in snapshot["requests"].as_array().expect("requests") {
+        let labels = &series["labels"];
+        if labels["pod_uid"] != uid {
+            continue;
+        }
+        let model = labels["model"].as_str().unwrap_or_default().to_owned();
+        let status = labels["http_response_status_code"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        *counts.entry((model, status)).or_default() += series["count"].as_u64().unwrap_or(0);
+    }
+    counts
+}
+
+#[test]
+fn requests_with_16_kib_heads_are_counted_exactly() {
+    require_root();
+    let (pod, uid) = pod_cgroup(305);
+    let agent = Agent::start(AGENT_CONFIG);
+    let server = HttpServer::start_in(&pod);
+    // What a browser behind an auth gateway sends: a long bearer token, many cookies, trace headers.
+    let token = "eyJhbGciOiJSUzI1NiJ9.".to_owned() + &"x".repeat(6000);
+    let cookies: Vec<String> = (0..66).map(|i| format!("c{i}={}", "v".repeat(140))).collect();
+    let head = format!(
+        "GET /fast HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nCookie: {}\r\n\
+         traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
+        cookies.join("; ")
+    );
+    assert!((15_000..16_384).contains(&head.len()), "a 16 KiB head: {} bytes", head.len());
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (port, head) = (server.port, head.clone());
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+                stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+                for _ in 0..100 {
+                    stream.write_all(head.as_bytes()).expect("sending");
+                    assert_eq!(read_response(&mut stream).expect("a response").0, 200);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("load thread");
+    }
+    let series = wait_for(Duration::from_secs(10), "300 requests with 16 KiB heads", || {
+        let series = series_of(&agent.snapshot(), &uid);
+        (total_count(&series) == 300).then_some(series)
+    });
+    assert_eq!(series[&("/fast".to_owned(), 200)]["count"], 300);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(total_count(&series_of(&agent.snapshot(), &uid)), 300, "no request invented");
+    let metrics = agent.metrics();
+    assert_eq!(metrics.get("modelmeter_http_paired_requests_total", &[("path", "kernel")]), Some(300.0));
+    for reason in ["head_too_large", "uncaptured", "unmatched_response"] {
+        assert_eq!(metrics.get("modelmeter_http_skipped_total", &[("reason", reason)]), None, "{reason}");
+    }
+    // The server's own timing of these requests (head read → response written) against the agent's.
+    let p50 = series[&("/fast".to_owned(), 200)]["p50_seconds"].as_f64().expect("p50");
+    assert!((0.002..0.010).contains(&p50), "p50 of a 2 ms handler: {p50} s");
+}
+
+#[test]
+fn a_server_on_dup2_copies_of_its_socket_with_sendfile_bodies_is_counted_exactly() {
+    require_root();
+    let (pod, uid) = pod_cgroup(306);
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::write(root.path().join("model.bin"), vec![7u8; 100_000]).expect("writing a file to serve");
+    let agent = Agent::start(AGENT_CONFIG);
+    // busybox httpd forks per connection; the child moves the socket to fd 0, copies it to fd 1
+    // with dup2, reads the request on 0, writes the head on 1 and sends the file with sendfile.
+    let port = e2e::free_port();
+    let _httpd = pod.spawn_command(
+        std::process::Command::new("busybox")
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(root.path()),
+    );
+    wait_for(Duration::from_secs(10), "busybox httpd to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+    });
+    for i in 0..70 {
+        let (path, want) = if i % 7 < 5 { ("/model.bin", 200) } else { ("/missing", 404) };
+        let (status, body) =
+            http_request(port, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")).expect(path);
+        assert_eq!(status, want, "{path}");
+        if want == 200 {
+            assert_eq!(body.len(), 100_000, "the whole file");
+        }
+    }
+    let counts = wait_for(Duration::from_secs(10), "70 requests to busybox httpd", || {
+        let counts = counts_by_model_and_status(&agent.snapshot(), &uid);
+        (counts.values().sum::<u64>() == 70).then_some(counts)
+    });
+    assert_eq!(counts.get(&(String::new(), 200)), Some(&50), "{counts:?}");
+    assert_eq!(counts.get(&(String::new(), 404)), Some(&20), "{counts:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(counts_by_model_and_status(&agent.snapshot(), &uid).values().sum::<u64>(), 70, "no request invented");
+    let metrics = agent.metrics();
+    assert_eq!(metrics.get("modelmeter_http_skipped_total", &[("reason", "unmatched_response")]), None);
+}
+
+#[test]
+fn the_official_openai_client_is_measured_per_model_streamed_and_not() {
+    require_root();
+    let (pod, uid) = pod_cgroup(307);
+    let agent = Agent::start(AGENT_CONFIG);
+    let python = e2e::e2e_python();
+    let scripts = e2e::workspace_root().join("tests/python");
+    let port_file = tempfile::NamedTempFile::new().expect("temp file");
+    let _server = pod.spawn_command(
+        std::process::Command::new(&python).arg(scripts.join("openai_server.py")).arg(port_file.path()),
+    );
+    let port = e2e::port_from_file(port_file.path()).to_string();
+    // Each client sends a conversation of about 10 KiB: the body names its model only at the end,
+    // far beyond any captured bytes, so the model comes from the answer.
+    for (model, count, stream) in [("alpha", 15, false), ("alpha", 10, true), ("beta", 15, false), ("beta", 10, true)]
+    {
+        let mut client = std::process::Command::new(&python);
+        client.arg(scripts.join("openai_client.py")).args([port.as_str(), model, &count.to_string()]);
+        if stream {
+            client.arg("--stream");
+        }
+        let output = client.output().expect("running the openai client");
+        assert!(output.status.success(), "openai client: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), count.to_string());
+    }
+    let counts = wait_for(Duration::from_secs(10), "50 completions", || {
+        let counts = counts_by_model_and_status(&agent.snapshot(), &uid);
+        (counts.values().sum::<u64>() >= 50).then_some(counts)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let counts_now = counts_by_model_and_status(&agent.snapshot(), &uid);
+    assert_eq!(counts_now, counts, "no request invented");
+    let want: BTreeMap<(String, u16), u64> = [(("alpha".to_owned(), 200), 25), (("beta".to_owned(), 200), 25)].into();
+    assert_eq!(counts, want);
+    let snapshot = agent.snapshot();
+    for series in snapshot["requests"].as_array().expect("requests") {
+        if series["labels"]["pod_uid"] == uid.as_str() {
+            assert_eq!(series["labels"]["http_route"], "/v1/chat/completions");
+            assert_eq!(series["labels"]["http_request_method"], "POST");
+        }
+    }
+    let metrics = agent.metrics();
+    assert_eq!(metrics.get("modelmeter_http_skipped_total", &[("reason", "uncaptured")]), None);
+}

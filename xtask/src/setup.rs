@@ -7,10 +7,15 @@ use anyhow::{Context, bail};
 
 use crate::{cmd, is_root};
 
-/// Debian packages: LLVM 22 to build bpf-linker against the nightly's LLVM, and the real
-/// Prometheus server the end-to-end tests scrape with, and bpftool, with which they read the
-/// kernel's list of loaded programs.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "prometheus", "bpftool"];
+/// Debian packages: LLVM 22 to build bpf-linker against the nightly's LLVM, the real Prometheus
+/// server the end-to-end tests scrape with, bpftool, with which they read the kernel's list of
+/// loaded programs, and busybox's httpd, a real server that reads and writes on `dup2` copies of
+/// its socket and sends files with sendfile.
+const APT_PACKAGES: &[&str] =
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "prometheus", "bpftool", "busybox-static"];
+/// The official OpenAI Python client, pinned, in a virtual environment of the end-to-end tests
+/// (`target/e2e-python`): its requests are what a model server really receives.
+const PYTHON_PACKAGES: &[&str] = &["openai==3.57.0"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// bpf-linker 0.13 matches LLVM 22 and this project's aya pins.
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -19,6 +24,7 @@ pub fn setup() -> anyhow::Result<()> {
     nightly_with_rust_src()?;
     apt_packages()?;
     bpf_linker()?;
+    python_packages()?;
     if is_root() {
         mount_if_missing("tracefs", "/sys/kernel/tracing");
         mount_if_missing("bpf", "/sys/fs/bpf");
@@ -74,6 +80,30 @@ fn apt_packages() -> anyhow::Result<()> {
     if !status.success() {
         bail!("`apt-get {}` failed ({status})", args.join(" "));
     }
+    Ok(())
+}
+
+/// The tests' Python: `target/e2e-python/bin/python3`, with [`PYTHON_PACKAGES`].
+pub fn e2e_python() -> PathBuf {
+    crate::root().join("target/e2e-python/bin/python3")
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    let python = e2e_python();
+    let wanted = PYTHON_PACKAGES.join(" ");
+    let marker = python.with_file_name("modelmeter-packages");
+    if python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return Ok(());
+    }
+    step(&format!("creating the tests' Python environment with {wanted}"));
+    let venv = python.parent().and_then(|bin| bin.parent()).context("the venv path")?;
+    let venv = venv.to_str().context("a UTF-8 venv path")?;
+    cmd("python3", &["-m", "venv", "--clear", venv]).context("python3 with venv is required")?;
+    let pip = format!("{venv}/bin/pip");
+    let mut args = vec!["install", "-q", "--disable-pip-version-check"];
+    args.extend(PYTHON_PACKAGES);
+    cmd(&pip, &args)?;
+    std::fs::write(&marker, wanted).context("writing the venv's package marker")?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use agent_common::{
     events::{EVENTS_MAP, Event},
     sched::TASK_CPU_MAP,
     traffic::{
-        self, Completion, DATA_EVENTS_MAP, DataEvent, FD_CLASS_MAP, FD_NOT_SOCKET, FdInfo, FdKey, WATCH_CONFIG_MAP,
+        self, Completion, DATA_EVENTS_MAP, DataEvent, FD_CLASS_MAP, FD_NOT_SOCKET, FD_SOCKET, FdInfo, FdKey, WATCH_CONFIG_MAP,
         WATCHED_CGROUPS_MAP,
     },
 };
@@ -180,13 +180,11 @@ pub struct FdClasses {
 }
 
 impl FdClasses {
-    /// Tells the probes what an fd they asked about is. A socket needs no answer: the probes
-    /// follow an fd they asked about until told it is not one.
+    /// Tells the probes what an fd they asked about is (they follow it meanwhile), keeping the
+    /// connection id they gave it.
     pub fn classify_fd(&mut self, key: FdKey, conn_id: u64, is_socket: bool) {
-        if is_socket {
-            return;
-        }
-        let info = FdInfo { conn_id, class: FD_NOT_SOCKET, flags: 0, _pad: [0; 6] };
+        let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
+        let info = FdInfo { conn_id, class, flags: 0, _pad: [0; 6] };
         // BPF_EXIST: an fd closed before this answer came has no entry, and must not get one back.
         if let Err(e) = self.fd_class.insert(key, info, 2) {
             tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "Classifying an fd failed");
