@@ -2,7 +2,7 @@
 //! tracepoints, and process exits and OOM kills through a ring buffer.
 //!
 //! Request tracing: syscall tracepoints (read, readv, recvfrom, recvmsg, write, writev, sendto,
-//! sendmsg, sendfile, close, accept, accept4, dup, dup2, dup3, fcntl) follow each connection of
+//! sendmsg, sendfile, close, shutdown, accept, accept4, dup, dup2, dup3, fcntl) follow each connection of
 //! watched cgroups, pair HTTP/1 requests with their responses in the kernel, and send one
 //! completion per request through a second ring buffer.
 //!
@@ -1157,6 +1157,28 @@ data_syscall!(
     Buffer::None
 );
 
+/// The connection will send no more: a response that runs until then completes, a request
+/// still without a response is counted as unfinished. On close its state goes too.
+#[inline(always)]
+fn writes_end(key: FdKey, info: &FdInfo, closing: bool) {
+    let Some(conn) = CONNS.get_ptr_mut(&info.conn_id) else { return };
+    // SAFETY: a map value pointer.
+    let c = unsafe { &mut *conn };
+    match c.phase {
+        PHASE_RESPONSE_HEAD | PHASE_RESPONSE_BODY => {
+            c.record.flags |=
+                if c.framing == FRAMING_UNTIL_CLOSE { COMPLETION_UNTIL_CLOSE } else { COMPLETION_FRAMING_GUESSED };
+            complete(c);
+        }
+        PHASE_REQUEST if closing => count(counters::UNFINISHED),
+        PHASE_FALLBACK if closing => send_header(KIND_CLOSE, key.tgid, key.fd, info.conn_id),
+        _ => {}
+    }
+    if closing {
+        let _ = CONNS.remove(&info.conn_id);
+    }
+}
+
 /// close: the connection's request ends (a response until close completes here); the fd number
 /// may be reused for anything.
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
@@ -1170,26 +1192,33 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is copied out at once.
     let Some(info) = (unsafe { FD_CLASS.get(&key) }).copied() else { return 0 };
     let _ = FD_CLASS.remove(&key);
-    if info.class == FD_NOT_SOCKET {
+    if info.class != FD_NOT_SOCKET {
+        writes_end(key, &info, true);
+    }
+    0
+}
+
+/// shutdown(fd @16, how @24) with SHUT_WR or SHUT_RDWR: a response that runs until the close
+/// ends here (busybox httpd shuts down and exits, with no close(2) to see).
+#[tracepoint(category = "syscalls", name = "sys_enter_shutdown")]
+pub fn enter_shutdown(ctx: TracePointContext) -> u32 {
+    if !watched() {
         return 0;
     }
-    if let Some(conn) = CONNS.get_ptr_mut(&info.conn_id) {
-        // SAFETY: a map value pointer.
-        let c = unsafe { &mut *conn };
-        match c.phase {
-            PHASE_RESPONSE_HEAD | PHASE_RESPONSE_BODY => {
-                c.record.flags |= if c.framing == FRAMING_UNTIL_CLOSE {
-                    COMPLETION_UNTIL_CLOSE
-                } else {
-                    COMPLETION_FRAMING_GUESSED
-                };
-                complete(c);
-            }
-            PHASE_REQUEST => count(counters::UNFINISHED),
-            PHASE_FALLBACK => send_header(KIND_CLOSE, key.tgid, key.fd, info.conn_id),
-            _ => {}
-        }
-        let _ = CONNS.remove(&info.conn_id);
+    // SAFETY: offsets from the format file.
+    let (Ok(fd), Ok(how)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
+        return 0;
+    };
+    // SHUT_WR = 1, SHUT_RDWR = 2 (include/linux/net.h).
+    if how != 1 && how != 2 {
+        return 0;
+    }
+    let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
+    // SAFETY: the value is copied out at once.
+    if let Some(info) = (unsafe { FD_CLASS.get(&key) }).copied()
+        && info.class != FD_NOT_SOCKET
+    {
+        writes_end(key, &info, false);
     }
     0
 }

@@ -92,7 +92,7 @@ const EVENT_PROBES: [(&str, &str, &str); 2] =
     [("sched_process_exit", "sched", "sched_process_exit"), ("oom_mark_victim", "oom", "mark_victim")];
 
 /// Syscall tracepoints of request tracing: (program, event in category `syscalls`).
-const TRAFFIC_PROBES: [(&str, &str); 29] = [
+const TRAFFIC_PROBES: [(&str, &str); 30] = [
     ("enter_read", "sys_enter_read"),
     ("exit_read", "sys_exit_read"),
     ("enter_readv", "sys_enter_readv"),
@@ -112,6 +112,7 @@ const TRAFFIC_PROBES: [(&str, &str); 29] = [
     ("enter_sendfile", "sys_enter_sendfile64"),
     ("exit_sendfile", "sys_exit_sendfile64"),
     ("enter_close", "sys_enter_close"),
+    ("enter_shutdown", "sys_enter_shutdown"),
     ("exit_accept4", "sys_exit_accept4"),
     ("exit_accept", "sys_exit_accept"),
     ("enter_dup", "sys_enter_dup"),
