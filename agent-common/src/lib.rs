@@ -139,8 +139,13 @@ pub mod traffic {
     pub const WATCH_CONFIG_MAP: &str = "WATCH_CONFIG";
     pub const WATCH_ALL: u32 = 0;
     pub const AGENT_TGID: u32 = 1;
-    /// `LruHashMap<FdKey, FdInfo>`: what an fd is, and the connection behind it.
+    /// `LruHashMap<FdKey, FdInfo>`: what an fd is, and the connection behind it. Only the probes
+    /// write it.
     pub const FD_CLASS_MAP: &str = "FD_CLASS";
+    /// `LruHashMap<u64, u8>`: userspace's answer ([`FD_SOCKET`] or [`FD_NOT_SOCKET`]) about a
+    /// [`KIND_FD_UNKNOWN`] fd, by its connection id; the probes apply it at the fd's next use.
+    pub const FD_VERDICTS_MAP: &str = "FD_VERDICTS";
+    pub const FD_VERDICTS_ENTRIES: u32 = 4096;
     /// `LruHashMap<u64, ActiveCall>`: syscalls between enter and exit, by pid_tgid.
     pub const ACTIVE_CALLS_MAP: &str = "ACTIVE_CALLS";
     /// `LruHashMap<u64, Conn>`: each followed connection's request in progress, by connection id.

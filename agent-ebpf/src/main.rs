@@ -354,6 +354,9 @@ static CONN_SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SCAN_SCRATCH")]
 static SCAN_SCRATCH: PerCpuArray<[u8; SCAN_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
 
+#[map(name = "FD_VERDICTS")]
+static FD_VERDICTS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(FD_VERDICTS_ENTRIES, 0);
+
 #[map(name = "CONN_IDS")]
 static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -390,8 +393,18 @@ fn new_conn_id() -> u64 {
 #[inline(always)]
 fn fd_conn(tgid: u32, fd: u32) -> Option<u64> {
     let key = FdKey { tgid, fd };
-    // SAFETY: the value is copied out at once.
-    if let Some(info) = unsafe { FD_CLASS.get(&key) } {
+    if let Some(info) = FD_CLASS.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer, read and updated in place.
+        let info = unsafe { &mut *info };
+        // Userspace's answer is keyed by the connection id, so an answer about an fd number
+        // that was closed and reused meanwhile can never land on the new connection.
+        if info.class == FD_PENDING
+            // SAFETY: the value is copied out at once.
+            && let Some(class) = unsafe { FD_VERDICTS.get(&info.conn_id) }.copied()
+        {
+            info.class = class;
+            let _ = FD_VERDICTS.remove(&info.conn_id);
+        }
         return (info.class != FD_NOT_SOCKET).then_some(info.conn_id);
     }
     let info = FdInfo { conn_id: new_conn_id(), class: FD_PENDING, flags: 0, _pad: [0; 6] };

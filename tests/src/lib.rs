@@ -290,7 +290,9 @@ pub fn e2e_python() -> PathBuf {
 
 /// Waits until a server in another process has written its port to `file`.
 pub fn port_from_file(file: &Path) -> u16 {
-    wait_for(Duration::from_secs(30), "the server's port file", || std::fs::read_to_string(file).ok()?.trim().parse().ok())
+    wait_for(Duration::from_secs(30), "the server's port file", || {
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    })
 }
 
 pub fn free_port() -> u16 {

@@ -450,14 +450,12 @@ fn the_official_openai_client_is_measured_per_model_streamed_and_not() {
     let python = e2e::e2e_python();
     let scripts = e2e::workspace_root().join("tests/python");
     let port_file = tempfile::NamedTempFile::new().expect("temp file");
-    let _server = pod.spawn_command(
-        std::process::Command::new(&python).arg(scripts.join("openai_server.py")).arg(port_file.path()),
-    );
+    let _server = pod
+        .spawn_command(std::process::Command::new(&python).arg(scripts.join("openai_server.py")).arg(port_file.path()));
     let port = e2e::port_from_file(port_file.path()).to_string();
     // Each client sends a conversation of about 10 KiB: the body names its model only at the end,
     // far beyond any captured bytes, so the model comes from the answer.
-    for (model, count, stream) in [("alpha", 15, false), ("alpha", 10, true), ("beta", 15, false), ("beta", 10, true)]
-    {
+    for (model, count, stream) in [("alpha", 15, false), ("alpha", 10, true), ("beta", 15, false), ("beta", 10, true)] {
         let mut client = std::process::Command::new(&python);
         client.arg(scripts.join("openai_client.py")).args([port.as_str(), model, &count.to_string()]);
         if stream {

@@ -227,7 +227,7 @@ impl PayloadSource {
                     if let Action::Classify(key, conn_id) = connections.apply(bytes, &mut out, &self.telemetry)
                         && let Some(is_socket) = is_socket(&self.proc_root, key.tgid, key.fd)
                     {
-                        fd_classes.classify_fd(key, conn_id, is_socket);
+                        fd_classes.classify_fd(conn_id, is_socket);
                     }
                 });
                 if !out.is_empty() {

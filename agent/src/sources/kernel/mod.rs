@@ -14,7 +14,7 @@ use agent_common::{
     events::{EVENTS_MAP, Event},
     sched::TASK_CPU_MAP,
     traffic::{
-        self, Completion, DATA_EVENTS_MAP, DataEvent, FD_CLASS_MAP, FD_NOT_SOCKET, FD_SOCKET, FdInfo, FdKey, WATCH_CONFIG_MAP,
+        self, Completion, DATA_EVENTS_MAP, DataEvent, FD_NOT_SOCKET, FD_SOCKET, FD_VERDICTS_MAP, WATCH_CONFIG_MAP,
         WATCHED_CGROUPS_MAP,
     },
 };
@@ -175,20 +175,18 @@ pub struct PayloadRing {
     pub fd_classes: FdClasses,
 }
 
-/// The probes' map of what each fd is.
+/// Where userspace answers the probes' questions about fds.
 pub struct FdClasses {
-    fd_class: BpfHashMap<MapData, FdKey, FdInfo>,
+    verdicts: BpfHashMap<MapData, u64, u8>,
 }
 
 impl FdClasses {
-    /// Tells the probes what an fd they asked about is (they follow it meanwhile), keeping the
-    /// connection id they gave it.
-    pub fn classify_fd(&mut self, key: FdKey, conn_id: u64, is_socket: bool) {
+    /// Tells the probes what the fd they gave `conn_id` is (they follow it meanwhile). Keyed by
+    /// the connection id: an fd closed and reused since the question keeps its new identity.
+    pub fn classify_fd(&mut self, conn_id: u64, is_socket: bool) {
         let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
-        let info = FdInfo { conn_id, class, flags: 0, _pad: [0; 6] };
-        // BPF_EXIST: an fd closed before this answer came has no entry, and must not get one back.
-        if let Err(e) = self.fd_class.insert(key, info, 2) {
-            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "Classifying an fd failed");
+        if let Err(e) = self.verdicts.insert(conn_id, class, 0) {
+            tracing::debug!(error = %e, conn_id, "Classifying an fd failed");
         }
     }
 }
@@ -513,7 +511,7 @@ fn attach_traffic(
         watch_config: take_map(ebpf, WATCH_CONFIG_MAP)?,
         payload: Some(PayloadRing {
             ring: Ring { ring: take_map(ebpf, DATA_EVENTS_MAP)? },
-            fd_classes: FdClasses { fd_class: take_map(ebpf, FD_CLASS_MAP)? },
+            fd_classes: FdClasses { verdicts: take_map(ebpf, FD_VERDICTS_MAP)? },
         }),
         watched_now: HashSet::new(),
         watch_all_now: None,
