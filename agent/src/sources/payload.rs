@@ -248,3 +248,91 @@ impl PayloadSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_common::traffic::{COMPLETION_UNTIL_CLOSE, KIND_COMPLETION};
+
+    use super::*;
+
+    fn completion(request: &[u8], response: &[u8]) -> Completion {
+        let mut completion = Completion {
+            kind: KIND_COMPLETION,
+            tgid: 7,
+            conn_id: 9,
+            cgroup_id: 11,
+            start_ns: 1_000,
+            end_ns: 3_000,
+            request_bytes: 4_000,
+            response_bytes: 500,
+            status: 200,
+            flags: COMPLETION_UNTIL_CLOSE,
+            request_captured: request.len() as u16,
+            response_captured: response.len() as u16,
+            request: [0; REQUEST_CAPTURE],
+            response: [0; RESPONSE_CAPTURE],
+        };
+        completion.request[..request.len()].copy_from_slice(request);
+        completion.response[..response.len()].copy_from_slice(response);
+        completion
+    }
+
+    #[test]
+    fn a_completion_becomes_an_exchange_without_reparsing_the_stream() {
+        let c = completion(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n\r\n{\"model\":\"m\"}",
+            b"{\"id\":\"x\",\"model\":\"served\"}",
+        );
+        let (exchange, _) = exchange_of(&c).expect("an exchange");
+        assert_eq!((exchange.method.as_str(), exchange.target.as_str()), ("POST", "/v1/chat/completions"));
+        assert_eq!((exchange.start_ns, exchange.end_ns, exchange.status), (1_000, 3_000, 200));
+        assert_eq!(exchange.request_body_prefix, b"{\"model\":\"m\"}");
+        assert_eq!(exchange.response_body_prefix, b"{\"id\":\"x\",\"model\":\"served\"}");
+        assert_eq!((exchange.request_bytes, exchange.response_bytes), (Some(4_000), Some(500)));
+    }
+
+    #[test]
+    fn a_head_longer_than_the_capture_keeps_its_request_line() {
+        let mut request = b"GET /v2/models/resnet/infer HTTP/1.1\r\nCookie: ".to_vec();
+        request.resize(REQUEST_CAPTURE, b'c');
+        let (exchange, _) = exchange_of(&completion(&request, b"")).expect("an exchange");
+        assert_eq!(exchange.target, "/v2/models/resnet/infer");
+        assert!(exchange.request_body_prefix.is_empty());
+        // A target cut by the capture is kept as far as it goes.
+        let long = format!("GET /{} HTTP/1.1", "a".repeat(400));
+        let (exchange, _) = exchange_of(&completion(&long.as_bytes()[..REQUEST_CAPTURE], b"")).expect("an exchange");
+        assert_eq!(exchange.target.len(), REQUEST_CAPTURE - 4);
+    }
+
+    #[test]
+    fn event_streams_give_their_first_event_data() {
+        let c = completion(b"POST /v1/completions HTTP/1.1\r\n", b"data: {\"model\":\"s\"}\n\n");
+        assert_eq!(exchange_of(&c).expect("an exchange").0.response_body_prefix, b"{\"model\":\"s\"}\n\n");
+    }
+
+    #[test]
+    fn garbage_is_no_exchange() {
+        assert!(exchange_of(&completion(b"", b"")).is_none());
+        assert!(exchange_of(&completion(b"\xff\xfe /x HTTP/1.1", b"")).is_none());
+        assert!(exchange_of(&completion(b"GET", b"")).is_none());
+    }
+
+    #[test]
+    fn records_are_told_apart_by_kind_and_short_ones_dropped() {
+        let telemetry = Telemetry::default();
+        let mut connections = Connections::default();
+        let mut out = Vec::new();
+        let c = completion(b"GET / HTTP/1.1\r\n\r\n", b"");
+        // SAFETY: Completion is plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&c as *const Completion).cast::<u8>(), std::mem::size_of::<Completion>())
+        };
+        assert_eq!(connections.apply(bytes, &mut out, &telemetry), Action::None);
+        assert!(matches!(&out[..], [Observation::Exchange { cgroup_id: 11, tgid: 7, .. }]));
+        assert_eq!(telemetry.paired(), vec![(PairPath::Kernel, 1), (PairPath::Userspace, 0)]);
+        connections.apply(&bytes[..100], &mut out, &telemetry);
+        connections.apply(&[42, 0, 0, 0], &mut out, &telemetry);
+        assert_eq!(out.len(), 1);
+        assert_eq!(telemetry.dropped_for(DropReason::MalformedPayload), 2);
+    }
+}
