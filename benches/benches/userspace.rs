@@ -137,13 +137,14 @@ fn fold(c: &mut Criterion) {
     });
 }
 
-/// A payload record as the probes write it: header fields in `DataEvent` order, then the data.
+/// A raw payload record of a fallback connection as the probes write it: header fields in
+/// `DataEvent` order (connection id 9), then the data.
 fn record(kind: u32, timestamp_ns: u64, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(40 + payload.len());
+    let mut bytes = Vec::with_capacity(48 + payload.len());
     for field in [kind, 42, 7, payload.len() as u32] {
         bytes.extend_from_slice(&field.to_ne_bytes());
     }
-    for field in [payload.len() as u64, timestamp_ns, 1234] {
+    for field in [payload.len() as u64, timestamp_ns, 1234, 9] {
         bytes.extend_from_slice(&field.to_ne_bytes());
     }
     bytes.extend_from_slice(payload);
@@ -151,7 +152,9 @@ fn record(kind: u32, timestamp_ns: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn pipeline(c: &mut Criterion) {
-    use agent_common::traffic::{KIND_DATA_IN, KIND_DATA_OUT};
+    use agent_common::traffic::{
+        Completion, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT, REQUEST_CAPTURE, RESPONSE_CAPTURE,
+    };
     use modelmeter::sources::payload::Connections;
     let request = record(
         KIND_DATA_IN,
@@ -166,11 +169,50 @@ fn pipeline(c: &mut Criterion) {
     let mut out = Vec::new();
     let mut group = c.benchmark_group("request pipeline");
     group.throughput(Throughput::Elements(2));
-    group.bench_function("decode → pair → resolve → histogram, per request (2 events)", |b| {
+    group.bench_function("userspace path: decode → pair → resolve → histogram, per request (2 events)", |b| {
         b.iter(|| {
             for bytes in [&request, &response] {
                 connections.apply(black_box(bytes), &mut out, &telemetry);
             }
+            let mut logs = Vec::new();
+            for observation in out.drain(..) {
+                store.apply(observation, &mut resolver, Instant::now(), &mut logs);
+            }
+            black_box(logs);
+        })
+    });
+    group.finish();
+
+    // The kernel path: one completion per request, as the probes pair them.
+    let mut completion = Completion {
+        kind: KIND_COMPLETION,
+        tgid: 42,
+        conn_id: 9,
+        cgroup_id: 1234,
+        start_ns: 1_000,
+        end_ns: 2_000_000,
+        request_bytes: 90,
+        response_bytes: 40,
+        status: 200,
+        flags: 0,
+        request_captured: 0,
+        response_captured: 0,
+        request: [0; REQUEST_CAPTURE],
+        response: [0; RESPONSE_CAPTURE],
+    };
+    let head = b"POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}";
+    completion.request[..head.len()].copy_from_slice(head);
+    completion.request_captured = head.len() as u16;
+    // SAFETY: Completion is plain old data.
+    let completion = unsafe {
+        std::slice::from_raw_parts((&completion as *const Completion).cast::<u8>(), std::mem::size_of::<Completion>())
+    }
+    .to_vec();
+    let mut group = c.benchmark_group("request pipeline");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("kernel path: completion → resolve → histogram, per request", |b| {
+        b.iter(|| {
+            connections.apply(black_box(&completion), &mut out, &telemetry);
             let mut logs = Vec::new();
             for observation in out.drain(..) {
                 store.apply(observation, &mut resolver, Instant::now(), &mut logs);

@@ -10,17 +10,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::traffic::{
-    Completion, FdKey, KIND_CLOSE, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN, REQUEST_CAPTURE,
-    RESPONSE_CAPTURE,
-};
+use agent_common::traffic::{FdKey, KIND_CLOSE, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT, KIND_FD_UNKNOWN};
 use crossbeam_channel::Receiver;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Observation, Outbox, kernel,
+    Observation, Outbox,
+    kernel::{self, CompletionView},
     procfs::{is_socket, process_exists},
-    protocol::http1::{Direction, Exchange, Http1Stream, Segment, Skip},
+    protocol::{
+        http1::{Direction, Exchange, Http1Stream, Segment, Skip},
+        route::method_label,
+    },
 };
 use crate::telemetry::{
     ConnectionsFollowed, DropReason, EventsDropped, PairPath, RequestsPaired, SkipReason, Telemetry, TrafficSkipped,
@@ -67,7 +68,8 @@ impl Connections {
         let malformed = || EventsDropped { reason: DropReason::MalformedPayload, count: 1 }.emit(telemetry);
         match kernel::record_kind(bytes) {
             Some(KIND_COMPLETION) => {
-                match kernel::decode_completion(bytes).as_ref().and_then(exchange_of) {
+                let completion = kernel::decode_completion(bytes);
+                match completion.and_then(|c| Some((exchange_of(&c)?, c))) {
                     Some((exchange, completion)) => {
                         RequestsPaired { path: PairPath::Kernel, count: 1 }.emit(telemetry);
                         out.push(Observation::Exchange {
@@ -165,30 +167,31 @@ impl Connections {
 /// The exchange a kernel completion stands for: the request line from its first bytes, the
 /// request body's start where it was captured, and the response body's start. `None` when the
 /// first bytes are not a request line.
-pub fn exchange_of(completion: &Completion) -> Option<(Exchange, &Completion)> {
-    let request = &completion.request[..usize::from(completion.request_captured).min(REQUEST_CAPTURE)];
-    let line_end = request.iter().position(|&b| b == b'\n').unwrap_or(request.len());
+pub fn exchange_of(completion: &CompletionView<'_>) -> Option<Exchange> {
+    let request = completion.request;
+    let line_end = memchr::memchr(b'\n', request).unwrap_or(request.len());
     let line = request[..line_end].strip_suffix(b"\r").unwrap_or(&request[..line_end]);
     let mut parts = line.splitn(3, |&b| b == b' ');
     let method = std::str::from_utf8(parts.next()?).ok()?;
     // A target longer than the capture is cut there; the route template needs only its start.
-    let target = String::from_utf8_lossy(parts.next().filter(|t| !t.is_empty())?).into_owned();
-    let body = request.windows(4).position(|w| w == b"\r\n\r\n").map_or(&[][..], |end| &request[end + 4..]);
-    let response = &completion.response[..usize::from(completion.response_captured).min(RESPONSE_CAPTURE)];
-    Some((
-        Exchange {
-            start_ns: completion.start_ns,
-            end_ns: completion.end_ns,
-            method: method.to_owned(),
-            target,
-            status: completion.status,
-            request_body_prefix: body.to_vec(),
-            response_body_prefix: event_stream_data(response).to_vec(),
-            request_bytes: Some(completion.request_bytes),
-            response_bytes: Some(completion.response_bytes),
-        },
-        completion,
-    ))
+    let target = parts.next().filter(|t| !t.is_empty())?;
+    let target = match std::str::from_utf8(target) {
+        Ok(target) => target.to_owned(),
+        Err(_) => String::from_utf8_lossy(target).into_owned(),
+    };
+    let body =
+        memchr::memmem::find(&request[line_end..], b"\r\n\r\n").map_or(&[][..], |end| &request[line_end + end + 4..]);
+    Some(Exchange {
+        start_ns: completion.start_ns,
+        end_ns: completion.end_ns,
+        method: method_label(method),
+        target,
+        status: completion.status,
+        request_body_prefix: body.to_vec(),
+        response_body_prefix: event_stream_data(completion.response).to_vec(),
+        request_bytes: Some(completion.request_bytes),
+        response_bytes: Some(completion.response_bytes),
+    })
 }
 
 /// The data of a server-sent event stream's first event (`data: {...}`), else the bytes as they are.
@@ -251,11 +254,14 @@ impl PayloadSource {
 
 #[cfg(test)]
 mod tests {
-    use agent_common::traffic::{COMPLETION_UNTIL_CLOSE, KIND_COMPLETION};
+    use agent_common::traffic::{
+        COMPLETION_UNTIL_CLOSE, Completion, KIND_COMPLETION, REQUEST_CAPTURE, RESPONSE_CAPTURE,
+    };
 
     use super::*;
 
-    fn completion(request: &[u8], response: &[u8]) -> Completion {
+    /// A completion record's bytes, as the probes write it.
+    fn completion(request: &[u8], response: &[u8]) -> Vec<u8> {
         let mut completion = Completion {
             kind: KIND_COMPLETION,
             tgid: 7,
@@ -274,7 +280,18 @@ mod tests {
         };
         completion.request[..request.len()].copy_from_slice(request);
         completion.response[..response.len()].copy_from_slice(response);
-        completion
+        // SAFETY: Completion is plain old data.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&completion as *const Completion).cast::<u8>(),
+                std::mem::size_of::<Completion>(),
+            )
+        }
+        .to_vec()
+    }
+
+    fn exchange(bytes: &[u8]) -> Option<Exchange> {
+        exchange_of(&kernel::decode_completion(bytes).expect("a whole record"))
     }
 
     #[test]
@@ -283,8 +300,8 @@ mod tests {
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n\r\n{\"model\":\"m\"}",
             b"{\"id\":\"x\",\"model\":\"served\"}",
         );
-        let (exchange, _) = exchange_of(&c).expect("an exchange");
-        assert_eq!((exchange.method.as_str(), exchange.target.as_str()), ("POST", "/v1/chat/completions"));
+        let exchange = exchange(&c).expect("an exchange");
+        assert_eq!((exchange.method, exchange.target.as_str()), ("POST", "/v1/chat/completions"));
         assert_eq!((exchange.start_ns, exchange.end_ns, exchange.status), (1_000, 3_000, 200));
         assert_eq!(exchange.request_body_prefix, b"{\"model\":\"m\"}");
         assert_eq!(exchange.response_body_prefix, b"{\"id\":\"x\",\"model\":\"served\"}");
@@ -295,26 +312,27 @@ mod tests {
     fn a_head_longer_than_the_capture_keeps_its_request_line() {
         let mut request = b"GET /v2/models/resnet/infer HTTP/1.1\r\nCookie: ".to_vec();
         request.resize(REQUEST_CAPTURE, b'c');
-        let (exchange, _) = exchange_of(&completion(&request, b"")).expect("an exchange");
+        let exchange = super::tests::exchange(&completion(&request, b"")).expect("an exchange");
         assert_eq!(exchange.target, "/v2/models/resnet/infer");
         assert!(exchange.request_body_prefix.is_empty());
         // A target cut by the capture is kept as far as it goes.
         let long = format!("GET /{} HTTP/1.1", "a".repeat(400));
-        let (exchange, _) = exchange_of(&completion(&long.as_bytes()[..REQUEST_CAPTURE], b"")).expect("an exchange");
+        let exchange =
+            super::tests::exchange(&completion(&long.as_bytes()[..REQUEST_CAPTURE], b"")).expect("an exchange");
         assert_eq!(exchange.target.len(), REQUEST_CAPTURE - 4);
     }
 
     #[test]
     fn event_streams_give_their_first_event_data() {
         let c = completion(b"POST /v1/completions HTTP/1.1\r\n", b"data: {\"model\":\"s\"}\n\n");
-        assert_eq!(exchange_of(&c).expect("an exchange").0.response_body_prefix, b"{\"model\":\"s\"}\n\n");
+        assert_eq!(exchange(&c).expect("an exchange").response_body_prefix, b"{\"model\":\"s\"}\n\n");
     }
 
     #[test]
     fn garbage_is_no_exchange() {
-        assert!(exchange_of(&completion(b"", b"")).is_none());
-        assert!(exchange_of(&completion(b"\xff\xfe /x HTTP/1.1", b"")).is_none());
-        assert!(exchange_of(&completion(b"GET", b"")).is_none());
+        assert!(exchange(&completion(b"", b"")).is_none());
+        assert!(exchange(&completion(b"\xff\xfe /x HTTP/1.1", b"")).is_none());
+        assert!(exchange(&completion(b"GET", b"")).is_none());
     }
 
     #[test]
@@ -322,12 +340,8 @@ mod tests {
         let telemetry = Telemetry::default();
         let mut connections = Connections::default();
         let mut out = Vec::new();
-        let c = completion(b"GET / HTTP/1.1\r\n\r\n", b"");
-        // SAFETY: Completion is plain old data.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&c as *const Completion).cast::<u8>(), std::mem::size_of::<Completion>())
-        };
-        assert_eq!(connections.apply(bytes, &mut out, &telemetry), Action::None);
+        let bytes = completion(b"GET / HTTP/1.1\r\n\r\n", b"");
+        assert_eq!(connections.apply(&bytes, &mut out, &telemetry), Action::None);
         assert!(matches!(&out[..], [Observation::Exchange { cgroup_id: 11, tgid: 7, .. }]));
         assert_eq!(telemetry.paired(), vec![(PairPath::Kernel, 1), (PairPath::Userspace, 0)]);
         connections.apply(&bytes[..100], &mut out, &telemetry);

@@ -14,7 +14,7 @@ use crate::{
     identity::Identity,
     sources::protocol::{
         http1::Exchange,
-        route::{RequestModel, method_label, model_from_json_body, route_of},
+        route::{RequestModel, model_from_json_body, route_of},
     },
 };
 
@@ -198,6 +198,12 @@ impl SeriesOverflow {
     }
 }
 
+/// Maps on the per-request path: foldhash is several times faster than SipHash on short strings,
+/// and its per-process random seed keeps client-chosen keys (already bounded by the budgets) from
+/// being aimed at one bucket.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// Everything kept for one identity's requests, so a request costs one identity look-up.
 #[derive(Debug)]
 struct Workload {
@@ -205,16 +211,17 @@ struct Workload {
     budget: std::sync::Arc<str>,
     /// Series counted against the budgets (the `_other` ones are not).
     counted: usize,
-    series: HashMap<RequestKey, LatencyHistogram>,
-    /// Routes seen per request-named model (`None`: the pod's own).
-    routes: HashMap<Option<String>, HashSet<String>>,
-    models: HashSet<(String, String)>,
+    series: FastMap<RequestKey, LatencyHistogram>,
+    /// Routes seen per request-named model (`""`: the pod's own), keyed by `str` so a request
+    /// finds its set without allocating.
+    routes: FastMap<String, FastSet<String>>,
+    models: FastSet<(String, String)>,
 }
 
 #[derive(Debug)]
 pub struct RequestStore {
     config: RequestsConfig,
-    workloads: HashMap<Identity, Workload>,
+    workloads: FastMap<Identity, Workload>,
     /// Series counted per workload budget, and for the node.
     budget_use: HashMap<std::sync::Arc<str>, usize>,
     node_series: usize,
@@ -233,7 +240,7 @@ impl RequestStore {
         let per_second = f64::from(config.events_per_second);
         RequestStore {
             config,
-            workloads: HashMap::new(),
+            workloads: FastMap::default(),
             budget_use: HashMap::new(),
             node_series: 0,
             series_overflow: BTreeMap::new(),
@@ -245,13 +252,36 @@ impl RequestStore {
     }
 
     /// Every identity's series.
-    pub fn series(&self) -> impl Iterator<Item = (&Identity, &HashMap<RequestKey, LatencyHistogram>)> {
+    pub fn series(&self) -> impl Iterator<Item = (&Identity, &FastMap<RequestKey, LatencyHistogram>)> {
         self.workloads.iter().map(|(identity, workload)| (identity, &workload.series))
     }
 
     /// One identity's series, if it has any.
-    pub fn series_of(&self, identity: &Identity) -> Option<&HashMap<RequestKey, LatencyHistogram>> {
+    pub fn series_of(&self, identity: &Identity) -> Option<&FastMap<RequestKey, LatencyHistogram>> {
         self.workloads.get(identity).map(|w| &w.series)
+    }
+
+    /// The request's event (failed or slow), if it passes the rate limit.
+    fn event_of(&mut self, key: &RequestKey, duration_ns: u64, now: Instant) -> Option<RequestEvent> {
+        let name = if key.status >= 500 {
+            "failed_request"
+        } else if Duration::from_nanos(duration_ns) >= self.config.slow_threshold {
+            "slow_request"
+        } else {
+            return None;
+        };
+        if !self.limiter.allow(now) {
+            self.events_dropped += 1;
+            return None;
+        }
+        Some(RequestEvent {
+            event: name,
+            method: key.method,
+            route: key.route.clone(),
+            status: key.status,
+            duration_ms: duration_ns as f64 / 1e6,
+            model: key.model.as_ref().map(|(n, _)| n.clone()),
+        })
     }
 
     /// Records one request of `identity`; returns its event (slow or failed) if it passed the
@@ -275,9 +305,9 @@ impl RequestStore {
             None => self.workloads.entry(identity.clone()).or_insert_with(|| Workload {
                 budget: budget(),
                 counted: 0,
-                series: HashMap::new(),
-                routes: HashMap::new(),
-                models: HashSet::new(),
+                series: FastMap::default(),
+                routes: FastMap::default(),
+                models: FastSet::default(),
             }),
         };
         let model = model.map(|RequestModel { name, version }| {
@@ -294,9 +324,10 @@ impl RequestStore {
             }
         });
         let model_name = model.as_ref().map(|(name, _)| name);
-        let routes = match workload.routes.get_mut(&model_name.cloned()) {
+        let model_key = model_name.map_or("", String::as_str);
+        let routes = match workload.routes.get_mut(model_key) {
             Some(routes) => routes,
-            None => workload.routes.entry(model_name.cloned()).or_default(),
+            None => workload.routes.entry(model_key.to_owned()).or_default(),
         };
         let template = if routes.contains(&route.template) {
             route.template
@@ -308,9 +339,14 @@ impl RequestStore {
             OVERFLOW_ROUTE.to_owned()
         };
         let duration_ns = exchange.end_ns.saturating_sub(exchange.start_ns);
-        let method = method_label(&exchange.method);
+        let method = exchange.method;
         let mut key = RequestKey { method, route: template, status: exchange.status, model };
-        if !workload.series.contains_key(&key) {
+        // One look-up for a series that exists, the common case.
+        if let Some(histogram) = workload.series.get_mut(&key) {
+            histogram.record(duration_ns);
+            return self.event_of(&key, duration_ns, now);
+        }
+        {
             let used = self.budget_use.get(&workload.budget).copied().unwrap_or(0);
             let over = if self.node_series >= self.config.node_series_budget {
                 Some(SeriesOverflow::Node)
@@ -334,30 +370,9 @@ impl RequestStore {
                 }
             }
         }
-        let event = if exchange.status >= 500 {
-            Some("failed_request")
-        } else if Duration::from_nanos(duration_ns) >= self.config.slow_threshold {
-            Some("slow_request")
-        } else {
-            None
-        };
-        let event = event.and_then(|name| {
-            if self.limiter.allow(now) {
-                Some(RequestEvent {
-                    event: name,
-                    method,
-                    route: key.route.clone(),
-                    status: key.status,
-                    duration_ms: duration_ns as f64 / 1e6,
-                    model: key.model.as_ref().map(|(n, _)| n.clone()),
-                })
-            } else {
-                self.events_dropped += 1;
-                None
-            }
-        });
-        workload.series.entry(key).or_default().record(duration_ns);
-        event
+        // The key may be an `_other` series that exists already.
+        workload.series.entry(key.clone()).or_default().record(duration_ns);
+        self.event_of(&key, duration_ns, now)
     }
 
     /// Forgets everything about identities that are gone; their series leave the budgets.
@@ -399,7 +414,7 @@ mod tests {
         let exchange = Exchange {
             start_ns: start_ms * 1_000_000,
             end_ns: (start_ms + took_ms) * 1_000_000,
-            method: "GET".into(),
+            method: "GET",
             target: target.into(),
             status,
             request_body_prefix: Vec::new(),

@@ -244,7 +244,7 @@ fn request(target: &str) -> Observation {
         exchange: Box::new(Exchange {
             start_ns: 0,
             end_ns: 2_000_000,
-            method: "GET".into(),
+            method: "GET",
             target: target.into(),
             status: 200,
             request_body_prefix: Vec::new(),

@@ -549,14 +549,60 @@ pub fn decode_data_event(bytes: &[u8]) -> Option<(DataEvent, &[u8])> {
     Some((event, &bytes[header..header + captured]))
 }
 
-/// Decodes one completion record; `None` for a short one.
-pub fn decode_completion(bytes: &[u8]) -> Option<Completion> {
+/// A completion record, read in place: its fixed fields, and its captured bytes borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct CompletionView<'a> {
+    pub tgid: u32,
+    pub conn_id: u64,
+    pub cgroup_id: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub status: u16,
+    pub flags: u16,
+    /// The request's first bytes.
+    pub request: &'a [u8],
+    /// The response body's first bytes.
+    pub response: &'a [u8],
+}
+
+/// Decodes one completion record without copying its captures; `None` for a short one.
+pub fn decode_completion(bytes: &[u8]) -> Option<CompletionView<'_>> {
     if bytes.len() < std::mem::size_of::<Completion>() {
         return None;
     }
-    // SAFETY: the length was checked; Completion is plain old data, valid for any bytes, and
-    // read unaligned.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Completion>()) })
+    let u16_at = |offset: usize| u16::from_ne_bytes([bytes[offset], bytes[offset + 1]]);
+    let u64_at = |offset: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&bytes[offset..offset + 8]);
+        u64::from_ne_bytes(raw)
+    };
+    let captured = |offset: usize, at: usize, size: usize| {
+        let len = usize::from(u16_at(offset)).min(size);
+        &bytes[at..at + len]
+    };
+    Some(CompletionView {
+        tgid: u32::from_ne_bytes(bytes[4..8].try_into().ok()?),
+        conn_id: u64_at(std::mem::offset_of!(Completion, conn_id)),
+        cgroup_id: u64_at(std::mem::offset_of!(Completion, cgroup_id)),
+        start_ns: u64_at(std::mem::offset_of!(Completion, start_ns)),
+        end_ns: u64_at(std::mem::offset_of!(Completion, end_ns)),
+        request_bytes: u64_at(std::mem::offset_of!(Completion, request_bytes)),
+        response_bytes: u64_at(std::mem::offset_of!(Completion, response_bytes)),
+        status: u16_at(std::mem::offset_of!(Completion, status)),
+        flags: u16_at(std::mem::offset_of!(Completion, flags)),
+        request: captured(
+            std::mem::offset_of!(Completion, request_captured),
+            std::mem::offset_of!(Completion, request),
+            traffic::REQUEST_CAPTURE,
+        ),
+        response: captured(
+            std::mem::offset_of!(Completion, response_captured),
+            std::mem::offset_of!(Completion, response),
+            traffic::RESPONSE_CAPTURE,
+        ),
+    })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -792,19 +838,22 @@ mod tests {
         for field in [agent_common::traffic::KIND_DATA_OUT, 42, 7, 5] {
             bytes.extend_from_slice(&field.to_ne_bytes());
         }
-        for field in [1000u64, 123_456, 99] {
+        for field in [1000u64, 123_456, 99, 5] {
             bytes.extend_from_slice(&field.to_ne_bytes());
         }
         bytes.extend_from_slice(b"HTTP/");
         bytes.resize(std::mem::size_of::<DataEvent>(), 0xAA);
         let (event, captured) = decode_data_event(&bytes).unwrap();
         assert_eq!((event.kind, event.tgid, event.fd, event.len), (agent_common::traffic::KIND_DATA_OUT, 42, 7, 1000));
-        assert_eq!((event.timestamp_ns, event.cgroup_id), (123_456, 99));
+        assert_eq!((event.timestamp_ns, event.cgroup_id, event.conn_id), (123_456, 99, 5));
         assert_eq!(captured, b"HTTP/");
         // A record shorter than its header, or claiming more than it carries, is cut, never read past.
         assert!(decode_data_event(&bytes[..20]).is_none());
         bytes[12..16].copy_from_slice(&10_000u32.to_ne_bytes());
-        assert_eq!(decode_data_event(&bytes[..50]).unwrap().1.len(), 10);
+        assert_eq!(decode_data_event(&bytes[..58]).unwrap().1.len(), 10);
+        assert_eq!(record_kind(&bytes), Some(agent_common::traffic::KIND_DATA_OUT));
+        assert_eq!(record_kind(&bytes[..3]), None);
+        assert!(decode_completion(&bytes[..100]).is_none(), "shorter than a completion");
     }
 
     #[test]

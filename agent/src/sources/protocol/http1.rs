@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use super::route::method_label;
+
 /// Longest head buffered before giving up.
 const MAX_HEAD: usize = 16 * 1024;
 /// Requests waiting for a response; pipelining deeper than this is not real traffic.
@@ -44,7 +46,8 @@ pub struct Segment<'a> {
 pub struct Exchange {
     pub start_ns: u64,
     pub end_ns: u64,
-    pub method: String,
+    /// The method's label (`_OTHER` for one outside the standard set), never an allocation.
+    pub method: &'static str,
     pub target: String,
     /// Final status; 101 (and 2xx to CONNECT) too, since the connection then stops being HTTP.
     pub status: u16,
@@ -507,7 +510,7 @@ impl Http1Stream {
                             })
                         })
                     } else {
-                        let method = self.pending.front().map_or("", |(_, p)| p.method.as_str());
+                        let method = self.pending.front().map_or("", |(_, p)| p.method);
                         assemble(&mut side.buf, data, len, |b| parse_response_head(b, method)).map(|head| {
                             head.map(|(head, used, n)| {
                                 self.on_response(head, n, ts, out, skipped);
@@ -620,7 +623,7 @@ impl Http1Stream {
         let exchange = Exchange {
             start_ns: self.requests.start_ns,
             end_ns: 0,
-            method: head.method,
+            method: method_label(&head.method),
             target: head.target,
             status: 0,
             request_body_prefix: Vec::new(),
@@ -719,10 +722,7 @@ mod tests {
         h.send(In, 10, GET_A).send(Out, 20, OK_2).send(In, 30, b"GET /b HTTP/1.1\nHost: x\n\n");
         h.send(Out, 45, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(h.summary(), [(10, 20, "/a", 200), (30, 45, "/b", 404)]);
-        assert_eq!(
-            (h.out[0].method.as_str(), h.out[0].request_bytes, h.out[0].response_bytes),
-            ("GET", Some(28), Some(40))
-        );
+        assert_eq!((h.out[0].method, h.out[0].request_bytes, h.out[0].response_bytes), ("GET", Some(28), Some(40)));
         assert!(h.skipped.is_empty());
     }
 
