@@ -358,7 +358,9 @@ pub mod counters {
     pub const UNFINISHED: u32 = 8;
     /// Connections handed to userspace (a request split inside its method, pipelining).
     pub const FALLBACK: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Watched syscalls the calibration programs of `cargo xtask bench` saw.
+    pub const CALIBRATION: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_drops",
@@ -371,6 +373,7 @@ pub mod counters {
         "unmatched_response",
         "unfinished",
         "fallback",
+        "calibration",
     ];
 }
 

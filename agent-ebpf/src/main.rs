@@ -1355,6 +1355,51 @@ pub fn exit_fcntl(ctx: TracePointContext) -> u32 {
     0
 }
 
+// --- calibration for `cargo xtask bench` (`probes.calibration`): empty programs on the hooks the
+// request probes use, to give their cost a floor measured in the same run, and the alternative
+// hook design, one raw_tracepoint on every syscall that switches on the syscall number.
+
+macro_rules! empty_tracepoint {
+    ($name:ident, $event:literal) => {
+        #[tracepoint(category = "syscalls", name = $event)]
+        pub fn $name(_ctx: TracePointContext) -> u32 {
+            0
+        }
+    };
+}
+
+empty_tracepoint!(calibrate_enter_recvfrom, "sys_enter_recvfrom");
+empty_tracepoint!(calibrate_exit_recvfrom, "sys_exit_recvfrom");
+empty_tracepoint!(calibrate_enter_sendto, "sys_enter_sendto");
+empty_tracepoint!(calibrate_exit_sendto, "sys_exit_sendto");
+
+/// x86-64 numbers of the syscalls the request probes hook (arch/x86/entry/syscalls/syscall_64.tbl).
+#[inline(always)]
+fn traced_syscall(id: u64) -> bool {
+    matches!(id, 0 | 1 | 3 | 19 | 20 | 32 | 33 | 40 | 43 | 44 | 45 | 46 | 47 | 48 | 72 | 288 | 292)
+}
+
+/// sys_enter(struct pt_regs *regs, long id): what dispatching on the syscall number costs before
+/// the same watched check the per-syscall probes start with.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn calibrate_raw_sys_enter(ctx: RawTracePointContext) -> u32 {
+    let id: u64 = ctx.arg(1);
+    if traced_syscall(id) && watched() {
+        count(counters::CALIBRATION);
+    }
+    0
+}
+
+/// sys_exit(struct pt_regs *regs, long ret): the number is not an argument here; every exit pays
+/// the watched check.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn calibrate_raw_sys_exit(_ctx: RawTracePointContext) -> u32 {
+    if watched() {
+        count(counters::CALIBRATION);
+    }
+    0
+}
+
 // --- probes that `modelmeter doctor` loads to report what this kernel allows; never attached in `run`.
 
 #[kprobe]

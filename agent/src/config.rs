@@ -86,6 +86,10 @@ pub struct ProbesConfig {
     /// Keep the kernel's bpf_stats (run time and count per probe) enabled while the agent runs.
     /// Costs about 20 ns per probe run. Default `true`.
     pub bpf_stats: bool,
+    /// Also attach the calibration programs `cargo xtask bench` measures the probes against:
+    /// empty programs on the request probes' hooks, and raw_tracepoint sys_enter/sys_exit
+    /// dispatchers. They cost every process on the node; never on in production. Default `false`.
+    pub calibration: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +148,7 @@ impl Default for ProbesConfig {
             data_ring_buffer_bytes: NonZeroU32::new(agent_common::traffic::DATA_EVENTS_DEFAULT_BYTES)
                 .expect("non-zero"),
             bpf_stats: true,
+            calibration: false,
         }
     }
 }

@@ -4,9 +4,11 @@
 //!    over socket pairs (a context-switch-heavy load).
 //! 2. Agent footprint: RSS and CPU of the idle agent at its default 10 s interval with 50
 //!    kubelet-shaped cgroups, each with a process in it.
-//! 3. Request tracing: syscall probe cost for an unwatched process doing file I/O and for a
-//!    watched server's requests; the server's throughput with the agent over without; the agent's
-//!    CPU at 5,000 requests/s.
+//! 3. Request tracing, as medians of interleaved with/without pairs: (a) the throughput ratio of a
+//!    loopback server that answers at once, (b) the ratio and p99 change with a 2 ms handler,
+//!    (c) probe ns and agent CPU per watched request, (d) the cost to an unwatched process's
+//!    syscalls, beside a raw_tracepoint sys_enter/sys_exit design, (e) each probe's ns/run beside
+//!    an empty program on the same hook; and the agent's CPU at 5,000 requests/s.
 //! 4. The pipeline under load: the longest `/healthz` answer while collections run with 2,000 pod
 //!    cgroups and 5,000 traced requests/s; agent CPU per traced request, quiet and while 1,000
 //!    pod cgroups are created and removed; agent CPU for a fork storm of 20,000 short processes.
@@ -27,20 +29,38 @@ use e2e::{Agent, CgroupGuard, CgroupStack, HttpServer, Metrics, hex_id, pod_uid}
 
 use crate::{cmd, require_root, root, setup};
 
-pub fn bench(load: Duration, idle: Duration, criterion: bool) -> anyhow::Result<()> {
+pub fn bench(load: Duration, idle: Duration, criterion: bool, only: Option<&str>) -> anyhow::Result<()> {
     require_root("bench")?;
     setup::setup()?;
     cmd("cargo", &["build", "--release", "-p", "modelmeter", "-p", "modelmeter-e2e"])?;
     // SAFETY: set before any thread is started; the harness reads these to find the binaries.
+    // An agent binary given in MM_AGENT_BIN (another build, to compare against) is kept.
     unsafe {
-        std::env::set_var("MM_AGENT_BIN", root().join("target/release/modelmeter"));
+        if std::env::var_os("MM_AGENT_BIN").is_none() {
+            std::env::set_var("MM_AGENT_BIN", root().join("target/release/modelmeter"));
+        }
         std::env::set_var("MM_WORKLOAD_BIN", root().join("target/release/mm-workload"));
+        std::env::set_var("MM_HTTPD_BIN", root().join("target/release/mm-httpd"));
     }
-    probe_overhead(load)?;
-    agent_footprint(idle)?;
-    request_tracing(load)?;
-    pipeline_under_load(load)?;
-    if criterion {
+    let run = |section: &str| only.is_none_or(|o| o == section);
+    if let Some(section) = only
+        && !["probes", "footprint", "requests", "pipeline"].contains(&section)
+    {
+        anyhow::bail!("--only takes probes, footprint, requests or pipeline, not {section:?}");
+    }
+    if run("probes") {
+        probe_overhead(load)?;
+    }
+    if run("footprint") {
+        agent_footprint(idle)?;
+    }
+    if run("requests") {
+        request_tracing(load)?;
+    }
+    if run("pipeline") {
+        pipeline_under_load(load)?;
+    }
+    if criterion && only.is_none() {
         cmd("cargo", &["bench", "-p", "modelmeter-benches"])?;
     }
     Ok(())
@@ -191,17 +211,35 @@ fn per_run(time_ns: f64, runs: f64) -> String {
     if runs > 0.0 { format!("{:.1} ns/run over {runs:.0} runs", time_ns / runs) } else { "no runs".to_owned() }
 }
 
+/// What closed-loop clients did: requests and each request's round trip.
+#[derive(Debug, Default)]
+struct Load {
+    requests: u64,
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    fn per_second(&self, duration: Duration) -> f64 {
+        self.requests as f64 / duration.as_secs_f64()
+    }
+
+    fn p99(&mut self) -> Duration {
+        self.latencies.sort_unstable();
+        self.latencies.get(self.latencies.len() * 99 / 100).copied().unwrap_or_default()
+    }
+}
+
 /// A keep-alive client that speaks through read(2)/write(2) (not recvfrom/sendto), so the socket
 /// probes' recvfrom/sendto figures are the server's alone.
-fn request_loop(port: u16, until: Instant, pace: Option<Duration>) -> u64 {
+fn request_loop(port: u16, path: &str, until: Instant, pace: Option<Duration>) -> Load {
     use std::os::fd::{FromRawFd, IntoRawFd};
-    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    let mut load = Load::default();
+    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return load };
     let _ = stream.set_nodelay(true);
     // SAFETY: the fd comes from a stream we own and give up.
     let mut file = unsafe { std::fs::File::from_raw_fd(stream.into_raw_fd()) };
-    let request = b"GET /item HTTP/1.1\r\nHost: bench\r\n\r\n";
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
     let mut buffer = [0u8; 4096];
-    let mut done = 0;
     let mut next = Instant::now();
     while Instant::now() < until {
         if let Some(pace) = pace {
@@ -210,49 +248,140 @@ fn request_loop(port: u16, until: Instant, pace: Option<Duration>) -> u64 {
                 std::thread::sleep(wait);
             }
         }
-        if file.write_all(request).is_err() {
+        let sent = Instant::now();
+        if file.write_all(request.as_bytes()).is_err() {
             break;
         }
         // The response fits one read: "HTTP/1.1 200 OK" + headers + "ok\n".
         let mut got = 0;
         while !buffer[..got].ends_with(b"ok\n") {
             match file.read(&mut buffer[got..]) {
-                Ok(0) | Err(_) => return done,
+                Ok(0) | Err(_) => return load,
                 Ok(n) => got += n,
             }
         }
-        done += 1;
+        load.latencies.push(sent.elapsed());
+        load.requests += 1;
     }
-    done
+    load
 }
 
-/// Requests per second of `clients` closed-loop clients for `duration` (each paced at `pace` if set).
-fn throughput(port: u16, clients: usize, duration: Duration, pace: Option<Duration>) -> f64 {
+/// `clients` closed-loop clients for `duration` (each paced at `pace` if set).
+fn drive(port: u16, path: &'static str, clients: usize, duration: Duration, pace: Option<Duration>) -> Load {
     let until = Instant::now() + duration;
-    let handles: Vec<_> = (0..clients).map(|_| std::thread::spawn(move || request_loop(port, until, pace))).collect();
-    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
-    total as f64 / duration.as_secs_f64()
+    let handles: Vec<_> =
+        (0..clients).map(|_| std::thread::spawn(move || request_loop(port, path, until, pace))).collect();
+    let mut total = Load::default();
+    for handle in handles {
+        let load = handle.join().unwrap_or_default();
+        total.requests += load.requests;
+        total.latencies.extend(load.latencies);
+    }
+    total
 }
+
+/// Requests per second of `clients` closed-loop clients of `/item` (answered at once).
+fn throughput(port: u16, clients: usize, duration: Duration, pace: Option<Duration>) -> f64 {
+    drive(port, "/item", clients, duration, pace).per_second(duration)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The agent with request tracing, collecting on every scrape; ready once its probes watch the pod.
+fn traced_agent(calibration: bool) -> Agent {
+    let agent = Agent::start(&format!(
+        "min_collect_interval: 0s\nkubernetes:\n  watch: never\n{}",
+        if calibration { "probes:\n  calibration: true\n" } else { "" }
+    ));
+    // Discovery puts the pod's cgroup in the watched set at the first collection.
+    std::thread::sleep(Duration::from_secs(2));
+    agent
+}
+
+/// One with/without pair per round, interleaved, so that drift of the machine hits both alike.
+struct Pairs {
+    ratios: Vec<f64>,
+    p99_changes: Vec<f64>,
+    probe_ns_per_request: Vec<f64>,
+    agent_us_per_request: Vec<f64>,
+}
+
+fn interleaved_pairs(port: u16, path: &'static str, rounds: usize, load: Duration) -> anyhow::Result<Pairs> {
+    let traffic: Vec<&str> = TRAFFIC_PROBES.to_vec();
+    let mut pairs = Pairs {
+        ratios: Vec::new(),
+        p99_changes: Vec::new(),
+        probe_ns_per_request: Vec::new(),
+        agent_us_per_request: Vec::new(),
+    };
+    for _ in 0..rounds {
+        let mut bare = drive(port, path, 4, load, None);
+        let agent = traced_agent(false);
+        let before = probe_stats(&agent.metrics());
+        let (cpu0, _) = cpu_and_rss(agent.pid())?;
+        let mut traced = drive(port, path, 4, load, None);
+        let (cpu1, _) = cpu_and_rss(agent.pid())?;
+        let after = probe_stats(&agent.metrics());
+        let (probe_ns, _) = probe_delta(&before, &after, &traffic);
+        pairs.ratios.push(traced.requests as f64 / bare.requests.max(1) as f64);
+        let (bare_p99, traced_p99) = (bare.p99().as_secs_f64(), traced.p99().as_secs_f64());
+        pairs.p99_changes.push((traced_p99 - bare_p99) / bare_p99);
+        let requests = traced.requests.max(1) as f64;
+        pairs.probe_ns_per_request.push(probe_ns / requests);
+        pairs.agent_us_per_request.push((cpu1 - cpu0) * 1e6 / requests);
+        drop(agent);
+    }
+    Ok(pairs)
+}
+
+/// The request probes of the server's syscalls (its reads are recvfrom, its writes sendto).
+const TRAFFIC_PROBES: [&str; 4] = ["enter_recvfrom", "exit_recvfrom", "enter_sendto", "exit_sendto"];
 
 fn request_tracing(load: Duration) -> anyhow::Result<()> {
+    const ROUNDS: usize = 5;
     let uid = pod_uid(4000);
     let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}/{}", hex_id(4001, 64)));
     let server = HttpServer::start_in(&pod);
-    // Without the agent first.
-    let bare = throughput(server.port, 4, load, None);
-    // Collect on every scrape, so the figures cover exactly each phase.
-    let agent = Agent::start("min_collect_interval: 0s\nkubernetes:\n  watch: never\n");
-    std::thread::sleep(Duration::from_secs(2));
+    println!("\n== Request tracing ({ROUNDS} interleaved with/without pairs of {} s, 4 clients)", load.as_secs());
 
-    // An unwatched process doing file I/O.
-    let file_probes = ["enter_read", "exit_read", "enter_write", "exit_write"];
-    let before = probe_stats(&agent.metrics());
+    // (a) A server that answers at once: the worst case for the probes' share of each request.
+    let mut at_once = interleaved_pairs(server.port, "/item", ROUNDS, load)?;
+    println!(
+        "(a) answered at once: throughput with/without, median {:.3} (pairs {:.3?})",
+        median(&mut at_once.ratios.clone()),
+        at_once.ratios
+    );
+    // (b) A 2 ms handler: what a model server's requests look like.
+    let mut handler = interleaved_pairs(server.port, "/fast", ROUNDS, load)?;
+    println!(
+        "(b) 2 ms handler: throughput with/without, median {:.4} (pairs {:.4?}); p99 change median {:+.2}% (pairs {:+.2?}%)",
+        median(&mut handler.ratios.clone()),
+        handler.ratios,
+        median(&mut handler.p99_changes) * 100.0,
+        handler.p99_changes.iter().map(|c| c * 100.0).collect::<Vec<_>>()
+    );
+    // (c) Per watched request: the probes' run time (bpf_stats) and the agent's CPU.
+    println!(
+        "(c) per watched request: probes {:.0} ns (sum over its probe runs), agent CPU {:.2} µs (medians of (a))",
+        median(&mut at_once.probe_ns_per_request),
+        median(&mut at_once.agent_us_per_request)
+    );
+
+    // (d) and (e) with the calibration programs beside the probes.
+    let agent = traced_agent(true);
     let dir = tempfile_dir()?;
     let path = dir.join("io");
     let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let file_probes = ["enter_read", "exit_read", "enter_write", "exit_write"];
+    let raw = ["calibrate_raw_sys_enter", "calibrate_raw_sys_exit"];
+    let before = probe_stats(&agent.metrics());
     let block = [7u8; 4096];
     let mut read_back = [0u8; 4096];
-    for i in 0..200_000u64 {
+    let syscalls = 200_000u64;
+    for i in 0..syscalls / 2 {
         if i % 2 == 0 {
             file.write_all(&block)?;
         } else {
@@ -263,19 +392,41 @@ fn request_tracing(load: Duration) -> anyhow::Result<()> {
     }
     let after = probe_stats(&agent.metrics());
     let (time, runs) = probe_delta(&before, &after, &file_probes);
-    println!("\n== Request tracing");
-    println!("syscall probes, unwatched process doing file reads/writes: {}", per_run(time, runs));
+    println!("(d) an unwatched process's read/write: {} (the watched check, then nothing)", per_run(time, runs));
+    let (raw_time, raw_runs) = probe_delta(&before, &after, &raw);
+    println!(
+        "    raw_tracepoint sys_enter/sys_exit alternative over the same time: {} — on every syscall of every process",
+        per_run(raw_time, raw_runs)
+    );
 
-    // A watched server's requests: its recvfrom/sendto are watched; the clients use read/write.
     let before = probe_stats(&agent.metrics());
-    let traced = throughput(server.port, 4, load, None);
+    let requests = drive(server.port, "/item", 4, load, None).requests.max(1) as f64;
     let after = probe_stats(&agent.metrics());
-    let watched = ["enter_recvfrom", "exit_recvfrom", "enter_sendto", "exit_sendto"];
-    let (time, runs) = probe_delta(&before, &after, &watched);
-    println!("syscall probes, watched server request/response (recvfrom/sendto): {}", per_run(time, runs));
-    println!("server throughput: {bare:.0} req/s without the agent, {traced:.0} with: ratio {:.3}", traced / bare);
+    println!("(e) each probe beside an empty program on the same hook, same run ({requests:.0} requests):");
+    println!("{:<28} {:>14} {:>12} {:>16}", "PROBE", "ns/RUN", "RUNS/REQ", "EMPTY ns/RUN");
+    for (probe, empty) in [
+        ("enter_recvfrom", "calibrate_enter_recvfrom"),
+        ("exit_recvfrom", "calibrate_exit_recvfrom"),
+        ("enter_sendto", "calibrate_enter_sendto"),
+        ("exit_sendto", "calibrate_exit_sendto"),
+        ("calibrate_raw_sys_enter", ""),
+        ("calibrate_raw_sys_exit", ""),
+    ] {
+        let (time, runs) = probe_delta(&before, &after, &[probe]);
+        let floor = if empty.is_empty() {
+            "-".to_owned()
+        } else {
+            let (t, r) = probe_delta(&before, &after, &[empty]);
+            if r > 0.0 { format!("{:.1}", t / r) } else { "-".to_owned() }
+        };
+        let per = if runs > 0.0 { format!("{:.1}", time / runs) } else { "-".to_owned() };
+        println!("{probe:<28} {per:>14} {:>12.2} {floor:>16}", runs / requests);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(agent);
 
-    // Agent CPU at about 5,000 requests/s (10 clients × 500/s).
+    // The agent's CPU at about 5,000 requests/s (10 clients × 500/s).
+    let agent = traced_agent(false);
     let (cpu0, _) = cpu_and_rss(agent.pid())?;
     let started = Instant::now();
     let rate = throughput(server.port, 10, load, Some(Duration::from_micros(2000)));
@@ -286,9 +437,13 @@ fn request_tracing(load: Duration) -> anyhow::Result<()> {
         (cpu1 - cpu0) / elapsed * 100.0,
         rss as f64 / 1e6
     );
-    let counted: f64 = agent.metrics().select("http_server_request_duration_seconds_count", &[]).map(|s| s.value).sum();
-    println!("requests the agent counted: {counted:.0}");
-    let _ = std::fs::remove_dir_all(&dir);
+    let metrics = agent.metrics();
+    let counted: f64 = metrics.select("http_server_request_duration_seconds_count", &[]).map(|s| s.value).sum();
+    let kernel = metrics.get("modelmeter_http_paired_requests_total", &[("path", "kernel")]).unwrap_or(0.0);
+    let userspace = metrics.get("modelmeter_http_paired_requests_total", &[("path", "userspace")]).unwrap_or(0.0);
+    println!(
+        "requests the agent counted: {counted:.0} (paired in the kernel {kernel:.0}, in userspace {userspace:.0})"
+    );
     Ok(())
 }
 

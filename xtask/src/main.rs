@@ -57,6 +57,9 @@ enum Task {
         /// Skip the criterion benchmarks.
         #[arg(long)]
         no_criterion: bool,
+        /// Run one section only: probes, footprint, requests or pipeline.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -70,9 +73,12 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
-        Task::Bench { load_seconds, idle_seconds, no_criterion } => {
-            bench::bench(Duration::from_secs(load_seconds), Duration::from_secs(idle_seconds), !no_criterion)
-        }
+        Task::Bench { load_seconds, idle_seconds, no_criterion, only } => bench::bench(
+            Duration::from_secs(load_seconds),
+            Duration::from_secs(idle_seconds),
+            !no_criterion,
+            only.as_deref(),
+        ),
     }
 }
 

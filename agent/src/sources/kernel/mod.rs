@@ -324,6 +324,9 @@ impl Probes {
         }
         let traffic =
             if config.request_tracing { attach_traffic(&mut ebpf, &mut attached, &mut missing)? } else { None };
+        if config.calibration {
+            attach_calibration(&mut ebpf, &mut attached);
+        }
         let stats = if config.bpf_stats {
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .inspect_err(|e| tracing::warn!(error = %e, "bpf_stats unavailable; probe run times will read 0"))
@@ -477,6 +480,31 @@ impl Probes {
                 (program.clone(), stats)
             })
             .collect()
+    }
+}
+
+/// The calibration programs of `cargo xtask bench`: (program, category, event); an empty category
+/// is a raw tracepoint.
+const CALIBRATION_PROBES: [(&str, &str, &str); 6] = [
+    ("calibrate_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("calibrate_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("calibrate_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("calibrate_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("calibrate_raw_sys_enter", "", "sys_enter"),
+    ("calibrate_raw_sys_exit", "", "sys_exit"),
+];
+
+fn attach_calibration(ebpf: &mut Ebpf, attached: &mut Vec<AttachedProgram>) {
+    for (program, category, event) in CALIBRATION_PROBES {
+        let (result, kind, name) = if category.is_empty() {
+            (attach_raw(ebpf, program, event), "raw_tracepoint", event.to_owned())
+        } else {
+            (attach_tracepoint(ebpf, program, category, event), "tracepoint", format!("{category}/{event}"))
+        };
+        match result {
+            Ok(()) => attached.push(AttachedProgram { name: program.to_owned(), kind, event: name }),
+            Err(reason) => tracing::warn!(program, reason = %reason, "Calibration probe not attached"),
+        }
     }
 }
 
