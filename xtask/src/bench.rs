@@ -35,8 +35,9 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool, only: Option<&str>
     cmd("cargo", &["build", "--release", "-p", "modelmeter", "-p", "modelmeter-e2e"])?;
     // SAFETY: set before any thread is started; the harness reads these to find the binaries.
     // An agent binary given in MM_AGENT_BIN (another build, to compare against) is kept.
+    let other_agent = std::env::var_os("MM_AGENT_BIN").is_some();
     unsafe {
-        if std::env::var_os("MM_AGENT_BIN").is_none() {
+        if !other_agent {
             std::env::set_var("MM_AGENT_BIN", root().join("target/release/modelmeter"));
         }
         std::env::set_var("MM_WORKLOAD_BIN", root().join("target/release/mm-workload"));
@@ -55,7 +56,7 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool, only: Option<&str>
         agent_footprint(idle)?;
     }
     if run("requests") {
-        request_tracing(load)?;
+        request_tracing(load, !other_agent)?;
     }
     if run("pipeline") {
         pipeline_under_load(load)?;
@@ -252,9 +253,15 @@ fn request_loop(port: u16, path: &str, until: Instant, pace: Option<Duration>) -
         if file.write_all(request.as_bytes()).is_err() {
             break;
         }
-        // The response fits one read: "HTTP/1.1 200 OK" + headers + "ok\n".
+        // mm-httpd's bodies are one line ("ok\n", "fast\n") after the head.
+        let complete = |bytes: &[u8]| {
+            bytes
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .is_some_and(|end| bytes.len() > end + 4 && bytes.ends_with(b"\n"))
+        };
         let mut got = 0;
-        while !buffer[..got].ends_with(b"ok\n") {
+        while !complete(&buffer[..got]) {
             match file.read(&mut buffer[got..]) {
                 Ok(0) | Err(_) => return load,
                 Ok(n) => got += n,
@@ -340,7 +347,8 @@ fn interleaved_pairs(port: u16, path: &'static str, rounds: usize, load: Duratio
 /// The request probes of the server's syscalls (its reads are recvfrom, its writes sendto).
 const TRAFFIC_PROBES: [&str; 4] = ["enter_recvfrom", "exit_recvfrom", "enter_sendto", "exit_sendto"];
 
-fn request_tracing(load: Duration) -> anyhow::Result<()> {
+/// `calibrate`: run (d) and (e), which need this build's calibration probes.
+fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
     const ROUNDS: usize = 5;
     let uid = pod_uid(4000);
     let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}/{}", hex_id(4001, 64)));
@@ -370,7 +378,16 @@ fn request_tracing(load: Duration) -> anyhow::Result<()> {
         median(&mut at_once.agent_us_per_request)
     );
 
-    // (d) and (e) with the calibration programs beside the probes.
+    if calibrate {
+        unwatched_and_floor_costs(server.port, load)?;
+    } else {
+        println!("(d), (e): need this build's calibration probes; skipped for the agent in MM_AGENT_BIN");
+    }
+    agent_cpu_at_5000(server.port, load)
+}
+
+/// (d) and (e): the calibration programs beside the probes.
+fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
     let agent = traced_agent(true);
     let dir = tempfile_dir()?;
     let path = dir.join("io");
@@ -400,7 +417,7 @@ fn request_tracing(load: Duration) -> anyhow::Result<()> {
     );
 
     let before = probe_stats(&agent.metrics());
-    let requests = drive(server.port, "/item", 4, load, None).requests.max(1) as f64;
+    let requests = drive(port, "/item", 4, load, None).requests.max(1) as f64;
     let after = probe_stats(&agent.metrics());
     println!("(e) each probe beside an empty program on the same hook, same run ({requests:.0} requests):");
     println!("{:<28} {:>14} {:>12} {:>16}", "PROBE", "ns/RUN", "RUNS/REQ", "EMPTY ns/RUN");
@@ -423,13 +440,15 @@ fn request_tracing(load: Duration) -> anyhow::Result<()> {
         println!("{probe:<28} {per:>14} {:>12.2} {floor:>16}", runs / requests);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    drop(agent);
+    Ok(())
+}
 
-    // The agent's CPU at about 5,000 requests/s (10 clients × 500/s).
+/// The agent's CPU at about 5,000 requests/s (10 clients × 500/s).
+fn agent_cpu_at_5000(port: u16, load: Duration) -> anyhow::Result<()> {
     let agent = traced_agent(false);
     let (cpu0, _) = cpu_and_rss(agent.pid())?;
     let started = Instant::now();
-    let rate = throughput(server.port, 10, load, Some(Duration::from_micros(2000)));
+    let rate = throughput(port, 10, load, Some(Duration::from_micros(2000)));
     let (cpu1, rss) = cpu_and_rss(agent.pid())?;
     let elapsed = started.elapsed().as_secs_f64();
     println!(
