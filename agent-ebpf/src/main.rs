@@ -65,7 +65,9 @@ static WATCH_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
 static FD_CLASS: LruHashMap<FdKey, FdInfo> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
 
 #[map(name = "ACTIVE_CALLS")]
-static ACTIVE_CALLS: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
+// A plain hash: an LRU map's insert takes its list locks on every syscall. Entries live from a
+// syscall's enter to its exit, one per thread at most.
+static ACTIVE_CALLS: HashMap<u64, ActiveCall> = HashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
 
 #[map(name = "DATA_EVENTS")]
 static DATA_EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::traffic::DATA_EVENTS_DEFAULT_BYTES, 0);
