@@ -393,7 +393,7 @@ fn new_conn_id() -> u64 {
 /// is asked what it is; its traffic is followed meanwhile, so a connection opened before the
 /// agent is measured from its next request.
 #[inline(always)]
-fn fd_conn(tgid: u32, fd: u32) -> Option<u64> {
+fn fd_info(tgid: u32, fd: u32) -> Option<FdInfo> {
     let key = FdKey { tgid, fd };
     if let Some(info) = FD_CLASS.get_ptr_mut(&key) {
         // SAFETY: a map value pointer, read and updated in place.
@@ -407,16 +407,16 @@ fn fd_conn(tgid: u32, fd: u32) -> Option<u64> {
             info.class = class;
             let _ = FD_VERDICTS.remove(&info.conn_id);
         }
-        return (info.class != FD_NOT_SOCKET).then_some(info.conn_id);
+        return (info.class != FD_NOT_SOCKET).then_some(*info);
     }
     let info = FdInfo { conn_id: new_conn_id(), class: FD_PENDING, flags: 0, _pad: [0; 6] };
     if FD_CLASS.insert(&key, &info, BPF_NOEXIST as u64).is_ok() {
         send_header(KIND_FD_UNKNOWN, tgid, fd, info.conn_id);
-        return Some(info.conn_id);
+        return Some(info);
     }
     // Another thread of the process got there first.
     // SAFETY: the value is copied out at once.
-    unsafe { FD_CLASS.get(&key) }.filter(|i| i.class != FD_NOT_SOCKET).map(|i| i.conn_id)
+    unsafe { FD_CLASS.get(&key) }.filter(|i| i.class != FD_NOT_SOCKET).copied()
 }
 
 #[inline(always)]
@@ -436,7 +436,7 @@ fn on_data_enter(ctx: &TracePointContext, kind: u32, buffer: Buffer) {
     let (Ok(fd), Ok(arg)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
         return;
     };
-    let Some(conn_id) = fd_conn((pid_tgid >> 32) as u32, fd as u32) else { return };
+    let Some(FdInfo { conn_id, .. }) = fd_info((pid_tgid >> 32) as u32, fd as u32) else { return };
     let located = match buffer {
         // SAFETY: offset from the format file.
         Buffer::Direct => unsafe { ctx.read_at::<u64>(32) }.ok().map(|count| (arg, count)),
@@ -1296,11 +1296,7 @@ fn on_dup_exit(ctx: &TracePointContext) {
         return;
     }
     let tgid = (pid_tgid >> 32) as u32;
-    if fd_conn(tgid, call.fd).is_none() {
-        return;
-    }
-    // SAFETY: the value is copied out at once.
-    if let Some(info) = (unsafe { FD_CLASS.get(&FdKey { tgid, fd: call.fd }) }).copied() {
+    if let Some(info) = fd_info(tgid, call.fd) {
         let _ = FD_CLASS.insert(&FdKey { tgid, fd: new_fd as u32 }, &info, 0);
     }
 }

@@ -81,12 +81,7 @@ fn series_carry_pod_and_model_names_from_the_api_server() {
     let elsewhere = [("modelmeter.io/model", "not-here")];
     api.add_pod(TestPod { annotations: &elsewhere, ..other_node.api("remote-0", "node-b") }.to_json());
 
-    let kubeconfig = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(kubeconfig.path(), api.kubeconfig()).expect("writing kubeconfig");
-    let agent = Agent::start(&format!(
-        "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: always\n  node_name: node-a\n  kubeconfig: {}\n",
-        kubeconfig.path().display()
-    ));
+    let (agent, _kubeconfig) = agent_for(api.port, "30s");
 
     // One pod per identity rule, named from the API server.
     let expect = [
@@ -170,12 +165,7 @@ fn without_an_api_server_the_agent_attributes_by_uid_warns_once_and_fills_names_
     let pod = PodUnderTest::new(201);
     // A port nothing listens on.
     let port = e2e::free_port();
-    let kubeconfig = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(kubeconfig.path(), kubeconfig_for(port)).expect("writing kubeconfig");
-    let agent = Agent::start(&format!(
-        "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: always\n  node_name: node-a\n  kubeconfig: {}\n",
-        kubeconfig.path().display()
-    ));
+    let (agent, _kubeconfig) = agent_for(port, "30s");
     let found = wait_for(Duration::from_secs(20), "the pod's series by UID", || names(&agent.metrics(), &pod));
     assert_eq!(found, strings(["", "", "", "", ""]));
     // Several retries pass; the warning is said once.
@@ -194,7 +184,8 @@ fn without_an_api_server_the_agent_attributes_by_uid_warns_once_and_fills_names_
     assert!(log.contains("Watching this node's pods"), "the agent should say the watch is back:\n{log}");
 }
 
-/// An agent watching `api` as node-a, retrying at most every `retry_max`.
+/// An agent watching the API server on `api_port` as node-a, retrying at most every `retry_max`
+/// (30s is the default).
 fn agent_for(api_port: u16, retry_max: &str) -> (Agent, tempfile::NamedTempFile) {
     let kubeconfig = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(kubeconfig.path(), kubeconfig_for(api_port)).expect("writing kubeconfig");

@@ -317,7 +317,6 @@ struct Pairs {
 }
 
 fn interleaved_pairs(port: u16, path: &'static str, rounds: usize, load: Duration) -> anyhow::Result<Pairs> {
-    let traffic: Vec<&str> = TRAFFIC_PROBES.to_vec();
     let mut pairs = Pairs {
         ratios: Vec::new(),
         p99_changes: Vec::new(),
@@ -332,7 +331,7 @@ fn interleaved_pairs(port: u16, path: &'static str, rounds: usize, load: Duratio
         let mut traced = drive(port, path, 4, load, None);
         let (cpu1, _) = cpu_and_rss(agent.pid())?;
         let after = probe_stats(&agent.metrics());
-        let (probe_ns, _) = probe_delta(&before, &after, &traffic);
+        let (probe_ns, _) = probe_delta(&before, &after, &TRAFFIC_PROBES);
         pairs.ratios.push(traced.requests as f64 / bare.requests.max(1) as f64);
         let (bare_p99, traced_p99) = (bare.p99().as_secs_f64(), traced.p99().as_secs_f64());
         pairs.p99_changes.push((traced_p99 - bare_p99) / bare_p99);

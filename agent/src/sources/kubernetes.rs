@@ -367,9 +367,12 @@ impl WatchHealth {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn synced(&self, pods: usize) {
+    /// The watch listed this node's pods; returns whether it was the first time.
+    fn synced(&self, pods: usize) -> bool {
         let mut state = self.lock();
+        let first = !state.synced_once;
         (state.up, state.synced_once, state.pods, state.last_error) = (true, true, pods, None);
+        first
     }
 
     fn pods_changed(&self, pods: usize) {
@@ -489,7 +492,6 @@ pub async fn watch_pods(
     let mut jitter = Jitter::seeded();
     let mut attempt = 0u32;
     let mut reported: HashSet<WatchErrorReason> = HashSet::new();
-    let mut ever_synced = false;
     loop {
         let mut events = watcher(api.clone(), config.clone()).boxed();
         let mut relist = None;
@@ -508,13 +510,12 @@ pub async fn watch_pods(
             cache.apply(event, &mut relist, &models);
             if listed {
                 synced_at = Some(Instant::now());
-                health.synced(cache.pod_count());
-                if !ever_synced {
-                    tracing::info!(node = %node, pods = cache.pod_count(), "Watching this node's pods");
+                let pods = cache.pod_count();
+                if health.synced(pods) {
+                    tracing::info!(node = %node, pods, "Watching this node's pods");
                 } else if !reported.is_empty() {
-                    tracing::info!(node = %node, pods = cache.pod_count(), "Pod watch is back");
+                    tracing::info!(node = %node, pods, "Pod watch is back");
                 }
-                ever_synced = true;
                 reported.clear();
             } else if changed {
                 health.pods_changed(cache.pod_count());
