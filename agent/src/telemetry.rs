@@ -108,8 +108,8 @@ impl Telemetry {
         self.dropped[reason as usize].load(Relaxed)
     }
 
-    pub fn skipped(&self) -> Vec<(SkipReason, u64)> {
-        nonzero(SkipReason::ALL, &self.skipped)
+    pub fn skipped_for(&self, reason: SkipReason) -> u64 {
+        self.skipped[reason as usize].load(Relaxed)
     }
 
     pub fn connections(&self) -> u64 {
@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(t.collection_errors(), vec![(Stage::ProbeRead, 1)]);
         assert_eq!(t.dropped_for(DropReason::QueueFull), 3);
         assert_eq!(t.dropped().len(), DropReason::ALL.len());
-        assert_eq!(t.skipped(), vec![(SkipReason::NotHttp, 1)]);
+        assert_eq!((t.skipped_for(SkipReason::NotHttp), t.skipped_for(SkipReason::Uncaptured)), (1, 0));
         assert_eq!((t.collections(), t.last_collection_duration()), (1, Duration::from_millis(7)));
     }
 }

@@ -34,7 +34,7 @@ use crate::{
         procfs::OwnUsage,
         protocol::http1::Exchange,
     },
-    telemetry::{DropReason, EventsDropped, Telemetry},
+    telemetry::{DropReason, EventsDropped, SkipReason, Telemetry},
 };
 
 /// What reading one attributed cgroup's files gave.
@@ -399,18 +399,15 @@ impl Store {
                 .map(|reason| (reason.label(), self.requests.series_overflow.get(&reason).copied().unwrap_or(0)))
                 .collect(),
             model_overflow: self.requests.model_overflow,
-            http_skipped: {
-                let mut skipped = telemetry.skipped();
-                for (reason, n) in &counters.skipped {
-                    match skipped.iter_mut().find(|(r, _)| r == reason) {
-                        Some((_, total)) => *total += n,
-                        None if *n > 0 => skipped.push((*reason, *n)),
-                        None => {}
-                    }
-                }
-                skipped.sort_by_key(|(reason, _)| *reason as usize);
-                skipped
-            },
+            // Skips counted here and in the probes, one figure per reason.
+            http_skipped: SkipReason::ALL
+                .iter()
+                .map(|&reason| {
+                    let kernel: u64 = counters.skipped.iter().filter(|(r, _)| *r == reason).map(|(_, n)| n).sum();
+                    (reason, telemetry.skipped_for(reason) + kernel)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
             paired_requests: telemetry.paired(),
             fallback_connections: counters.fallback_connections,
             events_dropped: {
