@@ -146,7 +146,7 @@ pub mod traffic {
     /// [`KIND_FD_UNKNOWN`] fd, by its connection id; the probes apply it at the fd's next use.
     pub const FD_VERDICTS_MAP: &str = "FD_VERDICTS";
     pub const FD_VERDICTS_ENTRIES: u32 = 4096;
-    /// `LruHashMap<u64, ActiveCall>`: syscalls between enter and exit, by pid_tgid.
+    /// `HashMap<u64, SyscallArgs>`: syscalls between enter and exit, by pid_tgid (enter/exit probes only).
     pub const ACTIVE_CALLS_MAP: &str = "ACTIVE_CALLS";
     /// `LruHashMap<u64, Conn>`: each followed connection's request in progress, by connection id.
     pub const CONNS_MAP: &str = "CONNS";
@@ -215,24 +215,17 @@ pub mod traffic {
 
     /// [`FdInfo::flags`]: the fd's first read that was not a request was counted.
     pub const FD_COUNTED_NOT_HTTP: u8 = 1;
-    /// [`ActiveCall::kind`] of a `dup`-like call: `fd` is the fd being copied.
-    pub const KIND_DUP: u32 = 6;
     const _: () = assert!(core::mem::size_of::<FdInfo>() == 16);
 
-    /// A syscall in flight between its enter and exit tracepoints (keyed by pid_tgid).
+    /// The first three arguments of a syscall in flight, kept from its enter tracepoint to its
+    /// exit (keyed by pid_tgid) where the kernel cannot give the exit program the task's saved
+    /// registers (`bpf_task_pt_regs`, from Linux 5.15).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default)]
-    pub struct ActiveCall {
-        /// User buffer the data is in (the first iovec's for vectored calls; 0 for sendfile).
-        pub buf: u64,
-        /// Bytes of `buf` that belong to this call (the first iovec's length for vectored calls).
-        pub buf_len: u64,
-        pub conn_id: u64,
-        pub fd: u32,
-        /// [`KIND_DATA_IN`] or [`KIND_DATA_OUT`]; for a dup, the fd it copies.
-        pub kind: u32,
+    pub struct SyscallArgs {
+        pub args: [u64; 3],
     }
-    const _: () = assert!(core::mem::size_of::<ActiveCall>() == 32);
+    const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 24);
 
     /// One request, paired in the kernel: from the first byte of it read to the last byte of its
     /// response written.
@@ -385,7 +378,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::sched::CpuState {}
     unsafe impl aya::Pod for super::events::Event {}
     unsafe impl aya::Pod for super::traffic::FdKey {}
-    unsafe impl aya::Pod for super::traffic::ActiveCall {}
+    unsafe impl aya::Pod for super::traffic::SyscallArgs {}
     unsafe impl aya::Pod for super::traffic::FdInfo {}
 }
 

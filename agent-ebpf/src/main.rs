@@ -24,7 +24,11 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop,
-        bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
+        bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_kernel as probe_read_kernel_raw,
+            bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
+        },
     },
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -65,9 +69,9 @@ static WATCH_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
 static FD_CLASS: LruHashMap<FdKey, FdInfo> = LruHashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
 
 #[map(name = "ACTIVE_CALLS")]
-// A plain hash: an LRU map's insert takes its list locks on every syscall. Entries live from a
-// syscall's enter to its exit, one per thread at most.
-static ACTIVE_CALLS: HashMap<u64, ActiveCall> = HashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
+// Only the enter/exit probe pairs use it. A plain hash: an LRU map's insert takes its list locks
+// on every syscall. Entries live from a syscall's enter to its exit, one per thread at most.
+static ACTIVE_CALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(FD_CLASS_DEFAULT_ENTRIES, 0);
 
 #[map(name = "DATA_EVENTS")]
 static DATA_EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::traffic::DATA_EVENTS_DEFAULT_BYTES, 0);
@@ -296,6 +300,11 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
 // /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_*/format: fd @16, buffer/iovec/msghdr @24,
 // count @32 on enter; ret @16 on exit.
 //
+// Data syscalls are followed by their exit tracepoint alone, which reads the syscall's arguments
+// from the registers the task saved on entry (`bpf_task_pt_regs`, Linux 5.15): one probe run per
+// syscall, and none of a map entry's cost. Older kernels get the `pair_*` programs instead: the
+// enter tracepoint keeps the arguments in ACTIVE_CALLS for the exit's.
+//
 // Each connection (all fds of one socket: `dup`s share its id) has a `Conn` in CONNS. A read that
 // starts with a method token starts a request and keeps its first bytes; the first write that
 // starts with a status line starts the response; the response head is scanned for its framing
@@ -303,18 +312,34 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
 // `Completion` goes to userspace. A connection the kernel cannot follow is handed to userspace
 // (PHASE_FALLBACK) as raw payload records.
 
-/// Where a syscall's data is.
+/// Where a syscall's data is, given its arguments (fd, then these).
 #[derive(Clone, Copy)]
 enum Buffer {
-    /// `buf` @24, `count` @32 (read, write, recvfrom, sendto).
+    /// `buf`, `count` (read, write, recvfrom, sendto).
     Direct,
-    /// `struct iovec *` @24 (readv, writev): the first iovec.
+    /// `struct iovec *` (readv, writev): the first iovec.
     Iovec,
-    /// `struct user_msghdr *` @24 (recvmsg, sendmsg): the first iovec of `msg_iov`.
+    /// `struct user_msghdr *` (recvmsg, sendmsg): the first iovec of `msg_iov`.
     Msghdr,
     /// sendfile: no user buffer, only a length.
     None,
 }
+
+/// One data syscall on a followed connection, as its exit sees it.
+#[derive(Clone, Copy)]
+struct Call {
+    /// User buffer the data is in (the first iovec's for vectored calls; 0 for sendfile).
+    buf: u64,
+    /// Bytes of `buf` that belong to this call (the first iovec's length for vectored calls).
+    buf_len: u64,
+    conn_id: u64,
+    fd: u32,
+}
+
+/// Offset of `dx` in x86-64's `struct pt_regs` (arch/x86/include/asm/ptrace.h), followed by `si`
+/// and `di`: the syscall's third, second and first arguments. The same layout is ptrace's
+/// `user_regs_struct`, a user ABI.
+const PT_REGS_DX: u64 = 96;
 
 /// Layout of `struct iovec` (include/uapi/linux/uio.h).
 #[repr(C)]
@@ -326,8 +351,10 @@ struct Iovec {
 
 /// Offset of `msg_iov` in `struct user_msghdr` (include/linux/socket.h): after msg_name and msg_namelen.
 const MSGHDR_IOV_OFFSET: u64 = 16;
-/// Response head bytes scanned in one write (in `SCAN_CHUNK` pieces) and in all.
+/// Response head bytes scanned in one write (copied `SCAN_CHUNK` at a time, into a buffer with
+/// `SCAN_SLACK` more so that a word read near a piece's end stays inside it) and in all.
 const SCAN_CHUNK: usize = 256;
+const SCAN_SLACK: usize = 32;
 const SCAN_PER_WRITE: u64 = 4096;
 const MAX_HEAD_SCAN: u32 = 16 * 1024;
 /// Chunk headers followed in one write.
@@ -354,7 +381,7 @@ static CONNS: LruHashMap<u64, Conn> = LruHashMap::with_max_entries(CONNS_DEFAULT
 static CONN_SCRATCH: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SCAN_SCRATCH")]
-static SCAN_SCRATCH: PerCpuArray<[u8; SCAN_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
+static SCAN_SCRATCH: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "FD_VERDICTS")]
 static FD_VERDICTS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(FD_VERDICTS_ENTRIES, 0);
@@ -426,59 +453,73 @@ fn first_iovec(iov: u64) -> Option<(u64, u64)> {
     Some((iovec.base, iovec.len))
 }
 
+/// The current syscall's first three arguments, from the registers the task saved on entry.
 #[inline(always)]
-fn on_data_enter(ctx: &TracePointContext, kind: u32, buffer: Buffer) {
+fn args_from_regs() -> Option<[u64; 3]> {
+    // SAFETY: helpers without preconditions: the current task, and the user registers it saved.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let mut saved = [0u64; 3];
+    // SAFETY: reads 24 bytes of kernel memory into `saved` through the helper, which fails cleanly.
+    let rc = unsafe { probe_read_kernel_raw(saved.as_mut_ptr().cast(), 24, (regs + PT_REGS_DX) as *const _) };
+    (rc == 0).then_some([saved[2], saved[1], saved[0]])
+}
+
+/// Enter half of a probe pair: keeps a watched syscall's first three arguments (@16, @24, @32)
+/// for its exit. Syscalls with fewer arguments keep whatever follows; their exits ignore it.
+#[inline(always)]
+fn save_args(ctx: &TracePointContext) {
     if !watched() {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: offsets from the syscall tracepoints' format files.
-    let (Ok(fd), Ok(arg)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
-        return;
-    };
-    let Some(FdInfo { conn_id, .. }) = fd_info((pid_tgid >> 32) as u32, fd as u32) else { return };
-    let located = match buffer {
-        // SAFETY: offset from the format file.
-        Buffer::Direct => unsafe { ctx.read_at::<u64>(32) }.ok().map(|count| (arg, count)),
-        Buffer::Iovec => first_iovec(arg),
-        // SAFETY: a user pointer read through the helper.
-        Buffer::Msghdr => {
-            unsafe { bpf_probe_read_user((arg + MSGHDR_IOV_OFFSET) as *const u64) }.ok().and_then(first_iovec)
-        }
-        Buffer::None => Some((0, 0)),
-    };
-    let Some((buf, buf_len)) = located else { return };
-    let call = ActiveCall { buf, buf_len, conn_id, fd: fd as u32, kind };
-    if ACTIVE_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+    // SAFETY: offsets from the format files.
+    let read = |offset: usize| unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0);
+    let saved = SyscallArgs { args: [read(16), read(24), read(32)] };
+    if ACTIVE_CALLS.insert(&bpf_get_current_pid_tgid(), &saved, 0).is_err() {
         count(counters::ACTIVE_CALL_ERRORS);
     }
 }
 
-/// The syscall's call record and its return value, when it moved data.
+/// Exit half of a probe pair: the arguments its enter kept, taken out of the map.
 #[inline(always)]
-fn take_call(ctx: &TracePointContext) -> Option<(ActiveCall, u64)> {
+fn saved_args() -> Option<[u64; 3]> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let call = (unsafe { ACTIVE_CALLS.get(&pid_tgid) }).copied()?;
+    let saved = unsafe { ACTIVE_CALLS.get(&pid_tgid) }.copied()?;
     let _ = ACTIVE_CALLS.remove(&pid_tgid);
-    // SAFETY: offset from the format file.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.ok()?;
-    (ret > 0).then_some((call, ret as u64))
+    Some(saved.args)
 }
 
-/// Each exit program handles one direction: the verifier then checks one path per program.
+/// The syscall's return value (@16 on every exit).
 #[inline(always)]
-fn on_data_exit(ctx: &TracePointContext, kind: u32) {
-    if !watched() {
+fn returned(ctx: &TracePointContext) -> Option<i64> {
+    // SAFETY: offset from the format file.
+    unsafe { ctx.read_at::<i64>(16) }.ok()
+}
+
+/// A data syscall of a watched process that moved `ret` bytes. Each exit program handles one
+/// direction: the verifier then checks one path per program.
+#[inline(always)]
+fn on_data(kind: u32, buffer: Buffer, args: Option<[u64; 3]>, ret: i64) {
+    let Some([fd, arg, length]) = args else { return };
+    if ret <= 0 {
         return;
     }
-    let Some((call, ret)) = take_call(ctx) else { return };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(FdInfo { conn_id, .. }) = fd_info(tgid, fd as u32) else { return };
+    let located = match buffer {
+        Buffer::Direct => Some((arg, length)),
+        Buffer::Iovec => first_iovec(arg),
+        Buffer::Msghdr => read_user::<u64>(arg + MSGHDR_IOV_OFFSET).and_then(first_iovec),
+        Buffer::None => Some((0, 0)),
+    };
+    let Some((buf, buf_len)) = located else { return };
+    let call = Call { buf, buf_len, conn_id, fd: fd as u32 };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if kind == KIND_DATA_IN {
-        on_read(&call, ret, now);
+        on_read(&call, ret as u64, now);
     } else {
-        on_write(&call, ret, now);
+        on_write(&call, ret as u64, now);
     }
 }
 
@@ -517,7 +558,8 @@ fn read_user<T: Copy>(at: u64) -> Option<T> {
     let mut value = core::mem::MaybeUninit::<T>::uninit();
     // SAFETY: the helper writes at most size_of::<T>() bytes into `value` and fails cleanly on a
     // bad address; T is a byte array or integer, valid for any bytes.
-    let rc = unsafe { probe_read_user_raw(value.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32, at as *const _) };
+    let rc =
+        unsafe { probe_read_user_raw(value.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32, at as *const _) };
     // SAFETY: the helper filled it.
     (rc == 0).then(|| unsafe { value.assume_init() })
 }
@@ -559,7 +601,7 @@ fn conn_state(conn_id: u64) -> Option<*mut Conn> {
 }
 
 #[inline(always)]
-fn on_read(call: &ActiveCall, ret: u64, now: u64) {
+fn on_read(call: &Call, ret: u64, now: u64) {
     let existing = CONNS.get_ptr_mut(&call.conn_id);
     // SAFETY: a map value pointer; tracing programs on one connection run one at a time in practice,
     // and a race costs one request's figures, never memory safety.
@@ -606,7 +648,7 @@ fn on_read(call: &ActiveCall, ret: u64, now: u64) {
 /// Counts a socket's traffic as not HTTP, once per fd. An fd not known to be a socket yet (a file
 /// the process reads while userspace is asked) is not counted.
 #[inline(always)]
-fn count_not_http(call: &ActiveCall) {
+fn count_not_http(call: &Call) {
     let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: call.fd };
     if let Some(info) = FD_CLASS.get_ptr_mut(&key) {
         // SAFETY: a map value pointer.
@@ -620,7 +662,7 @@ fn count_not_http(call: &ActiveCall) {
 }
 
 #[inline(always)]
-fn start_request(call: &ActiveCall, ret: u64, now: u64, head_method: bool) {
+fn start_request(call: &Call, ret: u64, now: u64, head_method: bool) {
     let Some(conn) = conn_state(call.conn_id) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a map value pointer; the copy is bounded by the array's size.
@@ -674,7 +716,7 @@ fn status_line(buf: u64) -> Option<u16> {
 }
 
 #[inline(always)]
-fn on_write(call: &ActiveCall, ret: u64, now: u64) {
+fn on_write(call: &Call, ret: u64, now: u64) {
     let Some(conn) = CONNS.get_ptr_mut(&call.conn_id) else {
         if call.buf != 0 && status_line(call.buf).is_some() {
             count(counters::UNMATCHED_RESPONSE);
@@ -778,41 +820,137 @@ fn framed(c: &mut Conn) -> bool {
     true
 }
 
-/// What `scan_step` works on: the readable part of one response write.
+/// The scan of one response write's readable part. It lives in a map value, not on the stack:
+/// the verifier then knows nothing of its fields, and checks `scan_step` once for every
+/// iteration instead of following each value `pos` can take.
+#[repr(C)]
+struct Scan {
+    buf: u64,
+    readable: u64,
+    /// Where the scan is, in this write.
+    pos: u64,
+    /// The part of the write in `bytes`: `filled` bytes from `base`.
+    base: u64,
+    filled: u64,
+    /// Index after the head's last byte, once found; 0 before.
+    end: u64,
+    bytes: [u8; SCAN_CHUNK + SCAN_SLACK],
+}
+
+/// What `bpf_loop` hands `scan_step`.
 #[repr(C)]
 struct ScanContext {
     conn: *mut Conn,
-    scratch: *mut [u8; SCAN_CHUNK],
-    buf: u64,
-    readable: u64,
-    /// Bytes looked at.
-    scanned: u64,
-    /// Index after the head's last byte, once found; 0 before.
-    end: u64,
+    scan: *mut Scan,
 }
 
-/// One byte of a `bpf_loop` over a write: the verifier checks this once instead of walking every
-/// iteration of an inline loop (which it refuses beyond a few hundred bytes). Every
-/// `SCAN_CHUNK` bytes it copies the next piece of the write into the scratch buffer.
+const NEWLINES: u64 = u64::from_le_bytes([b'\n'; 8]);
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+/// ORed into ASCII letters, makes them lower case; leaves `-` and `:` as they are.
+const LOWER_CASE: u64 = 0x2020_2020_2020_2020;
+const CONTENT_: u64 = u64::from_le_bytes(*b"content-");
+const LENGTH_: u64 = u64::from_le_bytes(*b"length:\0");
+const TRANSFER: u64 = u64::from_le_bytes(*b"transfer");
+const _ENCODIN: u64 = u64::from_le_bytes(*b"-encodin");
+const G_COLON: u64 = u64::from_le_bytes(*b"g:\0\0\0\0\0\0");
+/// Multiplied by a word with one bit set at the top of byte k (shifted down to its bottom), gives
+/// k in the top byte.
+const BYTE_INDEX: u64 = 0x0001_0203_0405_0607;
+
+/// The little-endian word at `at` of the scratch buffer.
+#[inline(always)]
+fn word(scratch: &[u8; SCAN_CHUNK + SCAN_SLACK], at: usize) -> u64 {
+    // Callers stay below SCAN_CHUNK + 16; the bound is for the verifier.
+    let at = if at > SCAN_CHUNK + SCAN_SLACK - 8 { SCAN_CHUNK + SCAN_SLACK - 8 } else { at };
+    // SAFETY: `at` + 8 is within the buffer; the map value may be read at any alignment on the
+    // architectures this runs on.
+    unsafe { core::ptr::read_unaligned(scratch.as_ptr().add(at).cast::<u64>()) }
+}
+
+/// One step of a `bpf_loop` over a response write: a line's start, eight bytes of a line that
+/// does not matter, or one byte of a framing field's value (or of a head split across writes,
+/// byte by byte as `scan_byte` keeps its state between writes). The verifier checks this once
+/// instead of walking every iteration of an inline loop.
 #[inline(never)]
-extern "C" fn scan_step(index: u64, context: *mut core::ffi::c_void) -> i64 {
+extern "C" fn scan_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `bpf_loop` passes back the context `scan_head` gave it, on its stack; its pointers
     // are to map values that live through the program run.
-    let x = unsafe { &mut *context.cast::<ScanContext>() };
-    if index >= x.readable {
-        return 1;
-    }
-    let at = index as usize & (SCAN_CHUNK - 1);
-    // SAFETY: as above; the scratch slot has SCAN_CHUNK bytes.
-    if at == 0 && copy_user(unsafe { (*x.scratch).as_mut_ptr() }, SCAN_CHUNK, x.buf + index, x.readable - index) == 0 {
-        return 1;
-    }
-    // SAFETY: `at` is masked into the chunk.
-    let byte = unsafe { (*x.scratch)[at] };
-    x.scanned = index + 1;
+    let context = unsafe { &mut *context.cast::<ScanContext>() };
     // SAFETY: as above.
-    if scan_byte(unsafe { &mut *x.conn }, byte) {
-        x.end = index + 1;
+    let (c, x) = unsafe { (&mut *context.conn, &mut *context.scan) };
+    if x.pos >= x.readable {
+        return 1;
+    }
+    let left = x.readable - x.pos;
+    // The scratch buffer must hold the next 24 bytes, or what is left of the write.
+    let want = if left < 24 { left } else { 24 };
+    if x.pos < x.base || x.pos + want > x.base + x.filled {
+        let copied = copy_user(x.bytes.as_mut_ptr(), SCAN_CHUNK, x.buf + x.pos, left);
+        if copied == 0 {
+            return 1;
+        }
+        x.base = x.pos;
+        x.filled = u64::from(copied);
+    }
+    let at = (x.pos - x.base) as usize & (SCAN_CHUNK - 1);
+    let scratch = &x.bytes;
+    if c.line_pos == 0 && left >= 2 {
+        let first = word(scratch, at);
+        if first as u8 == b'\n' || first as u16 == u16::from_le_bytes(*b"\r\n") {
+            x.pos += if first as u8 == b'\n' { 1 } else { 2 };
+            x.end = x.pos;
+            return 1;
+        }
+        if left >= 18 {
+            let (lower0, lower1) = (first | LOWER_CASE, word(scratch, at + 8) | LOWER_CASE);
+            if lower0 == CONTENT_ && lower1 & 0x00ff_ffff_ffff_ffff == LENGTH_ {
+                c.scan_field = SCAN_VALUE_LENGTH;
+                c.content_length = 0;
+                c.flags |= CONN_HAS_LENGTH;
+                c.line_pos = 15;
+                x.pos += 15;
+                return 0;
+            }
+            if lower0 == TRANSFER && lower1 == _ENCODIN && (word(scratch, at + 16) | LOWER_CASE) & 0xffff == G_COLON {
+                c.scan_field = SCAN_VALUE_ENCODING;
+                c.scan_index = 0;
+                c.line_pos = 18;
+                x.pos += 18;
+                return 0;
+            }
+            c.scan_field = SCAN_OTHER;
+            c.line_pos = 1;
+        } else if !matches!(first as u8 | 0x20, b'c' | b't') {
+            c.scan_field = SCAN_OTHER;
+            c.line_pos = 1;
+        }
+        // Else perhaps a framing field's name split across writes: byte by byte below.
+    }
+    if c.line_pos != 0 && c.scan_field == SCAN_OTHER {
+        // The rest of a line that does not matter: on to the byte after its LF.
+        let newlines = word(scratch, at) ^ NEWLINES;
+        let mut found = newlines.wrapping_sub(LOW_BITS) & !newlines & HIGH_BITS;
+        if left < 8 {
+            found &= (1u64 << (8 * left)) - 1;
+        }
+        if found == 0 {
+            let step = if left < 8 { left } else { 8 };
+            x.pos += step;
+            c.line_pos = c.line_pos.saturating_add(step as u16);
+            return 0;
+        }
+        // The lowest flagged byte is always a real LF.
+        let lowest = found & found.wrapping_neg();
+        x.pos += ((lowest >> 7).wrapping_mul(BYTE_INDEX) >> 56) + 1;
+        c.line_pos = 0;
+        c.scan_index = 0;
+        return 0;
+    }
+    let byte = scratch[at];
+    x.pos += 1;
+    if scan_byte(c, byte) {
+        x.end = x.pos;
         return 1;
     }
     0
@@ -822,7 +960,7 @@ extern "C" fn scan_step(index: u64, context: *mut core::ffi::c_void) -> i64 {
 /// returns the offset where the body starts once the head has ended.
 #[inline(always)]
 fn scan_head(c: &mut Conn, buf: u64, readable: u64) -> Option<u64> {
-    let scratch = SCAN_SCRATCH.get_ptr_mut(0)?;
+    let scan = SCAN_SCRATCH.get_ptr_mut(0)?;
     let budget = u64::from(MAX_HEAD_SCAN.saturating_sub(c.scanned));
     let mut bytes = readable;
     if bytes > budget {
@@ -831,13 +969,22 @@ fn scan_head(c: &mut Conn, buf: u64, readable: u64) -> Option<u64> {
     if bytes > SCAN_PER_WRITE {
         bytes = SCAN_PER_WRITE;
     }
-    let mut context = ScanContext { conn: c, scratch, buf, readable: bytes, scanned: 0, end: 0 };
-    // SAFETY: a static callback and a context that outlives the call.
-    unsafe {
+    // SAFETY: this CPU's scratch slot.
+    let (pos, end) = unsafe {
+        (*scan).buf = buf;
+        (*scan).readable = bytes;
+        (*scan).pos = 0;
+        (*scan).base = 0;
+        (*scan).filled = 0;
+        (*scan).end = 0;
+        let mut context = ScanContext { conn: c, scan };
+        // Every step moves on by at least a byte.
+        // SAFETY: a static callback and a context that outlives the call.
         bpf_loop(bytes as u32, scan_step as *mut core::ffi::c_void, (&mut context as *mut ScanContext).cast(), 0);
-    }
-    c.scanned += context.scanned as u32;
-    (context.end > 0).then_some(context.end)
+        ((*scan).pos, (*scan).end)
+    };
+    c.scanned += pos as u32;
+    (end > 0).then_some(end)
 }
 
 /// One byte of a response head; true at its end (the empty line). Only Content-Length and
@@ -1078,7 +1225,7 @@ fn complete(c: &mut Conn) {
 
 /// A raw payload record of a fallback connection.
 #[inline(always)]
-fn send_data(kind: u32, call: &ActiveCall, ret: u64, now: u64) {
+fn send_data(kind: u32, call: &Call, ret: u64, now: u64) {
     let Some(mut entry) = DATA_EVENTS.reserve::<DataEvent>(0) else {
         count(counters::DATA_RINGBUF_DROPS);
         return;
@@ -1138,34 +1285,116 @@ fn send_header(kind: u32, tgid: u32, fd: u32, conn_id: u64) {
     entry.submit(data_wakeup_flags());
 }
 
+/// The programs of one data syscall: its exit alone, and the enter/exit pair of older kernels.
 macro_rules! data_syscall {
-    ($enter:ident, $exit:ident, $enter_event:literal, $exit_event:literal, $kind:expr, $buffer:expr) => {
+    ($exit:ident, $pair_enter:ident, $pair_exit:ident, $enter_event:literal, $exit_event:literal, $kind:expr, $buffer:expr) => {
+        #[tracepoint(category = "syscalls", name = $exit_event)]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            if watched()
+                && let Some(ret) = returned(&ctx)
+                && ret > 0
+            {
+                on_data($kind, $buffer, args_from_regs(), ret);
+            }
+            0
+        }
+
         #[tracepoint(category = "syscalls", name = $enter_event)]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_data_enter(&ctx, $kind, $buffer);
+        pub fn $pair_enter(ctx: TracePointContext) -> u32 {
+            save_args(&ctx);
             0
         }
 
         #[tracepoint(category = "syscalls", name = $exit_event)]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_data_exit(&ctx, $kind);
+        pub fn $pair_exit(ctx: TracePointContext) -> u32 {
+            if watched() {
+                let args = saved_args();
+                if let Some(ret) = returned(&ctx) {
+                    on_data($kind, $buffer, args, ret);
+                }
+            }
             0
         }
     };
 }
 
-data_syscall!(enter_read, exit_read, "sys_enter_read", "sys_exit_read", KIND_DATA_IN, Buffer::Direct);
-data_syscall!(enter_readv, exit_readv, "sys_enter_readv", "sys_exit_readv", KIND_DATA_IN, Buffer::Iovec);
-data_syscall!(enter_recvfrom, exit_recvfrom, "sys_enter_recvfrom", "sys_exit_recvfrom", KIND_DATA_IN, Buffer::Direct);
-data_syscall!(enter_recvmsg, exit_recvmsg, "sys_enter_recvmsg", "sys_exit_recvmsg", KIND_DATA_IN, Buffer::Msghdr);
-data_syscall!(enter_write, exit_write, "sys_enter_write", "sys_exit_write", KIND_DATA_OUT, Buffer::Direct);
-data_syscall!(enter_writev, exit_writev, "sys_enter_writev", "sys_exit_writev", KIND_DATA_OUT, Buffer::Iovec);
-data_syscall!(enter_sendto, exit_sendto, "sys_enter_sendto", "sys_exit_sendto", KIND_DATA_OUT, Buffer::Direct);
-data_syscall!(enter_sendmsg, exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg", KIND_DATA_OUT, Buffer::Msghdr);
-// sendfile64: out_fd @16 — the body of a response sent from a file counts, unread.
 data_syscall!(
-    enter_sendfile,
+    exit_read,
+    pair_enter_read,
+    pair_exit_read,
+    "sys_enter_read",
+    "sys_exit_read",
+    KIND_DATA_IN,
+    Buffer::Direct
+);
+data_syscall!(
+    exit_readv,
+    pair_enter_readv,
+    pair_exit_readv,
+    "sys_enter_readv",
+    "sys_exit_readv",
+    KIND_DATA_IN,
+    Buffer::Iovec
+);
+data_syscall!(
+    exit_recvfrom,
+    pair_enter_recvfrom,
+    pair_exit_recvfrom,
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    KIND_DATA_IN,
+    Buffer::Direct
+);
+data_syscall!(
+    exit_recvmsg,
+    pair_enter_recvmsg,
+    pair_exit_recvmsg,
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    KIND_DATA_IN,
+    Buffer::Msghdr
+);
+data_syscall!(
+    exit_write,
+    pair_enter_write,
+    pair_exit_write,
+    "sys_enter_write",
+    "sys_exit_write",
+    KIND_DATA_OUT,
+    Buffer::Direct
+);
+data_syscall!(
+    exit_writev,
+    pair_enter_writev,
+    pair_exit_writev,
+    "sys_enter_writev",
+    "sys_exit_writev",
+    KIND_DATA_OUT,
+    Buffer::Iovec
+);
+data_syscall!(
+    exit_sendto,
+    pair_enter_sendto,
+    pair_exit_sendto,
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    KIND_DATA_OUT,
+    Buffer::Direct
+);
+data_syscall!(
+    exit_sendmsg,
+    pair_enter_sendmsg,
+    pair_exit_sendmsg,
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    KIND_DATA_OUT,
+    Buffer::Msghdr
+);
+// sendfile64(out_fd, in_fd, …): the body of a response sent from a file counts, unread.
+data_syscall!(
     exit_sendfile,
+    pair_enter_sendfile,
+    pair_exit_sendfile,
     "sys_enter_sendfile64",
     "sys_exit_sendfile64",
     KIND_DATA_OUT,
@@ -1265,93 +1494,60 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// dup, dup2, dup3 and fcntl(F_DUPFD): remembers the fd being copied (@16).
+/// dup, dup2, dup3 and fcntl(F_DUPFD): the new fd (the return value) shares the copied fd's
+/// (the first argument's) connection, so a server reading on one and writing on the other is one
+/// stream. For fcntl the second argument is the command.
 #[inline(always)]
-fn on_dup_enter(ctx: &TracePointContext) {
-    if !watched() {
+fn on_dup(ctx: &TracePointContext, args: Option<[u64; 3]>, fcntl: bool) {
+    let Some([fd, command, _]) = args else { return };
+    if fcntl && !matches!(command, F_DUPFD | F_DUPFD_CLOEXEC) {
         return;
     }
-    // SAFETY: offset from the format file.
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else { return };
-    let call = ActiveCall { buf: 0, buf_len: 0, conn_id: 0, fd: fd as u32, kind: KIND_DUP };
-    if ACTIVE_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0).is_err() {
-        count(counters::ACTIVE_CALL_ERRORS);
-    }
-}
-
-/// The new fd (the return value) shares the old fd's connection, so a server reading on one and
-/// writing on the other is one stream.
-#[inline(always)]
-fn on_dup_exit(ctx: &TracePointContext) {
-    if !watched() {
+    let Some(new_fd) = returned(ctx) else { return };
+    if new_fd < 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { ACTIVE_CALLS.get(&pid_tgid) }).copied() else { return };
-    let _ = ACTIVE_CALLS.remove(&pid_tgid);
-    // SAFETY: offset from the format file.
-    let Ok(new_fd) = (unsafe { ctx.read_at::<i64>(16) }) else { return };
-    if call.kind != KIND_DUP || new_fd < 0 {
-        return;
-    }
-    let tgid = (pid_tgid >> 32) as u32;
-    if let Some(info) = fd_info(tgid, call.fd) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(info) = fd_info(tgid, fd as u32) {
         let _ = FD_CLASS.insert(&FdKey { tgid, fd: new_fd as u32 }, &info, 0);
     }
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_dup")]
-pub fn enter_dup(ctx: TracePointContext) -> u32 {
-    on_dup_enter(&ctx);
-    0
+/// The programs of one fd-copying syscall, as `data_syscall!`.
+macro_rules! dup_syscall {
+    ($exit:ident, $pair_enter:ident, $pair_exit:ident, $enter_event:literal, $exit_event:literal, $fcntl:expr) => {
+        #[tracepoint(category = "syscalls", name = $exit_event)]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            if watched() {
+                on_dup(&ctx, args_from_regs(), $fcntl);
+            }
+            0
+        }
+
+        #[tracepoint(category = "syscalls", name = $enter_event)]
+        pub fn $pair_enter(ctx: TracePointContext) -> u32 {
+            // Only fcntl's fd-copying commands (cmd @24) are kept: the others are many and moot.
+            // SAFETY: offset from the format file.
+            if !$fcntl || matches!(unsafe { ctx.read_at::<u64>(24) }, Ok(F_DUPFD | F_DUPFD_CLOEXEC)) {
+                save_args(&ctx);
+            }
+            0
+        }
+
+        #[tracepoint(category = "syscalls", name = $exit_event)]
+        pub fn $pair_exit(ctx: TracePointContext) -> u32 {
+            if watched() {
+                on_dup(&ctx, saved_args(), $fcntl);
+            }
+            0
+        }
+    };
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_dup")]
-pub fn exit_dup(ctx: TracePointContext) -> u32 {
-    on_dup_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_dup2")]
-pub fn enter_dup2(ctx: TracePointContext) -> u32 {
-    on_dup_enter(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_dup2")]
-pub fn exit_dup2(ctx: TracePointContext) -> u32 {
-    on_dup_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_dup3")]
-pub fn enter_dup3(ctx: TracePointContext) -> u32 {
-    on_dup_enter(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_dup3")]
-pub fn exit_dup3(ctx: TracePointContext) -> u32 {
-    on_dup_exit(&ctx);
-    0
-}
-
-/// fcntl: only F_DUPFD and F_DUPFD_CLOEXEC (cmd @24) copy an fd.
-#[tracepoint(category = "syscalls", name = "sys_enter_fcntl")]
-pub fn enter_fcntl(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the format file.
-    if matches!(unsafe { ctx.read_at::<u64>(24) }, Ok(F_DUPFD | F_DUPFD_CLOEXEC)) {
-        on_dup_enter(&ctx);
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_fcntl")]
-pub fn exit_fcntl(ctx: TracePointContext) -> u32 {
-    on_dup_exit(&ctx);
-    0
-}
+dup_syscall!(exit_dup, pair_enter_dup, pair_exit_dup, "sys_enter_dup", "sys_exit_dup", false);
+dup_syscall!(exit_dup2, pair_enter_dup2, pair_exit_dup2, "sys_enter_dup2", "sys_exit_dup2", false);
+dup_syscall!(exit_dup3, pair_enter_dup3, pair_exit_dup3, "sys_enter_dup3", "sys_exit_dup3", false);
+dup_syscall!(exit_fcntl, pair_enter_fcntl, pair_exit_fcntl, "sys_enter_fcntl", "sys_exit_fcntl", true);
 
 // --- calibration for `cargo xtask bench` (`probes.calibration`): empty programs on the hooks the
 // request probes use, to give their cost a floor measured in the same run, and the alternative

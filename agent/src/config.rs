@@ -90,6 +90,19 @@ pub struct ProbesConfig {
     /// empty programs on the request probes' hooks, and raw_tracepoint sys_enter/sys_exit
     /// dispatchers. They cost every process on the node; never on in production. Default `false`.
     pub calibration: bool,
+    /// How the request probes see a syscall's arguments: `auto` (default) takes the exit
+    /// tracepoint alone, reading the arguments the task saved (Linux 5.15 and later), and falls
+    /// back to `enter_exit`, a probe on each side of every syscall; `exit_only` insists on the first.
+    pub syscall_hooks: SyscallHooks,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyscallHooks {
+    #[default]
+    Auto,
+    ExitOnly,
+    EnterExit,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +162,7 @@ impl Default for ProbesConfig {
                 .expect("non-zero"),
             bpf_stats: true,
             calibration: false,
+            syscall_hooks: SyscallHooks::Auto,
         }
     }
 }

@@ -36,18 +36,41 @@ fn total_count(series: &BTreeMap<(String, u16), Value>) -> u64 {
 }
 
 const AGENT_CONFIG: &str = "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n";
+/// The same, with the enter/exit probe pairs that kernels before 5.15 get.
+const ENTER_EXIT_CONFIG: &str =
+    "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  syscall_hooks: enter_exit\n";
+
+/// Asserts which request probes the agent runs: the exit tracepoints alone, or enter/exit pairs.
+fn assert_syscall_hooks(agent: &Agent, exit_only: bool) {
+    let metrics = agent.metrics();
+    let runs = |probe: &str| metrics.get("modelmeter_probe_runs_total", &[("probe", probe)]);
+    let (used, unused) =
+        if exit_only { ("exit_recvfrom", "pair_exit_recvfrom") } else { ("pair_exit_recvfrom", "exit_recvfrom") };
+    assert!(runs(used).is_some_and(|n| n > 0.0), "{used} should run");
+    assert_eq!(runs(unused), None, "{unused} should not be attached");
+    assert_eq!(runs("pair_enter_recvfrom").is_some(), !exit_only);
+}
 
 #[test]
 fn latency_per_route_matches_the_servers_own_figures() {
+    latency_per_route(301, AGENT_CONFIG);
+}
+
+#[test]
+fn latency_per_route_with_enter_exit_probe_pairs() {
+    latency_per_route(308, ENTER_EXIT_CONFIG);
+}
+
+fn latency_per_route(seed: u64, config: &str) {
     require_root();
-    let (pod, uid) = pod_cgroup(301);
+    let (pod, uid) = pod_cgroup(seed);
     // Started before the agent: it is measured from its next request on.
     let server = HttpServer::start_in(&pod);
     let mut early = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connecting");
     early.write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
     read_response(&mut early).expect("response");
 
-    let agent = Agent::start(AGENT_CONFIG);
+    let agent = Agent::start(config);
     // The connection opened before the agent: its next requests count. The server's thread was
     // already blocked in read(2) when the probes attached, and that one read's buffer is unknown
     // to them, so the first request may be missed — never invented.
@@ -140,6 +163,7 @@ fn latency_per_route_matches_the_servers_own_figures() {
         .get("http_server_request_duration_seconds_bucket", &[fast[0], fast[1], fast[2], ("le", "0.005")])
         .expect("5 ms bucket");
     assert!(le_5ms > count * 0.9, "most 2 ms requests fall in the 5 ms bucket: {le_5ms} of {count}");
+    assert_syscall_hooks(&agent, config == AGENT_CONFIG);
 }
 
 #[test]
@@ -405,11 +429,20 @@ fn requests_with_16_kib_heads_are_counted_exactly() {
 
 #[test]
 fn a_server_on_dup2_copies_of_its_socket_with_sendfile_bodies_is_counted_exactly() {
+    dup2_server(306, AGENT_CONFIG);
+}
+
+#[test]
+fn a_dup2_server_is_counted_exactly_with_enter_exit_probe_pairs() {
+    dup2_server(309, ENTER_EXIT_CONFIG);
+}
+
+fn dup2_server(seed: u64, config: &str) {
     require_root();
-    let (pod, uid) = pod_cgroup(306);
+    let (pod, uid) = pod_cgroup(seed);
     let root = tempfile::tempdir().expect("temp dir");
     std::fs::write(root.path().join("model.bin"), vec![7u8; 100_000]).expect("writing a file to serve");
-    let agent = Agent::start(AGENT_CONFIG);
+    let agent = Agent::start(config);
     // busybox httpd forks per connection; the child moves the socket to fd 0, copies it to fd 1
     // with dup2, reads the request on 0, writes the head on 1 and sends the file with sendfile.
     let port = e2e::free_port();
@@ -440,6 +473,7 @@ fn a_server_on_dup2_copies_of_its_socket_with_sendfile_bodies_is_counted_exactly
     assert_eq!(counts_by_model_and_status(&agent.snapshot(), &uid).values().sum::<u64>(), 70, "no request invented");
     let metrics = agent.metrics();
     assert_eq!(metrics.get("modelmeter_http_skipped_total", &[("reason", "unmatched_response")]), None);
+    assert_syscall_hooks(&agent, config == AGENT_CONFIG);
 }
 
 #[test]

@@ -24,7 +24,10 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, RawTracePoint, TracePoint},
 };
 
-use crate::{config::ProbesConfig, telemetry::SkipReason};
+use crate::{
+    config::{ProbesConfig, SyscallHooks},
+    telemetry::SkipReason,
+};
 
 /// The probes' per-(cgroup, process) CPU entry and its key.
 pub use agent_common::sched::{TaskCpu, TaskKey};
@@ -91,39 +94,47 @@ const SCHED_EVENTS: [(&str, &str); 3] =
 const EVENT_PROBES: [(&str, &str, &str); 2] =
     [("sched_process_exit", "sched", "sched_process_exit"), ("oom_mark_victim", "oom", "mark_victim")];
 
-/// Syscall tracepoints of request tracing: (program, event in category `syscalls`).
-const TRAFFIC_PROBES: [(&str, &str); 30] = [
-    ("enter_read", "sys_enter_read"),
-    ("exit_read", "sys_exit_read"),
-    ("enter_readv", "sys_enter_readv"),
-    ("exit_readv", "sys_exit_readv"),
-    ("enter_recvfrom", "sys_enter_recvfrom"),
-    ("exit_recvfrom", "sys_exit_recvfrom"),
-    ("enter_recvmsg", "sys_enter_recvmsg"),
-    ("exit_recvmsg", "sys_exit_recvmsg"),
-    ("enter_write", "sys_enter_write"),
-    ("exit_write", "sys_exit_write"),
-    ("enter_writev", "sys_enter_writev"),
-    ("exit_writev", "sys_exit_writev"),
-    ("enter_sendto", "sys_enter_sendto"),
-    ("exit_sendto", "sys_exit_sendto"),
-    ("enter_sendmsg", "sys_enter_sendmsg"),
-    ("exit_sendmsg", "sys_exit_sendmsg"),
-    ("enter_sendfile", "sys_enter_sendfile64"),
-    ("exit_sendfile", "sys_exit_sendfile64"),
+/// Syscalls whose arguments the request probes read: (name in the programs' names, syscall
+/// tracepoint name). Each has an exit-only program `exit_<name>` and an enter/exit pair
+/// `pair_enter_<name>`, `pair_exit_<name>`.
+const ARGUMENT_SYSCALLS: [(&str, &str); 13] = [
+    ("read", "read"),
+    ("readv", "readv"),
+    ("recvfrom", "recvfrom"),
+    ("recvmsg", "recvmsg"),
+    ("write", "write"),
+    ("writev", "writev"),
+    ("sendto", "sendto"),
+    ("sendmsg", "sendmsg"),
+    ("sendfile", "sendfile64"),
+    ("dup", "dup"),
+    ("dup2", "dup2"),
+    ("dup3", "dup3"),
+    ("fcntl", "fcntl"),
+];
+
+/// Request probes that need no saved arguments: (program, event in category `syscalls`).
+const TRAFFIC_PROBES: [(&str, &str); 4] = [
     ("enter_close", "sys_enter_close"),
     ("enter_shutdown", "sys_enter_shutdown"),
     ("exit_accept4", "sys_exit_accept4"),
     ("exit_accept", "sys_exit_accept"),
-    ("enter_dup", "sys_enter_dup"),
-    ("exit_dup", "sys_exit_dup"),
-    ("enter_dup2", "sys_enter_dup2"),
-    ("exit_dup2", "sys_exit_dup2"),
-    ("enter_dup3", "sys_enter_dup3"),
-    ("exit_dup3", "sys_exit_dup3"),
-    ("enter_fcntl", "sys_enter_fcntl"),
-    ("exit_fcntl", "sys_exit_fcntl"),
 ];
+
+/// The request probes of one way to see syscall arguments: (program, event).
+fn syscall_probes(exit_only: bool) -> Vec<(String, String)> {
+    let mut probes = Vec::new();
+    for (name, syscall) in ARGUMENT_SYSCALLS {
+        if exit_only {
+            probes.push((format!("exit_{name}"), format!("sys_exit_{syscall}")));
+        } else {
+            probes.push((format!("pair_enter_{name}"), format!("sys_enter_{syscall}")));
+            probes.push((format!("pair_exit_{name}"), format!("sys_exit_{syscall}")));
+        }
+    }
+    probes.extend(TRAFFIC_PROBES.iter().map(|(program, event)| ((*program).to_owned(), (*event).to_owned())));
+    probes
+}
 
 /// The maps of request tracing, when its probes are attached.
 struct Traffic {
@@ -322,8 +333,11 @@ impl Probes {
                 }
             }
         }
-        let traffic =
-            if config.request_tracing { attach_traffic(&mut ebpf, &mut attached, &mut missing)? } else { None };
+        let traffic = if config.request_tracing {
+            attach_traffic(&mut ebpf, config.syscall_hooks, &mut attached, &mut missing)?
+        } else {
+            None
+        };
         if config.calibration {
             attach_calibration(&mut ebpf, &mut attached);
         }
@@ -509,31 +523,46 @@ fn attach_calibration(ebpf: &mut Ebpf, attached: &mut Vec<AttachedProgram>) {
 }
 
 /// Attaches the syscall probes of request tracing; all or none (a partial set would pair reads
-/// without writes). Returns `None`, with the reason in `missing`, when the kernel refuses one.
+/// without writes). With `SyscallHooks::Auto` the exit-only set is tried first, then the
+/// enter/exit pairs. Returns `None`, with the reason in `missing`, when the kernel refuses them.
 fn attach_traffic(
     ebpf: &mut Ebpf,
+    hooks: SyscallHooks,
     attached: &mut Vec<AttachedProgram>,
     missing: &mut Vec<(String, String)>,
 ) -> Result<Option<Traffic>, KernelError> {
-    let mut done: Vec<&str> = Vec::new();
-    for (program, event) in TRAFFIC_PROBES {
-        if let Err(reason) = attach_tracepoint(ebpf, program, "syscalls", event) {
-            tracing::warn!(program, reason = %reason, "Request tracing unavailable");
-            missing.push((program.to_owned(), reason));
-            for name in &done {
-                if let Some(p) = ebpf.program_mut(name) {
-                    let _ = unload(p);
-                }
+    let choices: &[bool] = match hooks {
+        SyscallHooks::Auto => &[true, false],
+        SyscallHooks::ExitOnly => &[true],
+        SyscallHooks::EnterExit => &[false],
+    };
+    let mut failure = None;
+    for &exit_only in choices {
+        let probes = syscall_probes(exit_only);
+        match attach_all(ebpf, &probes) {
+            Ok(()) => {
+                attached.extend(probes.into_iter().map(|(name, event)| AttachedProgram {
+                    name,
+                    kind: "tracepoint",
+                    event: format!("syscalls/{event}"),
+                }));
+                failure = None;
+                break;
             }
-            return Ok(None);
+            Err((program, reason)) => {
+                if exit_only && choices.len() > 1 {
+                    tracing::info!(program, reason = %reason, "Exit-only request probes unavailable, using enter/exit pairs");
+                } else {
+                    tracing::warn!(program, reason = %reason, "Request tracing unavailable");
+                }
+                failure = Some((program, reason));
+            }
         }
-        done.push(program);
     }
-    attached.extend(TRAFFIC_PROBES.iter().map(|(program, event)| AttachedProgram {
-        name: (*program).to_owned(),
-        kind: "tracepoint",
-        event: format!("syscalls/{event}"),
-    }));
+    if let Some(failure) = failure {
+        missing.push(failure);
+        return Ok(None);
+    }
     Ok(Some(Traffic {
         watched: take_map(ebpf, WATCHED_CGROUPS_MAP)?,
         watch_config: take_map(ebpf, WATCH_CONFIG_MAP)?,
@@ -544,6 +573,22 @@ fn attach_traffic(
         watched_now: HashSet::new(),
         watch_all_now: None,
     }))
+}
+
+/// Loads and attaches every program of `probes`; on a failure unloads those it did, and returns
+/// the program and the reason.
+fn attach_all(ebpf: &mut Ebpf, probes: &[(String, String)]) -> Result<(), (String, String)> {
+    for (index, (program, event)) in probes.iter().enumerate() {
+        if let Err(reason) = attach_tracepoint(ebpf, program, "syscalls", event) {
+            for (done, _) in &probes[..=index] {
+                if let Some(p) = ebpf.program_mut(done) {
+                    let _ = unload(p);
+                }
+            }
+            return Err((program.clone(), reason));
+        }
+    }
+    Ok(())
 }
 
 /// The kind of a payload ring record (its first field).
