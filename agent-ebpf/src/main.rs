@@ -20,7 +20,7 @@ use agent_common::{
     traffic::*,
 };
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop,
@@ -106,18 +106,34 @@ fn on_switch(prev_key: u64, next_key: u64, prev_requeued: bool) {
         };
         let ran_ns = if state.last_switch_ns != 0 { now.saturating_sub(state.last_switch_ns) } else { 0 };
         account(&key, ran_ns, state.pending_valid != 0, state.pending_runq_ns);
-        if prev_requeued && WAKEUP_TS.insert(&prev_key, &now, 0).is_err() {
-            count(counters::WAKEUP_TS_ERRORS);
+        if prev_requeued {
+            mark_runnable(prev_key, now);
         }
     }
     state.pending_valid = 0;
-    // SAFETY: the value is copied out before the entry is removed.
-    if let Some(enqueued) = unsafe { WAKEUP_TS.get(&next_key) } {
-        state.pending_runq_ns = now.saturating_sub(*enqueued);
-        state.pending_valid = 1;
-        let _ = WAKEUP_TS.remove(&next_key);
+    if let Some(enqueued) = WAKEUP_TS.get_ptr_mut(&next_key) {
+        // SAFETY: a map value pointer. 0 marks a wait already counted: the entry stays for the
+        // task's next wakeup, written in place (an LRU map's insert and delete take its locks).
+        unsafe {
+            if *enqueued != 0 {
+                state.pending_runq_ns = now.saturating_sub(*enqueued);
+                state.pending_valid = 1;
+                *enqueued = 0;
+            }
+        }
     }
     state.last_switch_ns = now;
+}
+
+/// The task became runnable at `now`: in place when the task has an entry, as most do.
+#[inline(always)]
+fn mark_runnable(task_key: u64, now: u64) {
+    if let Some(enqueued) = WAKEUP_TS.get_ptr_mut(&task_key) {
+        // SAFETY: a map value pointer.
+        unsafe { *enqueued = now };
+    } else if WAKEUP_TS.insert(&task_key, &now, 0).is_err() {
+        count(counters::WAKEUP_TS_ERRORS);
+    }
 }
 
 #[inline(always)]
@@ -153,10 +169,7 @@ fn account(key: &TaskKey, ran_ns: u64, has_runq: bool, runq_ns: u64) {
 #[inline(always)]
 fn on_wakeup(task_key: u64) {
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if WAKEUP_TS.insert(&task_key, &now, 0).is_err() {
-        count(counters::WAKEUP_TS_ERRORS);
-    }
+    mark_runnable(task_key, unsafe { bpf_ktime_get_ns() });
 }
 
 // --- tp_btf: arguments are the tracepoint's TP_PROTO; tasks are keyed by their task_struct address.
@@ -453,27 +466,38 @@ fn first_iovec(iov: u64) -> Option<(u64, u64)> {
     Some((iovec.base, iovec.len))
 }
 
+/// A syscall tracepoint's field at `offset` (8-byte aligned): a direct load from the record,
+/// which the verifier allows for tracepoint programs, instead of a helper call.
+#[inline(always)]
+fn syscall_field(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: offsets from the format files, inside the record.
+    unsafe { *(ctx.as_ptr() as *const u8).add(offset).cast::<u64>() }
+}
+
 /// The current syscall's first three arguments, from the registers the task saved on entry.
 #[inline(always)]
 fn args_from_regs() -> Option<[u64; 3]> {
     // SAFETY: helpers without preconditions: the current task, and the user registers it saved.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let mut saved = [0u64; 3];
-    // SAFETY: reads 24 bytes of kernel memory into `saved` through the helper, which fails cleanly.
-    let rc = unsafe { probe_read_kernel_raw(saved.as_mut_ptr().cast(), 24, (regs + PT_REGS_DX) as *const _) };
-    (rc == 0).then_some([saved[2], saved[1], saved[0]])
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if regs.is_null() {
+        return None;
+    }
+    let at = (PT_REGS_DX / 8) as usize;
+    // SAFETY: typed loads from the task's `struct pt_regs`, which the verifier checks against the
+    // kernel's BTF and turns into fault-safe loads.
+    unsafe { Some([*regs.add(at + 2), *regs.add(at + 1), *regs.add(at)]) }
 }
 
-/// Enter half of a probe pair: keeps a watched syscall's first three arguments (@16, @24, @32)
-/// for its exit. Syscalls with fewer arguments keep whatever follows; their exits ignore it.
+/// Enter half of a probe pair: keeps a watched syscall's first `args` arguments (@16, @24, @32;
+/// up to three) for its exit. A load beyond the event's record would make the kernel refuse to
+/// attach the program, so a syscall with fewer arguments keeps zeros for the rest.
 #[inline(always)]
-fn save_args(ctx: &TracePointContext) {
+fn save_args(ctx: &TracePointContext, args: usize) {
     if !watched() {
         return;
     }
-    // SAFETY: offsets from the format files.
-    let read = |offset: usize| unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0);
-    let saved = SyscallArgs { args: [read(16), read(24), read(32)] };
+    let arg = |index: usize| if index < args { syscall_field(ctx, 16 + 8 * index) } else { 0 };
+    let saved = SyscallArgs { args: [arg(0), arg(1), arg(2)] };
     if ACTIVE_CALLS.insert(&bpf_get_current_pid_tgid(), &saved, 0).is_err() {
         count(counters::ACTIVE_CALL_ERRORS);
     }
@@ -492,8 +516,7 @@ fn saved_args() -> Option<[u64; 3]> {
 /// The syscall's return value (@16 on every exit).
 #[inline(always)]
 fn returned(ctx: &TracePointContext) -> Option<i64> {
-    // SAFETY: offset from the format file.
-    unsafe { ctx.read_at::<i64>(16) }.ok()
+    Some(syscall_field(ctx, 16) as i64)
 }
 
 /// A data syscall of a watched process that moved `ret` bytes. Each exit program handles one
@@ -616,8 +639,16 @@ fn on_read(call: &Call, ret: u64, now: u64) {
             }
         }
         _ => {
-            let head: [u8; 16] = read_user(call.buf).unwrap_or([0; 16]);
-            let (method, split) = method_token(&head, if call.buf_len < ret { call.buf_len } else { ret });
+            // What a request would keep goes to the scratch buffer first: one copy from user
+            // memory serves the method test and the request's first bytes.
+            let Some(scan) = SCAN_SCRATCH.get_ptr_mut(0) else { return };
+            let available = if call.buf_len < ret { call.buf_len } else { ret };
+            // SAFETY: this CPU's scratch slot, larger than REQUEST_CAPTURE.
+            let (copied, head) = unsafe {
+                let copied = copy_user((*scan).bytes.as_mut_ptr(), REQUEST_CAPTURE, call.buf, available);
+                (copied, *(*scan).bytes.as_ptr().cast::<[u8; 16]>())
+            };
+            let (method, split) = method_token(&head, u64::from(copied));
             if method > 0 {
                 if let Some(conn) = existing {
                     // The last response's framing was missed: it ended with its last write.
@@ -629,7 +660,7 @@ fn on_read(call: &Call, ret: u64, now: u64) {
                         }
                     }
                 }
-                start_request(call, ret, now, method == 4 && head[..4] == *b"HEAD");
+                start_request(existing, call, ret, now, method == 4 && head[..4] == *b"HEAD", scan, copied);
             } else if split {
                 // A method split across reads: userspace reassembles this connection from here on.
                 if let Some(conn) = conn_state(call.conn_id) {
@@ -662,8 +693,16 @@ fn count_not_http(call: &Call) {
 }
 
 #[inline(always)]
-fn start_request(call: &Call, ret: u64, now: u64, head_method: bool) {
-    let Some(conn) = conn_state(call.conn_id) else { return };
+fn start_request(
+    existing: Option<*mut Conn>,
+    call: &Call,
+    ret: u64,
+    now: u64,
+    head_method: bool,
+    first_bytes: *const Scan,
+    captured: u16,
+) {
+    let Some(conn) = existing.or_else(|| conn_state(call.conn_id)) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a map value pointer; the copy is bounded by the array's size.
     unsafe {
@@ -679,8 +718,9 @@ fn start_request(call: &Call, ret: u64, now: u64, head_method: bool) {
         c.record.status = 0;
         c.record.flags = 0;
         c.record.response_captured = 0;
-        let available = if call.buf_len < ret { call.buf_len } else { ret };
-        c.record.request_captured = copy_user(c.record.request.as_mut_ptr(), REQUEST_CAPTURE, call.buf, available);
+        // A constant-size copy between map values: inline stores, no helper.
+        core::ptr::copy_nonoverlapping((*first_bytes).bytes.as_ptr(), c.record.request.as_mut_ptr(), REQUEST_CAPTURE);
+        c.record.request_captured = captured;
         c.phase = PHASE_REQUEST;
         c.framing = 0;
         c.flags &= CONN_SEEN_REQUEST;
@@ -699,7 +739,15 @@ fn start_request(call: &Call, ret: u64, now: u64, head_method: bool) {
 /// The status of a status line at `buf`, if it is one.
 #[inline(always)]
 fn status_line(buf: u64) -> Option<u16> {
-    let line: [u8; 13] = read_user(buf)?;
+    parse_status(&read_user::<[u8; 13]>(buf)?)
+}
+
+/// The status of a status line starting `line`, if it is one.
+#[inline(always)]
+fn parse_status(line: &[u8]) -> Option<u16> {
+    if line.len() < 13 {
+        return None;
+    }
     let version = line[0] == b'H'
         && line[1] == b'T'
         && line[2] == b'T'
@@ -733,6 +781,7 @@ fn on_write(call: &Call, ret: u64, now: u64) {
     } else {
         ret
     };
+    let mut prefilled = false;
     match c.phase {
         PHASE_FALLBACK => {
             send_data(KIND_DATA_OUT, call, ret, now);
@@ -753,7 +802,15 @@ fn on_write(call: &Call, ret: u64, now: u64) {
             if readable == 0 {
                 return;
             }
-            let Some(status) = status_line(call.buf) else { return };
+            // The write's first bytes go where the head scan reads them: one copy for both.
+            let Some(status) = prefill_scan(call.buf, readable).and_then(|scan| {
+                // SAFETY: this CPU's scratch slot, just filled.
+                let first = unsafe { &(*scan).bytes };
+                parse_status(&first[..13])
+            }) else {
+                return;
+            };
+            prefilled = true;
             // An interim response (100 Continue): the final one follows.
             if (100..200).contains(&status) && status != 101 {
                 return;
@@ -767,8 +824,10 @@ fn on_write(call: &Call, ret: u64, now: u64) {
     c.record.response_bytes += ret;
     c.record.end_ns = now;
     let mut body_at = 0;
-    if c.phase == PHASE_RESPONSE_HEAD {
-        match scan_head(c, call.buf, readable) {
+    // The scan leaves this write's bytes in its scratch buffer.
+    let scanned = c.phase == PHASE_RESPONSE_HEAD;
+    if scanned {
+        match scan_head(c, call.buf, readable, prefilled) {
             Some(end) => {
                 body_at = end;
                 if !framed(c) {
@@ -785,7 +844,7 @@ fn on_write(call: &Call, ret: u64, now: u64) {
             }
         }
     }
-    if count_body(c, call.buf, readable, ret, body_at) {
+    if count_body(c, call.buf, readable, ret, body_at, scanned) {
         complete(c);
     }
 }
@@ -956,10 +1015,28 @@ extern "C" fn scan_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-/// Scans the readable part of a response write for the head's end and its framing fields;
-/// returns the offset where the body starts once the head has ended.
+/// Copies a write's first bytes into the scan's scratch buffer, where a status line is read and
+/// the head scan goes on (`scan_head` with `prefilled`); at least a status line's worth.
 #[inline(always)]
-fn scan_head(c: &mut Conn, buf: u64, readable: u64) -> Option<u64> {
+fn prefill_scan(buf: u64, readable: u64) -> Option<*mut Scan> {
+    let scan = SCAN_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; the copy is bounded by SCAN_CHUNK.
+    unsafe {
+        let copied = copy_user((*scan).bytes.as_mut_ptr(), SCAN_CHUNK, buf, readable);
+        if copied < 13 {
+            return None;
+        }
+        (*scan).base = 0;
+        (*scan).filled = u64::from(copied);
+    }
+    Some(scan)
+}
+
+/// Scans the readable part of a response write for the head's end and its framing fields;
+/// returns the offset where the body starts once the head has ended. `prefilled`: the scratch
+/// buffer holds the write's first bytes already.
+#[inline(always)]
+fn scan_head(c: &mut Conn, buf: u64, readable: u64, prefilled: bool) -> Option<u64> {
     let scan = SCAN_SCRATCH.get_ptr_mut(0)?;
     let budget = u64::from(MAX_HEAD_SCAN.saturating_sub(c.scanned));
     let mut bytes = readable;
@@ -974,8 +1051,10 @@ fn scan_head(c: &mut Conn, buf: u64, readable: u64) -> Option<u64> {
         (*scan).buf = buf;
         (*scan).readable = bytes;
         (*scan).pos = 0;
-        (*scan).base = 0;
-        (*scan).filled = 0;
+        if !prefilled {
+            (*scan).base = 0;
+            (*scan).filled = 0;
+        }
         (*scan).end = 0;
         let mut context = ScanContext { conn: c, scan };
         // Every step moves on by at least a byte.
@@ -1063,10 +1142,10 @@ fn scan_byte(c: &mut Conn, byte: u8) -> bool {
 /// Counts the body bytes of a write from `from` on; true once the body is complete. Keeps the
 /// first bytes of the body (of the first chunk's data) for the model.
 #[inline(always)]
-fn count_body(c: &mut Conn, buf: u64, readable: u64, ret: u64, from: u64) -> bool {
+fn count_body(c: &mut Conn, buf: u64, readable: u64, ret: u64, from: u64, in_scratch: bool) -> bool {
     match c.framing {
         FRAMING_LENGTH => {
-            keep_body_start(c, buf, readable, from, u64::MAX);
+            keep_body_start(c, buf, readable, from, u64::MAX, in_scratch);
             let sent = ret.saturating_sub(from);
             if sent >= c.body_remaining {
                 c.body_remaining = 0;
@@ -1077,20 +1156,47 @@ fn count_body(c: &mut Conn, buf: u64, readable: u64, ret: u64, from: u64) -> boo
         }
         FRAMING_CHUNKED => count_chunks(c, buf, readable, ret, from),
         _ => {
-            keep_body_start(c, buf, readable, from, u64::MAX);
+            keep_body_start(c, buf, readable, from, u64::MAX, in_scratch);
             false
         }
     }
 }
 
+/// `in_scratch`: the scan's scratch buffer holds part of this write (its head was scanned in
+/// this call); the body's first bytes are taken from there when it has them all.
 #[inline(always)]
-fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64) {
+fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64, in_scratch: bool) {
     if c.record.response_captured != 0 || from >= readable {
         return;
     }
     let mut len = readable - from;
     if len > limit {
         len = limit;
+    }
+    if len > RESPONSE_CAPTURE as u64 {
+        len = RESPONSE_CAPTURE as u64;
+    }
+    if in_scratch && let Some(scan) = SCAN_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch slot; the helper reads kernel memory and fails cleanly, and
+        // writes at most RESPONSE_CAPTURE bytes (the mask bounds it for the verifier).
+        unsafe {
+            let (base, filled) = ((*scan).base, (*scan).filled);
+            if from >= base && from - base + len <= filled && filled <= SCAN_CHUNK as u64 {
+                let at = (from - base) as usize & (SCAN_CHUNK - 1);
+                let n = len as u32 & 0xff;
+                if n > 0
+                    && n as usize <= RESPONSE_CAPTURE
+                    && probe_read_kernel_raw(
+                        c.record.response.as_mut_ptr().cast(),
+                        n,
+                        (*scan).bytes.as_ptr().add(at).cast(),
+                    ) == 0
+                {
+                    c.record.response_captured = n as u16;
+                    return;
+                }
+            }
+        }
     }
     c.record.response_captured = copy_user(c.record.response.as_mut_ptr(), RESPONSE_CAPTURE, buf + from, len);
 }
@@ -1208,7 +1314,7 @@ extern "C" fn chunk_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
         return 1;
     }
     x.pos += end as u64;
-    keep_body_start(c, x.buf, x.readable, x.pos, size);
+    keep_body_start(c, x.buf, x.readable, x.pos, size, false);
     c.body_remaining = size + 2;
     0
 }
@@ -1301,7 +1407,7 @@ macro_rules! data_syscall {
 
         #[tracepoint(category = "syscalls", name = $enter_event)]
         pub fn $pair_enter(ctx: TracePointContext) -> u32 {
-            save_args(&ctx);
+            save_args(&ctx, 3);
             0
         }
 
@@ -1431,7 +1537,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: offset from the format file.
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else { return 0 };
+    let fd = syscall_field(&ctx, 16);
     let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
     // SAFETY: the value is copied out at once.
     let Some(info) = (unsafe { FD_CLASS.get(&key) }).copied() else { return 0 };
@@ -1450,9 +1556,7 @@ pub fn enter_shutdown(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: offsets from the format file.
-    let (Ok(fd), Ok(how)) = (unsafe { ctx.read_at::<u64>(16) }, unsafe { ctx.read_at::<u64>(24) }) else {
-        return 0;
-    };
+    let (fd, how) = (syscall_field(&ctx, 16), syscall_field(&ctx, 24));
     // SHUT_WR = 1, SHUT_RDWR = 2 (include/linux/net.h).
     if how != 1 && how != 2 {
         return 0;
@@ -1473,7 +1577,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     // SAFETY: offset from the format file.
-    let Ok(fd) = (unsafe { ctx.read_at::<i64>(16) }) else { return };
+    let fd = syscall_field(ctx, 16) as i64;
     if fd >= 0 {
         let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
         let info = FdInfo { conn_id: new_conn_id(), class: FD_SOCKET, flags: 0, _pad: [0; 6] };
@@ -1515,7 +1619,7 @@ fn on_dup(ctx: &TracePointContext, args: Option<[u64; 3]>, fcntl: bool) {
 
 /// The programs of one fd-copying syscall, as `data_syscall!`.
 macro_rules! dup_syscall {
-    ($exit:ident, $pair_enter:ident, $pair_exit:ident, $enter_event:literal, $exit_event:literal, $fcntl:expr) => {
+    ($exit:ident, $pair_enter:ident, $pair_exit:ident, $enter_event:literal, $exit_event:literal, $args:literal, $fcntl:expr) => {
         #[tracepoint(category = "syscalls", name = $exit_event)]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             if watched() {
@@ -1527,9 +1631,8 @@ macro_rules! dup_syscall {
         #[tracepoint(category = "syscalls", name = $enter_event)]
         pub fn $pair_enter(ctx: TracePointContext) -> u32 {
             // Only fcntl's fd-copying commands (cmd @24) are kept: the others are many and moot.
-            // SAFETY: offset from the format file.
-            if !$fcntl || matches!(unsafe { ctx.read_at::<u64>(24) }, Ok(F_DUPFD | F_DUPFD_CLOEXEC)) {
-                save_args(&ctx);
+            if !$fcntl || matches!(syscall_field(&ctx, 24), F_DUPFD | F_DUPFD_CLOEXEC) {
+                save_args(&ctx, $args);
             }
             0
         }
@@ -1544,10 +1647,10 @@ macro_rules! dup_syscall {
     };
 }
 
-dup_syscall!(exit_dup, pair_enter_dup, pair_exit_dup, "sys_enter_dup", "sys_exit_dup", false);
-dup_syscall!(exit_dup2, pair_enter_dup2, pair_exit_dup2, "sys_enter_dup2", "sys_exit_dup2", false);
-dup_syscall!(exit_dup3, pair_enter_dup3, pair_exit_dup3, "sys_enter_dup3", "sys_exit_dup3", false);
-dup_syscall!(exit_fcntl, pair_enter_fcntl, pair_exit_fcntl, "sys_enter_fcntl", "sys_exit_fcntl", true);
+dup_syscall!(exit_dup, pair_enter_dup, pair_exit_dup, "sys_enter_dup", "sys_exit_dup", 1, false);
+dup_syscall!(exit_dup2, pair_enter_dup2, pair_exit_dup2, "sys_enter_dup2", "sys_exit_dup2", 2, false);
+dup_syscall!(exit_dup3, pair_enter_dup3, pair_exit_dup3, "sys_enter_dup3", "sys_exit_dup3", 3, false);
+dup_syscall!(exit_fcntl, pair_enter_fcntl, pair_exit_fcntl, "sys_enter_fcntl", "sys_exit_fcntl", 3, true);
 
 // --- calibration for `cargo xtask bench` (`probes.calibration`): empty programs on the hooks the
 // request probes use, to give their cost a floor measured in the same run, and the alternative

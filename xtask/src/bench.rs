@@ -298,10 +298,12 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// The agent with request tracing, collecting on every scrape; ready once its probes watch the pod.
+/// `MM_SYSCALL_HOOKS` (`exit_only`, `enter_exit`) benches that way of following syscalls.
 fn traced_agent(calibration: bool) -> Agent {
+    // Only when asked: an older build in MM_AGENT_BIN does not know the setting.
+    let hooks = std::env::var("MM_SYSCALL_HOOKS").map(|h| format!("  syscall_hooks: {h}\n")).unwrap_or_default();
     let agent = Agent::start(&format!(
-        "min_collect_interval: 0s\nkubernetes:\n  watch: never\n{}",
-        if calibration { "probes:\n  calibration: true\n" } else { "" }
+        "min_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  calibration: {calibration}\n{hooks}"
     ));
     // Discovery puts the pod's cgroup in the watched set at the first collection.
     std::thread::sleep(Duration::from_secs(2));
@@ -343,8 +345,18 @@ fn interleaved_pairs(port: u16, path: &'static str, rounds: usize, load: Duratio
     Ok(pairs)
 }
 
-/// The request probes of the server's syscalls (its reads are recvfrom, its writes sendto).
-const TRAFFIC_PROBES: [&str; 4] = ["enter_recvfrom", "exit_recvfrom", "enter_sendto", "exit_sendto"];
+/// The request probes of the server's syscalls (its reads are recvfrom, its writes sendto): the
+/// exit-only programs, the enter/exit pairs, and the names of builds before the pairs were named.
+const TRAFFIC_PROBES: [&str; 8] = [
+    "exit_recvfrom",
+    "exit_sendto",
+    "pair_enter_recvfrom",
+    "pair_exit_recvfrom",
+    "pair_enter_sendto",
+    "pair_exit_sendto",
+    "enter_recvfrom",
+    "enter_sendto",
+];
 
 /// `calibrate`: run (d) and (e), which need this build's calibration probes.
 fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
@@ -391,7 +403,8 @@ fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     let path = dir.join("io");
     let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-    let file_probes = ["enter_read", "exit_read", "enter_write", "exit_write"];
+    let file_probes =
+        ["exit_read", "exit_write", "pair_enter_read", "pair_exit_read", "pair_enter_write", "pair_exit_write"];
     let raw = ["calibrate_raw_sys_enter", "calibrate_raw_sys_exit"];
     let before = probe_stats(&agent.metrics());
     let block = [7u8; 4096];
@@ -408,7 +421,11 @@ fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
     }
     let after = probe_stats(&agent.metrics());
     let (time, runs) = probe_delta(&before, &after, &file_probes);
-    println!("(d) an unwatched process's read/write: {} (the watched check, then nothing)", per_run(time, runs));
+    println!(
+        "(d) an unwatched process's read/write: {} (the watched check, then nothing); {:.1} ns per syscall",
+        per_run(time, runs),
+        time / syscalls as f64
+    );
     let (raw_time, raw_runs) = probe_delta(&before, &after, &raw);
     println!(
         "    raw_tracepoint sys_enter/sys_exit alternative over the same time: {} — on every syscall of every process",
@@ -421,12 +438,17 @@ fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
     println!("(e) each probe beside an empty program on the same hook, same run ({requests:.0} requests):");
     println!("{:<28} {:>14} {:>12} {:>16}", "PROBE", "ns/RUN", "RUNS/REQ", "EMPTY ns/RUN");
     for (probe, empty) in [
-        ("enter_recvfrom", "calibrate_enter_recvfrom"),
         ("exit_recvfrom", "calibrate_exit_recvfrom"),
-        ("enter_sendto", "calibrate_enter_sendto"),
         ("exit_sendto", "calibrate_exit_sendto"),
+        ("pair_enter_recvfrom", "calibrate_enter_recvfrom"),
+        ("pair_exit_recvfrom", "calibrate_exit_recvfrom"),
+        ("pair_enter_sendto", "calibrate_enter_sendto"),
+        ("pair_exit_sendto", "calibrate_exit_sendto"),
         ("calibrate_raw_sys_enter", ""),
         ("calibrate_raw_sys_exit", ""),
+        // The CPU probes run on every context switch a request causes, and count in (a) too.
+        ("sched_switch_btf", ""),
+        ("sched_wakeup_btf", ""),
     ] {
         let (time, runs) = probe_delta(&before, &after, &[probe]);
         let floor = if empty.is_empty() {
