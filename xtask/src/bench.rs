@@ -360,7 +360,7 @@ const TRAFFIC_PROBES: [&str; 8] = [
 
 /// `calibrate`: run (d) and (e), which need this build's calibration probes.
 fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 7;
     let uid = pod_uid(4000);
     let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}/{}", hex_id(4001, 64)));
     let server = HttpServer::start_in(&pod);

@@ -499,7 +499,7 @@ fn request_attributes(identity: &Identity, pod: Option<&PodMeta>, key: &RequestK
     let status = key.status;
     attributes.extend([
         (Attr::HttpMethod, key.method.to_owned()),
-        (Attr::HttpRoute, key.route.clone()),
+        (Attr::HttpRoute, key.route.to_string()),
         (Attr::HttpStatus, status.to_string()),
         (Attr::UrlScheme, "http".to_owned()),
         // Semantic conventions: a server's 5xx is an error, named by its status code.

@@ -5,6 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -143,7 +144,8 @@ fn fine_value_ns(index: u32) -> f64 {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestKey {
     pub method: &'static str,
-    pub route: String,
+    /// Shared with the route cache and the workload's route set: a request clones no string.
+    pub route: Arc<str>,
     pub status: u16,
     /// The model the request itself named (URL or body); the pod's model applies otherwise.
     pub model: Option<(String, String)>,
@@ -208,13 +210,13 @@ type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 #[derive(Debug)]
 struct Workload {
     /// The budget this identity's series count against (its pod's workload).
-    budget: std::sync::Arc<str>,
+    budget: Arc<str>,
     /// Series counted against the budgets (the `_other` ones are not).
     counted: usize,
     series: FastMap<RequestKey, LatencyHistogram>,
     /// Routes seen per request-named model (`""`: the pod's own), keyed by `str` so a request
     /// finds its set without allocating.
-    routes: FastMap<String, FastSet<String>>,
+    routes: FastMap<String, FastSet<Arc<str>>>,
     models: FastSet<(String, String)>,
 }
 
@@ -223,7 +225,7 @@ pub struct RequestStore {
     config: RequestsConfig,
     workloads: FastMap<Identity, Workload>,
     /// Series counted per workload budget, and for the node.
-    budget_use: HashMap<std::sync::Arc<str>, usize>,
+    budget_use: HashMap<Arc<str>, usize>,
     node_series: usize,
     /// Requests folded into `_other` series by a series budget, by budget.
     pub series_overflow: BTreeMap<SeriesOverflow, u64>,
@@ -233,7 +235,20 @@ pub struct RequestStore {
     pub model_overflow: u64,
     pub events_dropped: u64,
     limiter: RateLimit,
+    /// Targets seen lately and their routes: templating a target costs more than a look-up, and
+    /// a server's clients ask for the same few. Emptied when full (IDs in paths make many).
+    route_cache: FastMap<Box<str>, CachedRoute>,
 }
+
+/// A target's route, as the cache keeps it.
+#[derive(Debug)]
+struct CachedRoute {
+    template: Arc<str>,
+    model: Option<RequestModel>,
+}
+
+/// Targets the route cache holds at most.
+const ROUTE_CACHE_ENTRIES: usize = 4096;
 
 impl RequestStore {
     pub fn new(config: RequestsConfig) -> Self {
@@ -248,6 +263,7 @@ impl RequestStore {
             model_overflow: 0,
             events_dropped: 0,
             limiter: RateLimit { per_second, tokens: per_second, last: Instant::now() },
+            route_cache: FastMap::default(),
         }
     }
 
@@ -277,7 +293,7 @@ impl RequestStore {
         Some(RequestEvent {
             event: name,
             method: key.method,
-            route: key.route.clone(),
+            route: key.route.to_string(),
             status: key.status,
             duration_ms: duration_ns as f64 / 1e6,
             model: key.model.as_ref().map(|(n, _)| n.clone()),
@@ -291,13 +307,25 @@ impl RequestStore {
     pub fn record(
         &mut self,
         identity: &Identity,
-        budget: impl FnOnce() -> std::sync::Arc<str>,
+        budget: impl FnOnce() -> Arc<str>,
         exchange: &Exchange,
         now: Instant,
     ) -> Option<RequestEvent> {
-        let route = route_of(&exchange.target);
+        let route = match self.route_cache.get(exchange.target.as_str()) {
+            Some(cached) => cached,
+            None => {
+                if self.route_cache.len() >= ROUTE_CACHE_ENTRIES {
+                    self.route_cache.clear();
+                }
+                let route = route_of(&exchange.target);
+                let cached = CachedRoute { template: route.template.into(), model: route.model };
+                self.route_cache.entry(exchange.target.as_str().into()).or_insert(cached)
+            }
+        };
+        let route_template = route.template.clone();
         let model = route
             .model
+            .clone()
             .or_else(|| model_from_json_body(&exchange.request_body_prefix))
             .or_else(|| model_from_json_body(&exchange.response_body_prefix));
         let workload = match self.workloads.get_mut(identity) {
@@ -329,14 +357,14 @@ impl RequestStore {
             Some(routes) => routes,
             None => workload.routes.entry(model_key.to_owned()).or_default(),
         };
-        let template = if routes.contains(&route.template) {
-            route.template
+        let template = if routes.contains(&route_template) {
+            route_template
         } else if routes.len() < self.config.route_budget {
-            routes.insert(route.template.clone());
-            route.template
+            routes.insert(route_template.clone());
+            route_template
         } else {
             *self.route_overflow.entry(model_name.cloned().unwrap_or_default()).or_default() += 1;
-            OVERFLOW_ROUTE.to_owned()
+            OVERFLOW_ROUTE.into()
         };
         let duration_ns = exchange.end_ns.saturating_sub(exchange.start_ns);
         let method = exchange.method;
@@ -361,7 +389,7 @@ impl RequestStore {
                 Some(reason) => {
                     *self.series_overflow.entry(reason).or_default() += 1;
                     let model = key.model.as_ref().map(|_| (OVERFLOW_MODEL.to_owned(), String::new()));
-                    key = RequestKey { method: "_OTHER", route: OVERFLOW_ROUTE.to_owned(), status: key.status, model };
+                    key = RequestKey { method: "_OTHER", route: OVERFLOW_ROUTE.into(), status: key.status, model };
                 }
                 None => {
                     workload.counted += 1;
@@ -451,7 +479,7 @@ mod tests {
         assert_eq!(infer.model, Some(("resnet50".to_owned(), "3".to_owned())));
         assert_eq!(infer.method, "GET");
         let users = series.keys().find(|k| k.status == 404).unwrap();
-        assert_eq!(users.route, "/users/{id}");
+        assert_eq!(&*users.route, "/users/{id}");
         assert_eq!(series[users].count, 1);
         assert_eq!(series[users].sum_ns, 2_000_000);
     }
@@ -464,7 +492,7 @@ mod tests {
         }
         let series = store.series_of(&pod()).unwrap();
         assert_eq!(series.len(), 4, "{series:?}");
-        assert_eq!(series.iter().find(|(k, _)| k.route == OVERFLOW_ROUTE).unwrap().1.count, 7);
+        assert_eq!(series.iter().find(|(k, _)| &*k.route == OVERFLOW_ROUTE).unwrap().1.count, 7);
         assert_eq!(store.route_overflow[""], 7);
     }
 
