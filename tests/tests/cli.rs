@@ -101,6 +101,7 @@ fn doctor_reports_this_kernel() {
         "raw_tracepoint sched_switch",
         "tracepoint sched/sched_switch",
         "tracepoint oom/mark_victim",
+        "tracepoint syscalls/sys_exit_read (bpf_task_pt_regs)",
         "tracepoint syscalls/sys_enter_read",
         "tracepoint syscalls/sys_exit_read",
         "ringbuf map EVENTS",

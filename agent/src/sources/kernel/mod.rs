@@ -829,15 +829,21 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
     let switch_tp = attach_tracepoint(&mut ebpf, "sched_switch_tp", "sched", "sched_switch");
     record("tracepoint", "sched/sched_switch", switch_tp.map_err(|e| with_tracefs_reason(e, &tracefs)));
     record("tracepoint", "oom/mark_victim", attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim"));
+    // Request tracing: exit probes that read the saved registers (Linux 5.15+), else pairs.
+    record(
+        "tracepoint",
+        "syscalls/sys_exit_read (bpf_task_pt_regs)",
+        attach_tracepoint(&mut ebpf, "exit_read", "syscalls", "sys_exit_read"),
+    );
     record(
         "tracepoint",
         "syscalls/sys_enter_read",
-        attach_tracepoint(&mut ebpf, "enter_read", "syscalls", "sys_enter_read"),
+        attach_tracepoint(&mut ebpf, "pair_enter_read", "syscalls", "sys_enter_read"),
     );
     record(
         "tracepoint",
         "syscalls/sys_exit_read",
-        attach_tracepoint(&mut ebpf, "exit_read", "syscalls", "sys_exit_read"),
+        attach_tracepoint(&mut ebpf, "pair_exit_read", "syscalls", "sys_exit_read"),
     );
     record(
         "kprobe",
