@@ -298,12 +298,14 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// The agent with request tracing, collecting on every scrape; ready once its probes watch the pod.
-/// `MM_SYSCALL_HOOKS` (`exit_only`, `enter_exit`) benches that way of following syscalls.
-fn traced_agent(calibration: bool) -> Agent {
+/// `bpf_stats`: keep the kernel's probe statistics on (two clock reads per probe run); the
+/// DaemonSet's base has them off (they need CAP_SYS_ADMIN). `MM_SYSCALL_HOOKS` (`exit_only`,
+/// `enter_exit`) benches that way of following syscalls.
+fn traced_agent(calibration: bool, bpf_stats: bool) -> Agent {
     // Only when asked: an older build in MM_AGENT_BIN does not know the setting.
     let hooks = std::env::var("MM_SYSCALL_HOOKS").map(|h| format!("  syscall_hooks: {h}\n")).unwrap_or_default();
     let agent = Agent::start(&format!(
-        "min_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  calibration: {calibration}\n{hooks}"
+        "min_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  calibration: {calibration}\n  bpf_stats: {bpf_stats}\n{hooks}"
     ));
     // Discovery puts the pod's cgroup in the watched set at the first collection.
     std::thread::sleep(Duration::from_secs(2));
@@ -311,38 +313,37 @@ fn traced_agent(calibration: bool) -> Agent {
 }
 
 /// One with/without pair per round, interleaved, so that drift of the machine hits both alike.
+/// The agent runs as the DaemonSet deploys it: without bpf_stats.
 struct Pairs {
     ratios: Vec<f64>,
     p99_changes: Vec<f64>,
-    probe_ns_per_request: Vec<f64>,
     agent_us_per_request: Vec<f64>,
 }
 
 fn interleaved_pairs(port: u16, path: &'static str, rounds: usize, load: Duration) -> anyhow::Result<Pairs> {
-    let mut pairs = Pairs {
-        ratios: Vec::new(),
-        p99_changes: Vec::new(),
-        probe_ns_per_request: Vec::new(),
-        agent_us_per_request: Vec::new(),
-    };
+    let mut pairs = Pairs { ratios: Vec::new(), p99_changes: Vec::new(), agent_us_per_request: Vec::new() };
     for _ in 0..rounds {
         let mut bare = drive(port, path, 4, load, None);
-        let agent = traced_agent(false);
-        let before = probe_stats(&agent.metrics());
+        let agent = traced_agent(false, false);
         let (cpu0, _) = cpu_and_rss(agent.pid())?;
         let mut traced = drive(port, path, 4, load, None);
         let (cpu1, _) = cpu_and_rss(agent.pid())?;
-        let after = probe_stats(&agent.metrics());
-        let (probe_ns, _) = probe_delta(&before, &after, &TRAFFIC_PROBES);
         pairs.ratios.push(traced.requests as f64 / bare.requests.max(1) as f64);
         let (bare_p99, traced_p99) = (bare.p99().as_secs_f64(), traced.p99().as_secs_f64());
         pairs.p99_changes.push((traced_p99 - bare_p99) / bare_p99);
-        let requests = traced.requests.max(1) as f64;
-        pairs.probe_ns_per_request.push(probe_ns / requests);
-        pairs.agent_us_per_request.push((cpu1 - cpu0) * 1e6 / requests);
+        pairs.agent_us_per_request.push((cpu1 - cpu0) * 1e6 / traced.requests.max(1) as f64);
         drop(agent);
     }
     Ok(pairs)
+}
+
+/// The request probes' run time per request, from bpf_stats, under the load of (a).
+fn probe_ns_per_request(port: u16, load: Duration) -> f64 {
+    let agent = traced_agent(false, true);
+    let before = probe_stats(&agent.metrics());
+    let requests = drive(port, "/item", 4, load, None).requests.max(1) as f64;
+    let (probe_ns, _) = probe_delta(&before, &probe_stats(&agent.metrics()), &TRAFFIC_PROBES);
+    probe_ns / requests
 }
 
 /// The request probes of the server's syscalls (its reads are recvfrom, its writes sendto): the
@@ -369,7 +370,7 @@ fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
     // (a) A server that answers at once: the worst case for the probes' share of each request.
     let mut at_once = interleaved_pairs(server.port, "/item", ROUNDS, load)?;
     println!(
-        "(a) answered at once: throughput with/without, median {:.3} (pairs {:.3?})",
+        "(a) answered at once: throughput with/without (agent as deployed, no bpf_stats), median {:.3} (pairs {:.3?})",
         median(&mut at_once.ratios.clone()),
         at_once.ratios
     );
@@ -382,10 +383,10 @@ fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
         median(&mut handler.p99_changes) * 100.0,
         handler.p99_changes.iter().map(|c| c * 100.0).collect::<Vec<_>>()
     );
-    // (c) Per watched request: the probes' run time (bpf_stats) and the agent's CPU.
+    // (c) Per watched request: the probes' run time (bpf_stats, in a run of its own) and the agent's CPU.
     println!(
-        "(c) per watched request: probes {:.0} ns (sum over its probe runs), agent CPU {:.2} µs (medians of (a))",
-        median(&mut at_once.probe_ns_per_request),
+        "(c) per watched request: probes {:.0} ns (sum over its probe runs), agent CPU {:.2} µs (median of (a))",
+        probe_ns_per_request(server.port, load),
         median(&mut at_once.agent_us_per_request)
     );
 
@@ -399,7 +400,7 @@ fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
 
 /// (d) and (e): the calibration programs beside the probes.
 fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
-    let agent = traced_agent(true);
+    let agent = traced_agent(true, true);
     let dir = tempfile_dir()?;
     let path = dir.join("io");
     let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
@@ -466,7 +467,7 @@ fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
 
 /// The agent's CPU at about 5,000 requests/s (10 clients × 500/s).
 fn agent_cpu_at_5000(port: u16, load: Duration) -> anyhow::Result<()> {
-    let agent = traced_agent(false);
+    let agent = traced_agent(false, false);
     let (cpu0, _) = cpu_and_rss(agent.pid())?;
     let started = Instant::now();
     let rate = throughput(port, 10, load, Some(Duration::from_micros(2000)));
