@@ -718,10 +718,14 @@ fn start_request(
         c.record.status = 0;
         c.record.flags = 0;
         c.record.response_captured = 0;
-        // A constant-size copy between map values, word by word (both are 8-byte aligned): inline
-        // loads and stores, no helper.
-        const WORDS: usize = REQUEST_CAPTURE / 8;
-        *c.record.request.as_mut_ptr().cast::<[u64; WORDS]>() = *(*first_bytes).bytes.as_ptr().cast::<[u64; WORDS]>();
+        // A constant-size, non-overlapping copy between map values, word by word (both are 8-byte
+        // aligned): LLVM inlines it as loads and stores, where an assignment became a call to a
+        // byte-wise memmove.
+        core::ptr::copy_nonoverlapping(
+            (*first_bytes).bytes.as_ptr().cast::<u64>(),
+            c.record.request.as_mut_ptr().cast::<u64>(),
+            REQUEST_CAPTURE / 8,
+        );
         c.record.request_captured = captured;
         c.phase = PHASE_REQUEST;
         c.framing = 0;
@@ -729,12 +733,13 @@ fn start_request(
         if head_method {
             c.flags |= CONN_HEAD_REQUEST;
         }
-        c.scanned = 0;
         c.scan_field = SCAN_OTHER;
         c.scan_index = 0;
         c.line_pos = 0;
-        c.content_length = 0;
-        c.body_remaining = 0;
+        // Volatile: LLVM merges adjacent zero stores into a call to a byte-wise memset.
+        core::ptr::write_volatile(&mut c.scanned, 0);
+        core::ptr::write_volatile(&mut c.content_length, 0);
+        core::ptr::write_volatile(&mut c.body_remaining, 0);
     }
 }
 
@@ -1058,8 +1063,9 @@ fn scan_head(c: &mut Conn, buf: u64, readable: u64, prefilled: bool) -> Option<u
         (*scan).readable = bytes;
         (*scan).pos = 0;
         if !prefilled {
-            (*scan).base = 0;
-            (*scan).filled = 0;
+            // Volatile: see `start_request`.
+            core::ptr::write_volatile(&mut (*scan).base, 0);
+            core::ptr::write_volatile(&mut (*scan).filled, 0);
         }
         (*scan).end = 0;
         let mut context = ScanContext { conn: c, scan };
