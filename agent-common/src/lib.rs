@@ -185,10 +185,10 @@ pub mod traffic {
     /// A request paired in the kernel: a [`Completion`].
     pub const KIND_COMPLETION: u32 = 5;
 
-    /// [`Completion::flags`]: the response's end was not known from its framing (a head too large
+    /// [`CompletionHeader::flags`]: the response's end was not known from its framing (a head too large
     /// to scan, a chunk header split across writes); it ended at the next request or the close.
     pub const COMPLETION_FRAMING_GUESSED: u16 = 1;
-    /// [`Completion::flags`]: the response ran until the connection closed.
+    /// [`CompletionHeader::flags`]: the response ran until the connection closed.
     pub const COMPLETION_UNTIL_CLOSE: u16 = 2;
 
     #[repr(C)]
@@ -232,6 +232,16 @@ pub mod traffic {
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct Completion {
+        pub header: CompletionHeader,
+        pub request: [u8; REQUEST_CAPTURE],
+        /// The start of the response body (of its first chunk's data when chunked).
+        pub response: [u8; RESPONSE_CAPTURE],
+    }
+
+    /// A [`Completion`]'s fixed fields: integers only, so any 64 bytes are a valid header.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CompletionHeader {
         pub kind: u32,
         /// The process that read the request.
         pub tgid: u32,
@@ -249,10 +259,8 @@ pub mod traffic {
         /// Valid bytes in `request` and `response`.
         pub request_captured: u16,
         pub response_captured: u16,
-        pub request: [u8; REQUEST_CAPTURE],
-        /// The start of the response body (of its first chunk's data when chunked).
-        pub response: [u8; RESPONSE_CAPTURE],
     }
+    const _: () = assert!(core::mem::size_of::<CompletionHeader>() == 64);
     const _: () = assert!(core::mem::size_of::<Completion>() == 64 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
 
     /// Where a connection is.

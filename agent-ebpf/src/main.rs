@@ -347,6 +347,9 @@ struct Call {
     buf_len: u64,
     conn_id: u64,
     fd: u32,
+    /// The fd's `FdInfo::class` and `FdInfo::flags` as `fd_info` found them.
+    fd_class: u8,
+    fd_flags: u8,
 }
 
 /// Offset of `dx` in x86-64's `struct pt_regs` (arch/x86/include/asm/ptrace.h), followed by `si`
@@ -515,8 +518,8 @@ fn saved_args() -> Option<[u64; 3]> {
 
 /// The syscall's return value (@16 on every exit).
 #[inline(always)]
-fn returned(ctx: &TracePointContext) -> Option<i64> {
-    Some(syscall_field(ctx, 16) as i64)
+fn returned(ctx: &TracePointContext) -> i64 {
+    syscall_field(ctx, 16) as i64
 }
 
 /// A data syscall of a watched process that moved `ret` bytes. Each exit program handles one
@@ -528,7 +531,7 @@ fn on_data(kind: u32, buffer: Buffer, args: Option<[u64; 3]>, ret: i64) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(FdInfo { conn_id, .. }) = fd_info(tgid, fd as u32) else { return };
+    let Some(info) = fd_info(tgid, fd as u32) else { return };
     let located = match buffer {
         Buffer::Direct => Some((arg, length)),
         Buffer::Iovec => first_iovec(arg),
@@ -536,7 +539,7 @@ fn on_data(kind: u32, buffer: Buffer, args: Option<[u64; 3]>, ret: i64) {
         Buffer::None => Some((0, 0)),
     };
     let Some((buf, buf_len)) = located else { return };
-    let call = Call { buf, buf_len, conn_id, fd: fd as u32 };
+    let call = Call { buf, buf_len, conn_id: info.conn_id, fd: fd as u32, fd_class: info.class, fd_flags: info.flags };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if kind == KIND_DATA_IN {
@@ -635,7 +638,7 @@ fn on_read(call: &Call, ret: u64, now: u64) {
         PHASE_REQUEST => {
             if let Some(conn) = existing {
                 // SAFETY: as above.
-                unsafe { (*conn).record.request_bytes += ret };
+                unsafe { (*conn).record.header.request_bytes += ret };
             }
         }
         _ => {
@@ -655,7 +658,7 @@ fn on_read(call: &Call, ret: u64, now: u64) {
                     // SAFETY: as above.
                     unsafe {
                         if (*conn).phase != PHASE_IDLE {
-                            (*conn).record.flags |= COMPLETION_FRAMING_GUESSED;
+                            (*conn).record.header.flags |= COMPLETION_FRAMING_GUESSED;
                             complete(&mut *conn);
                         }
                     }
@@ -680,6 +683,10 @@ fn on_read(call: &Call, ret: u64, now: u64) {
 /// the process reads while userspace is asked) is not counted.
 #[inline(always)]
 fn count_not_http(call: &Call) {
+    // The copy `fd_info` made tells the common case (counted already) without a look-up.
+    if call.fd_class != FD_SOCKET || call.fd_flags & FD_COUNTED_NOT_HTTP != 0 {
+        return;
+    }
     let key = FdKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: call.fd };
     if let Some(info) = FD_CLASS.get_ptr_mut(&key) {
         // SAFETY: a map value pointer.
@@ -707,17 +714,17 @@ fn start_request(
     // SAFETY: a map value pointer; the copy is bounded by the array's size.
     unsafe {
         let c = &mut *conn;
-        c.record.kind = KIND_COMPLETION;
-        c.record.tgid = (pid_tgid >> 32) as u32;
-        c.record.conn_id = call.conn_id;
-        c.record.cgroup_id = bpf_get_current_cgroup_id();
-        c.record.start_ns = now;
-        c.record.end_ns = now;
-        c.record.request_bytes = ret;
-        c.record.response_bytes = 0;
-        c.record.status = 0;
-        c.record.flags = 0;
-        c.record.response_captured = 0;
+        c.record.header.kind = KIND_COMPLETION;
+        c.record.header.tgid = (pid_tgid >> 32) as u32;
+        c.record.header.conn_id = call.conn_id;
+        c.record.header.cgroup_id = bpf_get_current_cgroup_id();
+        c.record.header.start_ns = now;
+        c.record.header.end_ns = now;
+        c.record.header.request_bytes = ret;
+        c.record.header.response_bytes = 0;
+        c.record.header.status = 0;
+        c.record.header.flags = 0;
+        c.record.header.response_captured = 0;
         // A constant-size, non-overlapping copy between map values, word by word (both are 8-byte
         // aligned): LLVM inlines it as loads and stores, where an assignment became a call to a
         // byte-wise memmove.
@@ -726,7 +733,7 @@ fn start_request(
             c.record.request.as_mut_ptr().cast::<u64>(),
             REQUEST_CAPTURE / 8,
         );
-        c.record.request_captured = captured;
+        c.record.header.request_captured = captured;
         c.phase = PHASE_REQUEST;
         c.framing = 0;
         c.flags &= CONN_SEEN_REQUEST;
@@ -822,14 +829,14 @@ fn on_write(call: &Call, ret: u64, now: u64) {
             if (100..200).contains(&status) && status != 101 {
                 return;
             }
-            c.record.status = status;
+            c.record.header.status = status;
             c.phase = PHASE_RESPONSE_HEAD;
         }
         PHASE_RESPONSE_HEAD | PHASE_RESPONSE_BODY => {}
         _ => return,
     }
-    c.record.response_bytes += ret;
-    c.record.end_ns = now;
+    c.record.header.response_bytes += ret;
+    c.record.header.end_ns = now;
     let mut body_at = 0;
     // The scan leaves this write's bytes in its scratch buffer.
     let scanned = c.phase == PHASE_RESPONSE_HEAD;
@@ -860,7 +867,7 @@ fn on_write(call: &Call, ret: u64, now: u64) {
 #[inline(always)]
 fn framed(c: &mut Conn) -> bool {
     c.phase = PHASE_RESPONSE_BODY;
-    let status = c.record.status;
+    let status = c.record.header.status;
     if status == 101 {
         complete(c);
         c.phase = PHASE_OPAQUE;
@@ -975,18 +982,15 @@ extern "C" fn scan_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
         if left >= 18 {
             let (lower0, lower1) = (first | LOWER_CASE, word(scratch, at + 8) | LOWER_CASE);
             if lower0 == CONTENT_ && lower1 & 0x00ff_ffff_ffff_ffff == LENGTH_ {
-                c.scan_field = SCAN_VALUE_LENGTH;
-                c.content_length = 0;
-                c.flags |= CONN_HAS_LENGTH;
-                c.line_pos = 15;
-                x.pos += 15;
+                start_value(c, SCAN_VALUE_LENGTH);
+                c.line_pos = CONTENT_LENGTH.len() as u16;
+                x.pos += CONTENT_LENGTH.len() as u64;
                 return 0;
             }
             if lower0 == TRANSFER && lower1 == _ENCODIN && (word(scratch, at + 16) | LOWER_CASE) & 0xffff == G_COLON {
-                c.scan_field = SCAN_VALUE_ENCODING;
-                c.scan_index = 0;
-                c.line_pos = 18;
-                x.pos += 18;
+                start_value(c, SCAN_VALUE_ENCODING);
+                c.line_pos = TRANSFER_ENCODING.len() as u16;
+                x.pos += TRANSFER_ENCODING.len() as u64;
                 return 0;
             }
             c.scan_field = SCAN_OTHER;
@@ -1103,30 +1107,8 @@ fn scan_byte(c: &mut Conn, byte: u8) -> bool {
         c.scan_index = 1;
     } else {
         match c.scan_field {
-            SCAN_NAME_LENGTH => {
-                let expected = if index < CONTENT_LENGTH.len() { CONTENT_LENGTH[index] } else { 0 };
-                // ':' | 0x20 is ':' too (0x3a has that bit).
-                if lower != expected {
-                    c.scan_field = SCAN_OTHER;
-                } else if index + 1 == CONTENT_LENGTH.len() {
-                    c.scan_field = SCAN_VALUE_LENGTH;
-                    c.content_length = 0;
-                    c.flags |= CONN_HAS_LENGTH;
-                } else {
-                    c.scan_index += 1;
-                }
-            }
-            SCAN_NAME_ENCODING => {
-                let expected = if index < TRANSFER_ENCODING.len() { TRANSFER_ENCODING[index] } else { 0 };
-                if lower != expected {
-                    c.scan_field = SCAN_OTHER;
-                } else if index + 1 == TRANSFER_ENCODING.len() {
-                    c.scan_field = SCAN_VALUE_ENCODING;
-                    c.scan_index = 0;
-                } else {
-                    c.scan_index += 1;
-                }
-            }
+            SCAN_NAME_LENGTH => match_name(c, lower, index, CONTENT_LENGTH, SCAN_VALUE_LENGTH),
+            SCAN_NAME_ENCODING => match_name(c, lower, index, TRANSFER_ENCODING, SCAN_VALUE_ENCODING),
             SCAN_VALUE_LENGTH => {
                 // Capped well below overflow (a 128-bit multiply is not available in BPF).
                 if byte.is_ascii_digit() && c.content_length < (1 << 59) {
@@ -1149,6 +1131,31 @@ fn scan_byte(c: &mut Conn, byte: u8) -> bool {
     }
     c.line_pos = c.line_pos.saturating_add(1);
     false
+}
+
+/// One more byte of a framing field's name (lower-cased; ':' | 0x20 is ':' too); its last byte
+/// starts the field's value.
+#[inline(always)]
+fn match_name(c: &mut Conn, lower: u8, index: usize, name: &[u8], value: u8) {
+    let expected = if index < name.len() { name[index] } else { 0 };
+    if lower != expected {
+        c.scan_field = SCAN_OTHER;
+    } else if index + 1 == name.len() {
+        start_value(c, value);
+    } else {
+        c.scan_index += 1;
+    }
+}
+
+/// A framing field's name has ended: the scanner reads its value (`SCAN_VALUE_*`) next.
+#[inline(always)]
+fn start_value(c: &mut Conn, field: u8) {
+    c.scan_field = field;
+    c.scan_index = 0;
+    if field == SCAN_VALUE_LENGTH {
+        c.content_length = 0;
+        c.flags |= CONN_HAS_LENGTH;
+    }
 }
 
 /// Counts the body bytes of a write from `from` on; true once the body is complete. Keeps the
@@ -1178,7 +1185,7 @@ fn count_body(c: &mut Conn, buf: u64, readable: u64, ret: u64, from: u64, in_scr
 /// this call); the body's first bytes are taken from there when it has them all.
 #[inline(always)]
 fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64, in_scratch: bool) {
-    if c.record.response_captured != 0 || from >= readable {
+    if c.record.header.response_captured != 0 || from >= readable {
         return;
     }
     let mut len = readable - from;
@@ -1204,13 +1211,13 @@ fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64,
                         (*scan).bytes.as_ptr().add(at).cast(),
                     ) == 0
                 {
-                    c.record.response_captured = n as u16;
+                    c.record.header.response_captured = n as u16;
                     return;
                 }
             }
         }
     }
-    c.record.response_captured = copy_user(c.record.response.as_mut_ptr(), RESPONSE_CAPTURE, buf + from, len);
+    c.record.header.response_captured = copy_user(c.record.response.as_mut_ptr(), RESPONSE_CAPTURE, buf + from, len);
 }
 
 /// Hex digit values; 16 for anything else.
@@ -1408,11 +1415,11 @@ macro_rules! data_syscall {
     ($exit:ident, $pair_enter:ident, $pair_exit:ident, $enter_event:literal, $exit_event:literal, $kind:expr, $buffer:expr) => {
         #[tracepoint(category = "syscalls", name = $exit_event)]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            if watched()
-                && let Some(ret) = returned(&ctx)
-                && ret > 0
-            {
-                on_data($kind, $buffer, args_from_regs(), ret);
+            if watched() {
+                let ret = returned(&ctx);
+                if ret > 0 {
+                    on_data($kind, $buffer, args_from_regs(), ret);
+                }
             }
             0
         }
@@ -1426,10 +1433,9 @@ macro_rules! data_syscall {
         #[tracepoint(category = "syscalls", name = $exit_event)]
         pub fn $pair_exit(ctx: TracePointContext) -> u32 {
             if watched() {
+                // Taken out whatever the result, so that the entry does not linger.
                 let args = saved_args();
-                if let Some(ret) = returned(&ctx) {
-                    on_data($kind, $buffer, args, ret);
-                }
+                on_data($kind, $buffer, args, returned(&ctx));
             }
             0
         }
@@ -1528,7 +1534,7 @@ fn writes_end(key: FdKey, info: &FdInfo, closing: bool) {
     let c = unsafe { &mut *conn };
     match c.phase {
         PHASE_RESPONSE_HEAD | PHASE_RESPONSE_BODY => {
-            c.record.flags |=
+            c.record.header.flags |=
                 if c.framing == FRAMING_UNTIL_CLOSE { COMPLETION_UNTIL_CLOSE } else { COMPLETION_FRAMING_GUESSED };
             complete(c);
         }
@@ -1619,7 +1625,7 @@ fn on_dup(ctx: &TracePointContext, args: Option<[u64; 3]>, fcntl: bool) {
     if fcntl && !matches!(command, F_DUPFD | F_DUPFD_CLOEXEC) {
         return;
     }
-    let Some(new_fd) = returned(ctx) else { return };
+    let new_fd = returned(ctx);
     if new_fd < 0 {
         return;
     }

@@ -153,7 +153,7 @@ fn record(kind: u32, timestamp_ns: u64, payload: &[u8]) -> Vec<u8> {
 
 fn pipeline(c: &mut Criterion) {
     use agent_common::traffic::{
-        Completion, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT, REQUEST_CAPTURE, RESPONSE_CAPTURE,
+        Completion, CompletionHeader, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT, REQUEST_CAPTURE, RESPONSE_CAPTURE,
     };
     use modelmeter::sources::payload::Connections;
     let request = record(
@@ -185,24 +185,24 @@ fn pipeline(c: &mut Criterion) {
 
     // The kernel path: one completion per request, as the probes pair them.
     let mut completion = Completion {
-        kind: KIND_COMPLETION,
-        tgid: 42,
-        conn_id: 9,
-        cgroup_id: 1234,
-        start_ns: 1_000,
-        end_ns: 2_000_000,
-        request_bytes: 90,
-        response_bytes: 40,
-        status: 200,
-        flags: 0,
-        request_captured: 0,
-        response_captured: 0,
+        header: CompletionHeader {
+            kind: KIND_COMPLETION,
+            tgid: 42,
+            conn_id: 9,
+            cgroup_id: 1234,
+            start_ns: 1_000,
+            end_ns: 2_000_000,
+            request_bytes: 90,
+            response_bytes: 40,
+            status: 200,
+            ..CompletionHeader::default()
+        },
         request: [0; REQUEST_CAPTURE],
         response: [0; RESPONSE_CAPTURE],
     };
     let head = b"POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}";
     completion.request[..head.len()].copy_from_slice(head);
-    completion.request_captured = head.len() as u16;
+    completion.header.request_captured = head.len() as u16;
     // SAFETY: Completion is plain old data.
     let completion = unsafe {
         std::slice::from_raw_parts((&completion as *const Completion).cast::<u8>(), std::mem::size_of::<Completion>())

@@ -35,10 +35,15 @@ fn total_count(series: &BTreeMap<(String, u16), Value>) -> u64 {
     series.values().map(|s| s["count"].as_u64().unwrap_or(0)).sum()
 }
 
-const AGENT_CONFIG: &str = "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n";
+/// The tests' agent config, followed by `$extra`.
+macro_rules! agent_config {
+    ($extra:literal) => {
+        concat!("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n", $extra)
+    };
+}
+const AGENT_CONFIG: &str = agent_config!("");
 /// The same, with the enter/exit probe pairs that kernels before 5.15 get.
-const ENTER_EXIT_CONFIG: &str =
-    "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  syscall_hooks: enter_exit\n";
+const ENTER_EXIT_CONFIG: &str = agent_config!("probes:\n  syscall_hooks: enter_exit\n");
 
 /// Asserts which request probes the agent runs: the exit tracepoints alone, or enter/exit pairs.
 fn assert_syscall_hooks(agent: &Agent, exit_only: bool) {

@@ -73,8 +73,8 @@ impl Connections {
                     Some((exchange, completion)) => {
                         RequestsPaired { path: PairPath::Kernel, count: 1 }.emit(telemetry);
                         out.push(Observation::Exchange {
-                            cgroup_id: completion.cgroup_id,
-                            tgid: completion.tgid,
+                            cgroup_id: completion.header.cgroup_id,
+                            tgid: completion.header.tgid,
                             exchange: Box::new(exchange),
                         });
                     }
@@ -182,15 +182,15 @@ pub fn exchange_of(completion: &CompletionView<'_>) -> Option<Exchange> {
     let body =
         memchr::memmem::find(&request[line_end..], b"\r\n\r\n").map_or(&[][..], |end| &request[line_end + end + 4..]);
     Some(Exchange {
-        start_ns: completion.start_ns,
-        end_ns: completion.end_ns,
+        start_ns: completion.header.start_ns,
+        end_ns: completion.header.end_ns,
         method: method_label(method),
         target,
-        status: completion.status,
+        status: completion.header.status,
         request_body_prefix: body.to_vec(),
         response_body_prefix: event_stream_data(completion.response).to_vec(),
-        request_bytes: Some(completion.request_bytes),
-        response_bytes: Some(completion.response_bytes),
+        request_bytes: Some(completion.header.request_bytes),
+        response_bytes: Some(completion.header.response_bytes),
     })
 }
 
@@ -255,7 +255,7 @@ impl PayloadSource {
 #[cfg(test)]
 mod tests {
     use agent_common::traffic::{
-        COMPLETION_UNTIL_CLOSE, Completion, KIND_COMPLETION, REQUEST_CAPTURE, RESPONSE_CAPTURE,
+        COMPLETION_UNTIL_CLOSE, Completion, CompletionHeader, KIND_COMPLETION, REQUEST_CAPTURE, RESPONSE_CAPTURE,
     };
 
     use super::*;
@@ -263,18 +263,20 @@ mod tests {
     /// A completion record's bytes, as the probes write it.
     fn completion(request: &[u8], response: &[u8]) -> Vec<u8> {
         let mut completion = Completion {
-            kind: KIND_COMPLETION,
-            tgid: 7,
-            conn_id: 9,
-            cgroup_id: 11,
-            start_ns: 1_000,
-            end_ns: 3_000,
-            request_bytes: 4_000,
-            response_bytes: 500,
-            status: 200,
-            flags: COMPLETION_UNTIL_CLOSE,
-            request_captured: request.len() as u16,
-            response_captured: response.len() as u16,
+            header: CompletionHeader {
+                kind: KIND_COMPLETION,
+                tgid: 7,
+                conn_id: 9,
+                cgroup_id: 11,
+                start_ns: 1_000,
+                end_ns: 3_000,
+                request_bytes: 4_000,
+                response_bytes: 500,
+                status: 200,
+                flags: COMPLETION_UNTIL_CLOSE,
+                request_captured: request.len() as u16,
+                response_captured: response.len() as u16,
+            },
             request: [0; REQUEST_CAPTURE],
             response: [0; RESPONSE_CAPTURE],
         };

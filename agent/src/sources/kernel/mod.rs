@@ -14,8 +14,8 @@ use agent_common::{
     events::{EVENTS_MAP, Event},
     sched::TASK_CPU_MAP,
     traffic::{
-        self, Completion, DATA_EVENTS_MAP, DataEvent, FD_NOT_SOCKET, FD_SOCKET, FD_VERDICTS_MAP, WATCH_CONFIG_MAP,
-        WATCHED_CGROUPS_MAP,
+        self, Completion, CompletionHeader, DATA_EVENTS_MAP, DataEvent, FD_NOT_SOCKET, FD_SOCKET, FD_VERDICTS_MAP,
+        WATCH_CONFIG_MAP, WATCHED_CGROUPS_MAP,
     },
 };
 use aya::{
@@ -539,40 +539,33 @@ fn attach_traffic(
     let mut failure = None;
     for &exit_only in choices {
         let probes = syscall_probes(exit_only);
-        match attach_all(ebpf, &probes) {
-            Ok(()) => {
-                attached.extend(probes.into_iter().map(|(name, event)| AttachedProgram {
-                    name,
-                    kind: "tracepoint",
-                    event: format!("syscalls/{event}"),
-                }));
-                failure = None;
-                break;
+        if let Err((program, reason)) = attach_all(ebpf, &probes) {
+            if exit_only && choices.len() > 1 {
+                tracing::info!(program, reason = %reason, "Exit-only request probes unavailable, using enter/exit pairs");
+            } else {
+                tracing::warn!(program, reason = %reason, "Request tracing unavailable");
             }
-            Err((program, reason)) => {
-                if exit_only && choices.len() > 1 {
-                    tracing::info!(program, reason = %reason, "Exit-only request probes unavailable, using enter/exit pairs");
-                } else {
-                    tracing::warn!(program, reason = %reason, "Request tracing unavailable");
-                }
-                failure = Some((program, reason));
-            }
+            failure = Some((program, reason));
+            continue;
         }
+        attached.extend(probes.into_iter().map(|(name, event)| AttachedProgram {
+            name,
+            kind: "tracepoint",
+            event: format!("syscalls/{event}"),
+        }));
+        return Ok(Some(Traffic {
+            watched: take_map(ebpf, WATCHED_CGROUPS_MAP)?,
+            watch_config: take_map(ebpf, WATCH_CONFIG_MAP)?,
+            payload: Some(PayloadRing {
+                ring: Ring { ring: take_map(ebpf, DATA_EVENTS_MAP)? },
+                fd_classes: FdClasses { verdicts: take_map(ebpf, FD_VERDICTS_MAP)? },
+            }),
+            watched_now: HashSet::new(),
+            watch_all_now: None,
+        }));
     }
-    if let Some(failure) = failure {
-        missing.push(failure);
-        return Ok(None);
-    }
-    Ok(Some(Traffic {
-        watched: take_map(ebpf, WATCHED_CGROUPS_MAP)?,
-        watch_config: take_map(ebpf, WATCH_CONFIG_MAP)?,
-        payload: Some(PayloadRing {
-            ring: Ring { ring: take_map(ebpf, DATA_EVENTS_MAP)? },
-            fd_classes: FdClasses { verdicts: take_map(ebpf, FD_VERDICTS_MAP)? },
-        }),
-        watched_now: HashSet::new(),
-        watch_all_now: None,
-    }))
+    missing.extend(failure);
+    Ok(None)
 }
 
 /// Loads and attaches every program of `probes`; on a failure unloads those it did, and returns
@@ -625,15 +618,7 @@ pub fn decode_data_event(bytes: &[u8]) -> Option<(DataEvent, &[u8])> {
 /// A completion record, read in place: its fixed fields, and its captured bytes borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct CompletionView<'a> {
-    pub tgid: u32,
-    pub conn_id: u64,
-    pub cgroup_id: u64,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub status: u16,
-    pub flags: u16,
+    pub header: CompletionHeader,
     /// The request's first bytes.
     pub request: &'a [u8],
     /// The response body's first bytes.
@@ -645,33 +630,15 @@ pub fn decode_completion(bytes: &[u8]) -> Option<CompletionView<'_>> {
     if bytes.len() < std::mem::size_of::<Completion>() {
         return None;
     }
-    let u16_at = |offset: usize| u16::from_ne_bytes([bytes[offset], bytes[offset + 1]]);
-    let u64_at = |offset: usize| {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&bytes[offset..offset + 8]);
-        u64::from_ne_bytes(raw)
-    };
-    let captured = |offset: usize, at: usize, size: usize| {
-        let len = usize::from(u16_at(offset)).min(size);
-        &bytes[at..at + len]
-    };
+    // SAFETY: `bytes` holds at least a header, which is plain integers (valid for any bytes);
+    // the read makes no alignment assumption.
+    let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CompletionHeader>()) };
+    let captured = |len: u16, at: usize, size: usize| &bytes[at..at + usize::from(len).min(size)];
     Some(CompletionView {
-        tgid: u32::from_ne_bytes(bytes[4..8].try_into().ok()?),
-        conn_id: u64_at(std::mem::offset_of!(Completion, conn_id)),
-        cgroup_id: u64_at(std::mem::offset_of!(Completion, cgroup_id)),
-        start_ns: u64_at(std::mem::offset_of!(Completion, start_ns)),
-        end_ns: u64_at(std::mem::offset_of!(Completion, end_ns)),
-        request_bytes: u64_at(std::mem::offset_of!(Completion, request_bytes)),
-        response_bytes: u64_at(std::mem::offset_of!(Completion, response_bytes)),
-        status: u16_at(std::mem::offset_of!(Completion, status)),
-        flags: u16_at(std::mem::offset_of!(Completion, flags)),
-        request: captured(
-            std::mem::offset_of!(Completion, request_captured),
-            std::mem::offset_of!(Completion, request),
-            traffic::REQUEST_CAPTURE,
-        ),
+        header,
+        request: captured(header.request_captured, std::mem::offset_of!(Completion, request), traffic::REQUEST_CAPTURE),
         response: captured(
-            std::mem::offset_of!(Completion, response_captured),
+            header.response_captured,
             std::mem::offset_of!(Completion, response),
             traffic::RESPONSE_CAPTURE,
         ),
