@@ -34,7 +34,7 @@ use crate::{
     config::Config,
     doctor,
     identity::resolver::Resolver,
-    sinks::{self, Delivery, SinkStats},
+    sinks::{self, Delivery, SinkHandle},
     sources::{
         Observation, Outbox,
         cgroup::Layout,
@@ -44,7 +44,9 @@ use crate::{
         payload::PayloadSource,
         procfs,
     },
-    store::{CgroupRead, CgroupReading, CpuEntry, LogRecord, ProbeHealth, ProbeRow, Readings, SnapshotCell, Store},
+    store::{
+        CgroupRead, CgroupReading, CpuEntry, LogRecord, ProbeHealth, ProbeRow, Readings, Snapshot, SnapshotCell, Store,
+    },
     telemetry::{Collected, CollectionFailed, Stage, Telemetry},
 };
 
@@ -53,8 +55,10 @@ use crate::{
 const OBSERVATION_QUEUE: usize = 1024;
 /// Exits waiting for the payload source, which reads them every 100 ms.
 const EXIT_QUEUE: usize = 8192;
-/// Log records waiting for the sinks (request events are rate-limited to a few a second).
-const LOG_QUEUE: usize = 1024;
+/// Snapshots waiting for a metrics sink: the newest supersedes the rest.
+const SNAPSHOT_QUEUE: usize = 8;
+/// A collection a little early still counts as a metrics export interval gone.
+const COLLECT_SLACK: Duration = Duration::from_millis(500);
 /// How long the HTTP server waits for open requests after a signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -160,12 +164,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
     drop(outbox);
 
-    // Sinks: log records go to stdout through the push driver.
-    let (logs_tx, logs) = crossbeam_channel::bounded(LOG_QUEUE);
-    let stdout_stats = Arc::new(SinkStats::default());
-    let stdout =
-        spawn("mm-sink-stdout", move || sinks::drive(sinks::stdout::Stdout, logs, Delivery::default(), stdout_stats))
-            .map_err(RunError::Failed)?;
+    // Push sinks, each on its own driver thread behind a bounded queue.
+    let env = |key: &str| std::env::var(key).ok();
+    let pushed = start_sinks(&config, &env)?;
 
     // The collector owns the resolver, the store and the probes until it stops.
     let cell = Arc::new(SnapshotCell::default());
@@ -178,7 +179,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         probes,
         cell: cell.clone(),
         telemetry: telemetry.clone(),
-        logs: Outbox::new(logs_tx, telemetry.clone()),
+        log_sinks: pushed.logs.clone(),
+        metric_sinks: pushed.metrics.iter().map(|(handle, every)| (handle.clone(), *every, None)).collect(),
         proc_root: config.proc_root.clone(),
     };
     let interval = config.interval;
@@ -204,11 +206,90 @@ pub fn run(config: Config) -> Result<(), RunError> {
         tracing::error!("The collector panicked");
         None
     });
-    let _ = stdout.join();
+    pushed.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(probes);
     tracing::info!("Probes detached, exiting");
     served.map_err(RunError::Failed)
+}
+
+/// The running push sinks.
+struct PushSinks {
+    logs: Vec<SinkHandle<LogRecord>>,
+    metrics: Vec<(SinkHandle<Arc<Snapshot>>, Duration)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PushSinks {
+    /// Tells every driver the agent is stopping (retries end after a grace period), and waits for
+    /// each to flush once the collector, the last feeder, has dropped its queue ends.
+    fn stop(self) {
+        for stats in self.logs.iter().map(|h| &h.stats).chain(self.metrics.iter().map(|(h, _)| &h.stats)) {
+            stats.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(self.logs);
+        drop(self.metrics);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the configured push sinks. A sink that cannot be set up (a CA file missing, a secret
+/// unreadable) is a usage error naming its setting.
+fn start_sinks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<PushSinks, RunError> {
+    let sinks = &config.sinks;
+    let node = config.kubernetes.resolved_node_name();
+    let usage = |setting: &str, e: anyhow::Error| RunError::Usage(e.context(format!("setting `{setting}`")));
+    let failed = |e: std::io::Error| RunError::Failed(anyhow::Error::new(e).context("starting a sink thread"));
+    let events = sinks.batch.events();
+    let mut pushed = PushSinks { logs: Vec::new(), metrics: Vec::new(), threads: Vec::new() };
+    let mut add_log_sink = |handle: (SinkHandle<LogRecord>, std::thread::JoinHandle<()>)| {
+        pushed.logs.push(handle.0);
+        pushed.threads.push(handle.1);
+    };
+    if sinks.stdout {
+        add_log_sink(SinkHandle::spawn(sinks::stdout::Stdout, sinks.queue_events, events).map_err(failed)?);
+    }
+    if let Some(url) = &sinks.loki.url {
+        let loki = sinks::backends::LokiSink::new(url, &sinks.loki, &node).map_err(|e| usage("sinks.loki", e))?;
+        add_log_sink(SinkHandle::spawn(loki, sinks.queue_events, events).map_err(failed)?);
+    }
+    if let Some(url) = &sinks.elasticsearch.url {
+        let es = sinks::backends::ElasticsearchSink::new(url, &sinks.elasticsearch, &node)
+            .map_err(|e| usage("sinks.elasticsearch", e))?;
+        add_log_sink(SinkHandle::spawn(es, sinks.queue_events, events).map_err(failed)?);
+    }
+    if sinks.otlp.active(env) {
+        use sinks::otlp::{OtlpLogs, OtlpMetrics, Signal};
+        let resource = sinks::otlp::resource(&node, env);
+        let otlp_error = |e: String| RunError::Usage(anyhow::anyhow!(e).context("setting `sinks.otlp`"));
+        if sinks.otlp.logs {
+            let target = sinks.otlp.target(Signal::Logs, env).map_err(otlp_error)?;
+            tracing::info!(endpoint = %target.url, protocol = ?target.protocol, "Exporting events as OTLP logs");
+            let sink = OtlpLogs::new(&target, resource.clone()).map_err(|e| usage("sinks.otlp", e))?;
+            add_log_sink(SinkHandle::spawn(sink, sinks.queue_events, events).map_err(failed)?);
+        }
+        if sinks.otlp.metrics {
+            let target = sinks.otlp.target(Signal::Metrics, env).map_err(otlp_error)?;
+            let every = sinks.otlp.resolved_interval(env).map_err(otlp_error)?;
+            tracing::info!(endpoint = %target.url, protocol = ?target.protocol, interval = ?every, "Exporting OTLP metrics");
+            let sink = OtlpMetrics::new(&target, resource, SystemTime::now()).map_err(|e| usage("sinks.otlp", e))?;
+            // A failed export is retried until the next one is due; then the newer snapshot goes.
+            let delivery = Delivery {
+                max_items: SNAPSHOT_QUEUE,
+                max_bytes: usize::MAX,
+                max_wait: Duration::ZERO,
+                max_attempts: Some(4),
+                backoff_base: Duration::from_millis(500),
+                backoff_max: every.max(Duration::from_secs(1)),
+            };
+            let (handle, thread) = SinkHandle::spawn(sink, SNAPSHOT_QUEUE, delivery).map_err(failed)?;
+            pushed.metrics.push((handle, every));
+            pushed.threads.push(thread);
+        }
+    }
+    Ok(pushed)
 }
 
 fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<JoinHandle<T>> {
@@ -272,7 +353,9 @@ struct Collector {
     probes: Option<Probes>,
     cell: Arc<SnapshotCell>,
     telemetry: Arc<Telemetry>,
-    logs: Outbox<LogRecord>,
+    log_sinks: Vec<SinkHandle<LogRecord>>,
+    /// Metric sinks, how often each exports, and when it last got a snapshot.
+    metric_sinks: Vec<(SinkHandle<Arc<Snapshot>>, Duration, Option<Instant>)>,
     proc_root: std::path::PathBuf,
     pod_watch: Option<Arc<WatchHealth>>,
 }
@@ -338,7 +421,13 @@ impl Collector {
         let mut logs = Vec::new();
         self.store.apply(observation, &mut self.resolver, Instant::now(), &mut logs);
         for record in logs {
-            self.logs.send(record);
+            // The last sink takes the record itself, the others a copy.
+            if let Some((last, others)) = self.log_sinks.split_last() {
+                for sink in others {
+                    sink.offer(record.clone());
+                }
+                last.offer(record);
+            }
         }
     }
 
@@ -389,6 +478,12 @@ impl Collector {
             probes: self.probes.as_ref().map(probe_health),
             own: procfs::own_usage(),
             pod_watch: self.pod_watch.as_ref().map(|health| health.status()),
+            sinks: self
+                .log_sinks
+                .iter()
+                .map(SinkHandle::row)
+                .chain(self.metric_sinks.iter().map(|(sink, _, _)| sink.row()))
+                .collect(),
         };
         Collected { duration: started.elapsed() }.emit(&self.telemetry);
         let snapshot = self.store.fold(readings, &mut self.resolver, SystemTime::now());
@@ -396,7 +491,14 @@ impl Collector {
             self.resolver.forget_tgid(tgid);
         }
         self.resolver.end_collection();
-        self.cell.set(snapshot);
+        let snapshot = Arc::new(snapshot);
+        for (sink, every, last) in &mut self.metric_sinks {
+            if last.is_none_or(|at| at.elapsed() + COLLECT_SLACK >= *every) {
+                *last = Some(Instant::now());
+                sink.offer(snapshot.clone());
+            }
+        }
+        self.cell.set_shared(snapshot);
     }
 }
 

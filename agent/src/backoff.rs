@@ -19,7 +19,7 @@ impl Jitter {
         Jitter(seed | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -28,7 +28,7 @@ impl Jitter {
 
     /// A uniform wait in `[0, bound)`.
     fn below(&mut self, bound: Duration) -> Duration {
-        Duration::from_nanos(self.next() % (bound.as_nanos().min(u64::MAX as u128) as u64).max(1))
+        Duration::from_nanos(self.next_u64() % (bound.as_nanos().min(u64::MAX as u128) as u64).max(1))
     }
 
     /// Full jitter (a uniform wait between zero and the capped exponential bound), as the AWS

@@ -64,6 +64,8 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     /// HTTP request latency measured from syscalls.
     pub requests: RequestsConfig,
+    /// Where events and metrics are pushed: stdout, OTLP, Loki, Elasticsearch.
+    pub sinks: crate::sinks::SinksConfig,
     pub log: LogConfig,
 }
 
@@ -146,6 +148,7 @@ impl Default for Config {
             attribution: AttributionConfig::default(),
             kubernetes: KubernetesConfig::default(),
             requests: RequestsConfig::default(),
+            sinks: crate::sinks::SinksConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -265,6 +268,32 @@ impl Config {
         }
         if self.kubernetes.retry_max < MIN_INTERVAL {
             return field_error("kubernetes.retry_max", "must be at least 1s");
+        }
+        let sinks = &self.sinks;
+        if sinks.queue_events == 0 {
+            return field_error("sinks.queue_events", "must be at least 1");
+        }
+        if sinks.batch.max_events == 0 || sinks.batch.max_bytes == 0 {
+            return field_error("sinks.batch", "max_events and max_bytes must be at least 1");
+        }
+        if sinks.batch.backoff_base.is_zero() || sinks.batch.backoff_max < sinks.batch.backoff_base {
+            return field_error("sinks.batch", "backoff_base must be above 0 and at most backoff_max");
+        }
+        for (field, url) in [("sinks.loki.url", &sinks.loki.url), ("sinks.elasticsearch.url", &sinks.elasticsearch.url)]
+        {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return field_error(field, "must start with http:// or https://");
+            }
+        }
+        if sinks.elasticsearch.data_stream.is_empty()
+            || sinks.elasticsearch.data_stream.bytes().any(|b| b.is_ascii_uppercase() || b" \\\"*,/<>?|#".contains(&b))
+        {
+            return field_error(
+                "sinks.elasticsearch.data_stream",
+                "must be a lowercase index name without spaces or \\/*?\"<>|,#",
+            );
         }
         if self.attribution.max_cgroup_depth == 0 {
             return field_error("attribution.max_cgroup_depth", "must be at least 1");

@@ -8,15 +8,24 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
 
+use std::collections::BTreeMap;
+
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde::{Deserialize, Serialize};
 
 use crate::backoff::Jitter;
 
+pub mod backends;
+pub mod elasticsearch;
+pub mod families;
+pub mod http;
+pub mod loki;
+pub mod otlp;
 pub mod prometheus;
 pub mod stdout;
 
@@ -29,28 +38,42 @@ pub enum Retry {
     Retriable { after: Option<Duration>, reason: String },
     /// Will never succeed as it is: counted as dropped.
     Permanent { reason: String },
+    /// Larger than the backend takes (413): sent again in halves; one item alone is dropped.
+    TooLarge { reason: String },
+    /// Some items were taken and some not (an Elasticsearch bulk response): the items at `retry`
+    /// (indices into the batch) are sent again, those at `rejected` are dropped and counted, and
+    /// `duplicates` were already stored by an earlier, partly accepted attempt.
+    Partial { retry: Vec<usize>, rejected: Vec<usize>, duplicates: u64, reason: String },
 }
 
 /// A push sink: one backend's encoding, sending and retry rules.
 pub trait Sink: Send + 'static {
-    type Item: Send + 'static;
+    type Item: Clone + Send + 'static;
     type Request;
     type Response;
 
     fn name(&self) -> &'static str;
     fn encode(&mut self, batch: &[Self::Item]) -> Self::Request;
     fn send(&mut self, request: &Self::Request) -> Self::Response;
-    /// Retriable or permanent, decided per response.
-    fn decide(&self, response: &Self::Response) -> Retry;
+    /// Retriable or permanent, decided per response to a request encoding `batch`.
+    fn decide(&self, response: &Self::Response, batch: &[Self::Item]) -> Retry;
+    /// About how many bytes `item` adds to a request, for batching by size; 0 when size does not
+    /// matter.
+    fn item_bytes(&self, _item: &Self::Item) -> usize {
+        0
+    }
 }
 
 /// Batching and retry settings of one driver.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery {
     pub max_items: usize,
+    /// A batch is closed once its items add up to this many bytes (see [`Sink::item_bytes`]).
+    pub max_bytes: usize,
     /// A batch is sent at the latest this long after its first item.
     pub max_wait: Duration,
-    pub max_attempts: u32,
+    /// `None`: retry until delivered (while the queue behind fills, and drops what it cannot hold).
+    pub max_attempts: Option<u32>,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
 }
@@ -59,21 +82,73 @@ impl Default for Delivery {
     fn default() -> Self {
         Delivery {
             max_items: 500,
+            max_bytes: 4 << 20,
             max_wait: Duration::from_secs(1),
-            max_attempts: 5,
+            max_attempts: Some(5),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
         }
     }
 }
 
-/// A driver's own figures.
+/// Why a sink dropped items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkDrop {
+    /// Its queue was full when the item arrived.
+    QueueFull,
+    /// The backend refused it for good (400, 401, a mapping conflict).
+    Rejected,
+    /// Too large even alone.
+    TooLarge,
+    /// Every allowed attempt failed.
+    RetriesExhausted,
+    /// Still undelivered when the agent stopped.
+    Shutdown,
+}
+
+impl SinkDrop {
+    pub const ALL: [SinkDrop; 5] =
+        [SinkDrop::QueueFull, SinkDrop::Rejected, SinkDrop::TooLarge, SinkDrop::RetriesExhausted, SinkDrop::Shutdown];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            SinkDrop::QueueFull => "queue_full",
+            SinkDrop::Rejected => "rejected",
+            SinkDrop::TooLarge => "too_large",
+            SinkDrop::RetriesExhausted => "retries_exhausted",
+            SinkDrop::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A driver's own figures, and the flag that tells it the agent is stopping.
 #[derive(Debug, Default)]
 pub struct SinkStats {
+    /// Items delivered.
     pub sent: AtomicU64,
+    /// Requests sent again.
     pub retried: AtomicU64,
-    pub dropped: AtomicU64,
+    /// Items the backend already had (a retry of a partly accepted batch).
+    pub duplicates: AtomicU64,
+    dropped: [AtomicU64; SinkDrop::ALL.len()],
+    /// Set at shutdown: retries stop once the grace period is over.
+    pub stopping: AtomicBool,
+    /// Permanent failures are logged the first time only, then counted.
+    reported_permanent: AtomicBool,
 }
+
+impl SinkStats {
+    pub fn drop_items(&self, reason: SinkDrop, count: u64) {
+        self.dropped[reason as usize].fetch_add(count, Relaxed);
+    }
+
+    pub fn dropped(&self, reason: SinkDrop) -> u64 {
+        self.dropped[reason as usize].load(Relaxed)
+    }
+}
+
+/// How long a sink keeps retrying after the agent was asked to stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs `sink` until `items` is closed and drained (the collector's last records included).
 pub fn drive<S: Sink>(mut sink: S, items: Receiver<S::Item>, delivery: Delivery, stats: Arc<SinkStats>) {
@@ -85,11 +160,15 @@ pub fn drive<S: Sink>(mut sink: S, items: Receiver<S::Item>, delivery: Delivery,
             Ok(item) => batch.push(item),
             Err(_) => return,
         }
+        let mut bytes = sink.item_bytes(&batch[0]);
         let deadline = Instant::now() + delivery.max_wait;
         let mut closed = false;
-        while batch.len() < delivery.max_items {
+        while batch.len() < delivery.max_items && bytes < delivery.max_bytes {
             match items.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    bytes += sink.item_bytes(&item);
+                    batch.push(item);
+                }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     closed = true;
@@ -97,41 +176,302 @@ pub fn drive<S: Sink>(mut sink: S, items: Receiver<S::Item>, delivery: Delivery,
                 }
             }
         }
-        deliver(&mut sink, &batch, &delivery, &stats, &mut jitter);
-        batch.clear();
+        deliver(&mut sink, std::mem::take(&mut batch), &delivery, &stats, &mut jitter);
         if closed {
             return;
         }
     }
 }
 
-fn deliver<S: Sink>(sink: &mut S, batch: &[S::Item], delivery: &Delivery, stats: &SinkStats, jitter: &mut Jitter) {
-    let request = sink.encode(batch);
-    let count = batch.len() as u64;
-    for attempt in 1..=delivery.max_attempts {
+fn deliver<S: Sink>(sink: &mut S, batch: Vec<S::Item>, delivery: &Delivery, stats: &SinkStats, jitter: &mut Jitter) {
+    // Batches still to send: the first, then halves of a too-large one, or a partial retry.
+    let mut pending = vec![(batch, 1u32)];
+    let mut stop_deadline: Option<Instant> = None;
+    while let Some((batch, attempt)) = pending.pop() {
+        if batch.is_empty() {
+            continue;
+        }
+        let count = batch.len() as u64;
+        let request = sink.encode(&batch);
         let response = sink.send(&request);
-        match sink.decide(&response) {
+        let (retry_batch, after, reason) = match sink.decide(&response, &batch) {
             Retry::Done => {
                 stats.sent.fetch_add(count, Relaxed);
-                return;
+                continue;
             }
             Retry::Permanent { reason } => {
-                tracing::error!(sink = sink.name(), reason = %reason, items = count, "Sink rejected a batch; dropped");
-                stats.dropped.fetch_add(count, Relaxed);
-                return;
+                report_permanent(sink.name(), stats, &reason, count);
+                stats.drop_items(SinkDrop::Rejected, count);
+                continue;
             }
-            Retry::Retriable { after, reason } if attempt < delivery.max_attempts => {
-                stats.retried.fetch_add(1, Relaxed);
-                let wait =
-                    after.unwrap_or_else(|| jitter.backoff(attempt, delivery.backoff_base, delivery.backoff_max));
-                tracing::debug!(sink = sink.name(), reason = %reason, attempt, wait = ?wait, "Retrying");
-                std::thread::sleep(wait.min(delivery.backoff_max));
+            Retry::TooLarge { reason } if batch.len() == 1 => {
+                report_permanent(sink.name(), stats, &reason, 1);
+                stats.drop_items(SinkDrop::TooLarge, 1);
+                continue;
             }
-            Retry::Retriable { reason, .. } => {
-                tracing::warn!(sink = sink.name(), reason = %reason, items = count, "Sink retries exhausted; dropped");
-                stats.dropped.fetch_add(count, Relaxed);
-                return;
+            Retry::TooLarge { .. } => {
+                let mut first = batch;
+                let second = first.split_off(first.len() / 2);
+                // Popped in order: the first half goes first.
+                pending.push((second, attempt));
+                pending.push((first, attempt));
+                continue;
             }
+            Retry::Partial { retry, rejected, duplicates, reason } => {
+                let again: Vec<S::Item> = retry.iter().filter_map(|&i| batch.get(i).cloned()).collect();
+                let rejected = rejected.iter().filter(|&&i| i < batch.len()).count() as u64;
+                if rejected > 0 {
+                    report_permanent(sink.name(), stats, &reason, rejected);
+                    stats.drop_items(SinkDrop::Rejected, rejected);
+                }
+                stats.duplicates.fetch_add(duplicates, Relaxed);
+                stats.sent.fetch_add(count - again.len() as u64 - rejected, Relaxed);
+                if again.is_empty() {
+                    continue;
+                }
+                (again, None, reason)
+            }
+            Retry::Retriable { after, reason } => (batch, after, reason),
+        };
+        let left = retry_batch.len() as u64;
+        if delivery.max_attempts.is_some_and(|max| attempt >= max) {
+            tracing::warn!(sink = sink.name(), reason = %reason, items = left, "Sink retries exhausted; dropped");
+            stats.drop_items(SinkDrop::RetriesExhausted, left);
+            continue;
+        }
+        if stats.stopping.load(Relaxed) {
+            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+            if Instant::now() >= deadline {
+                tracing::warn!(sink = sink.name(), reason = %reason, items = left, "Agent stopping; undelivered items dropped");
+                stats.drop_items(SinkDrop::Shutdown, left);
+                continue;
+            }
+        }
+        stats.retried.fetch_add(1, Relaxed);
+        let wait = after
+            .unwrap_or_else(|| jitter.backoff(attempt, delivery.backoff_base, delivery.backoff_max))
+            .min(delivery.backoff_max);
+        tracing::debug!(sink = sink.name(), reason = %reason, attempt, wait = ?wait, "Retrying");
+        sleep_unless_stopping(wait, stats);
+        pending.push((retry_batch, attempt + 1));
+    }
+}
+
+/// Sleeps `wait`, waking early (within 100 ms) when the agent starts stopping.
+fn sleep_unless_stopping(wait: Duration, stats: &SinkStats) {
+    let until = Instant::now() + wait;
+    while !stats.stopping.load(Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+fn report_permanent(sink: &str, stats: &SinkStats, reason: &str, items: u64) {
+    if !stats.reported_permanent.swap(true, Relaxed) {
+        tracing::error!(
+            sink,
+            reason,
+            items,
+            "Sink rejected items; they are dropped and counted (further rejections are only counted)"
+        );
+    } else {
+        tracing::debug!(sink, reason, items, "Sink rejected items; dropped");
+    }
+}
+
+/// `sinks`: where events and metrics are pushed. Prometheus scrapes `/metrics` regardless.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Events as JSON lines on stdout, what `kubectl logs` shows. Default `true`.
+    pub stdout: bool,
+    pub otlp: otlp::OtlpConfig,
+    pub loki: LokiConfig,
+    pub elasticsearch: ElasticsearchConfig,
+    /// Events each sink holds while its backend is slow or down; beyond it new events are dropped
+    /// and counted in `modelmeter_sink_dropped_total{reason="queue_full"}`. Default `10000`.
+    pub queue_events: usize,
+    pub batch: BatchConfig,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        SinksConfig {
+            stdout: true,
+            otlp: otlp::OtlpConfig::default(),
+            loki: LokiConfig::default(),
+            elasticsearch: ElasticsearchConfig::default(),
+            queue_events: 10_000,
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+/// How push sinks batch and retry. Events are retried until delivered (the queue bounds what
+/// waits); metrics until the next export supersedes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Events per request at most. Default `1000`.
+    pub max_events: usize,
+    /// Bytes per request at most (about). Default `1MiB` (1048576).
+    pub max_bytes: usize,
+    /// How long the first event of a batch waits for others. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// The first retry waits up to this long, doubling per attempt (full jitter). Default `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// The longest wait between retries; a longer `Retry-After` is cut to it. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+            max_wait: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn events(&self) -> Delivery {
+        Delivery {
+            max_items: self.max_events,
+            max_bytes: self.max_bytes,
+            max_wait: self.max_wait,
+            max_attempts: None,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LokiFormat {
+    /// `application/x-protobuf`, snappy-compressed: what Promtail and Alloy send.
+    #[default]
+    Protobuf,
+    Json,
+}
+
+/// `sinks.loki`: on when `url` is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LokiConfig {
+    /// Loki's base URL, e.g. `http://loki-gateway.monitoring:80`; events go to `/loki/api/v1/push`.
+    pub url: Option<String>,
+    /// The tenant (`X-Scope-OrgID`) on a multi-tenant Loki.
+    pub tenant_id: Option<String>,
+    /// `protobuf` or `json`. Default `protobuf`.
+    pub format: LokiFormat,
+    pub headers: BTreeMap<String, String>,
+    pub auth: http::AuthConfig,
+    pub tls: http::TlsConfig,
+    /// Default `10s`.
+    #[serde(with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// `sinks.elasticsearch`: on when `url` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElasticsearchConfig {
+    /// The cluster's URL, e.g. `https://es.example:9200`; events go to `/_bulk`.
+    pub url: Option<String>,
+    /// The data stream events are created in. Default `logs-modelmeter-default`.
+    pub data_stream: String,
+    pub headers: BTreeMap<String, String>,
+    pub auth: http::AuthConfig,
+    pub tls: http::TlsConfig,
+    /// Gzip request bodies. Default `false`.
+    pub gzip: bool,
+    /// Default `10s`.
+    #[serde(with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ElasticsearchConfig {
+    fn default() -> Self {
+        ElasticsearchConfig {
+            url: None,
+            data_stream: "logs-modelmeter-default".to_owned(),
+            headers: BTreeMap::new(),
+            auth: http::AuthConfig::default(),
+            tls: http::TlsConfig::default(),
+            gzip: false,
+            timeout: None,
+        }
+    }
+}
+
+/// The default time one request to a backend may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One running push sink as its feeder sees it: the queue into its driver and its figures.
+#[derive(Debug)]
+pub struct SinkHandle<T> {
+    pub name: &'static str,
+    queue: crossbeam_channel::Sender<T>,
+    pub stats: Arc<SinkStats>,
+}
+
+impl<T> Clone for SinkHandle<T> {
+    fn clone(&self) -> Self {
+        SinkHandle { name: self.name, queue: self.queue.clone(), stats: self.stats.clone() }
+    }
+}
+
+impl<T: Send + 'static> SinkHandle<T> {
+    /// Starts `sink`'s driver on its own thread, behind a queue of `capacity` items.
+    pub fn spawn<S: Sink<Item = T>>(
+        sink: S,
+        capacity: usize,
+        delivery: Delivery,
+    ) -> std::io::Result<(SinkHandle<T>, std::thread::JoinHandle<()>)>
+    where
+        T: Clone,
+    {
+        let name = sink.name();
+        let (queue, items) = crossbeam_channel::bounded(capacity.max(1));
+        let stats = Arc::new(SinkStats::default());
+        let driver_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("mm-sink-{name}"))
+            .spawn(move || drive(sink, items, delivery, driver_stats))?;
+        Ok((SinkHandle { name, queue, stats }, thread))
+    }
+
+    /// Queues `item`; a full queue drops it and counts the drop.
+    pub fn offer(&self, item: T) {
+        match self.queue.try_send(item) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(_)) => self.stats.drop_items(SinkDrop::QueueFull, 1),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => self.stats.drop_items(SinkDrop::Shutdown, 1),
+        }
+    }
+
+    pub fn row(&self) -> crate::store::SinkRow {
+        crate::store::SinkRow {
+            name: self.name,
+            sent: self.stats.sent.load(Relaxed),
+            retried: self.stats.retried.load(Relaxed),
+            duplicates: self.stats.duplicates.load(Relaxed),
+            dropped: SinkDrop::ALL
+                .iter()
+                .map(|&reason| (reason.label(), self.stats.dropped(reason)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            queued: self.queue.len() as u64,
         }
     }
 }
@@ -169,7 +509,7 @@ mod tests {
             true
         }
 
-        fn decide(&self, ok: &bool) -> Retry {
+        fn decide(&self, ok: &bool, _batch: &[u32]) -> Retry {
             if *ok { Retry::Done } else { self.failure.clone() }
         }
     }
@@ -177,8 +517,9 @@ mod tests {
     fn fast() -> Delivery {
         Delivery {
             max_items: 3,
+            max_bytes: usize::MAX,
             max_wait: Duration::from_millis(20),
-            max_attempts: 3,
+            max_attempts: Some(3),
             backoff_base: Duration::from_millis(1),
             backoff_max: Duration::from_millis(5),
         }
@@ -209,14 +550,17 @@ mod tests {
         let failure = Retry::Retriable { after: None, reason: "503".into() };
         let (sent, stats) = run(2, failure, &[7]);
         assert_eq!(sent.len(), 3);
-        assert_eq!((stats.sent.load(Relaxed), stats.retried.load(Relaxed), stats.dropped.load(Relaxed)), (1, 2, 0));
+        assert_eq!(
+            (stats.sent.load(Relaxed), stats.retried.load(Relaxed), stats.dropped(SinkDrop::RetriesExhausted)),
+            (1, 2, 0)
+        );
     }
 
     #[test]
     fn permanent_failures_drop_once_and_count() {
         let (sent, stats) = run(1, Retry::Permanent { reason: "400".into() }, &[7, 8]);
         assert_eq!(sent.len(), 1, "never retried");
-        assert_eq!(stats.dropped.load(Relaxed), 2);
+        assert_eq!(stats.dropped(SinkDrop::Rejected), 2);
     }
 
     #[test]
@@ -224,6 +568,6 @@ mod tests {
         let failure = Retry::Retriable { after: Some(Duration::from_millis(1)), reason: "429".into() };
         let (sent, stats) = run(10, failure, &[1]);
         assert_eq!(sent.len(), 3);
-        assert_eq!(stats.dropped.load(Relaxed), 1);
+        assert_eq!(stats.dropped(SinkDrop::RetriesExhausted), 1);
     }
 }

@@ -14,8 +14,10 @@ pub struct Stdout;
 pub fn json(record: &LogRecord) -> Value {
     let mut object = Map::new();
     object.insert("timestamp".into(), humantime::format_rfc3339_millis(record.time).to_string().into());
-    object.insert("event".into(), record.name.into());
+    object.insert("event".into(), record.name.as_str().into());
     object.insert("severity".into(), record.severity.as_str().into());
+    object.insert("message".into(), record.message.as_str().into());
+    object.insert("event.id".into(), record.id.as_str().into());
     for (attr, value) in &record.attributes {
         let value = match (attr, value) {
             (_, None) => Value::Null,
@@ -55,7 +57,7 @@ impl Sink for Stdout {
         stdout.flush()
     }
 
-    fn decide(&self, response: &std::io::Result<()>) -> Retry {
+    fn decide(&self, response: &std::io::Result<()>, _batch: &[LogRecord]) -> Retry {
         match response {
             Ok(()) => Retry::Done,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => {
@@ -71,20 +73,24 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::store::Severity;
+    use crate::store::{EventName, Severity};
 
     #[test]
     fn records_are_json_lines_with_otel_names() {
         let record = LogRecord {
+            id: "0123456789abcdef0123456789abcdef".into(),
             time: SystemTime::UNIX_EPOCH,
             severity: Severity::Error,
-            name: "failed_request",
+            name: EventName::FailedRequest,
+            message: "GET /a failed with status 500 after 1.5 ms".into(),
             attributes: vec![(Attr::HttpStatus, Some("500".into())), (Attr::PodName, None)],
             fields: vec![("duration_ms", 1.5)],
         };
         let value = json(&record);
         assert_eq!(value["event"], "failed_request");
         assert_eq!(value["severity"], "error");
+        assert_eq!(value["event.id"], "0123456789abcdef0123456789abcdef");
+        assert_eq!(value["message"], "GET /a failed with status 500 after 1.5 ms");
         assert_eq!(value["http.response.status_code"], 500);
         assert_eq!(value["k8s.pod.name"], Value::Null);
         assert_eq!(value["duration_ms"], 1.5);

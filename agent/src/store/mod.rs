@@ -18,8 +18,8 @@ pub mod snapshot;
 
 use requests::{DURATION_BUCKETS, LatencyHistogram, RequestKey, RequestStore};
 pub use snapshot::{
-    AgentRow, ContainerRow, Histogram, LogRecord, Memory, ProbeRow, RequestRow, Severity, Snapshot, SnapshotCell,
-    Throttling,
+    AgentRow, ContainerRow, EventIds, EventName, Histogram, LogRecord, Memory, ProbeRow, RequestRow, Severity, SinkRow,
+    Snapshot, SnapshotCell, Throttling,
 };
 
 use crate::{
@@ -87,6 +87,7 @@ pub struct Readings {
     pub own: Option<OwnUsage>,
     /// `None` without the Kubernetes API.
     pub pod_watch: Option<WatchStatus>,
+    pub sinks: Vec<SinkRow>,
 }
 
 /// A tracked attributable cgroup and what outlives its processes.
@@ -110,6 +111,7 @@ pub struct Store {
     /// OOM kills seen before their cgroup was discovered.
     oom_by_cgroup_id: HashMap<u64, u64>,
     requests: RequestStore,
+    event_ids: EventIds,
     retired_unattributed_ns: u64,
     /// Live processes' unattributed CPU at the last good map read, used when a read fails.
     last_unattributed_live_ns: u64,
@@ -122,6 +124,7 @@ impl Store {
             tracked: HashMap::new(),
             oom_by_cgroup_id: HashMap::new(),
             requests: RequestStore::new(config.requests.clone()),
+            event_ids: EventIds::new(),
             retired_unattributed_ns: 0,
             last_unattributed_live_ns: 0,
             telemetry,
@@ -190,10 +193,21 @@ impl Store {
         let pod = pod();
         let model = event.model.clone().or_else(|| pod.as_ref()?.model.as_ref().map(|m| m.name.clone()));
         let severity = if event.status >= 500 { Severity::Error } else { Severity::Warn };
+        let message = match event.event {
+            EventName::FailedRequest => {
+                format!(
+                    "{} {} failed with status {} after {:.1} ms",
+                    event.method, event.route, event.status, event.duration_ms
+                )
+            }
+            _ => format!("{} {} took {:.1} ms (status {})", event.method, event.route, event.duration_ms, event.status),
+        };
         Some(LogRecord {
+            id: self.event_ids.next(),
             time: SystemTime::now(),
             severity,
             name: event.event,
+            message,
             attributes: vec![
                 (Attr::HttpMethod, Some(event.method.to_owned())),
                 (Attr::HttpRoute, Some(event.route)),
@@ -423,6 +437,7 @@ impl Store {
             cpu_seconds: readings.own.map(|o| o.cpu_seconds),
             resident_bytes: readings.own.map(|o| o.resident_bytes),
             pod_watch: readings.pod_watch.clone(),
+            sinks: readings.sinks.clone(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
         http1::Exchange,
         route::{RequestModel, model_from_json_body, route_of},
     },
+    store::EventName,
 };
 
 /// Bucket bounds of `http.server.request.duration` (OpenTelemetry semantic conventions), seconds.
@@ -154,12 +155,17 @@ pub struct RequestKey {
 /// A finished request worth an event.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestEvent {
-    pub event: &'static str,
+    #[serde(serialize_with = "event_name")]
+    pub event: EventName,
     pub method: &'static str,
     pub route: String,
     pub status: u16,
     pub duration_ms: f64,
     pub model: Option<String>,
+}
+
+fn event_name<S: serde::Serializer>(name: &EventName, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(name.as_str())
 }
 
 /// Token bucket for sampled events.
@@ -280,9 +286,9 @@ impl RequestStore {
     /// The request's event (failed or slow), if it passes the rate limit.
     fn event_of(&mut self, key: &RequestKey, duration_ns: u64, now: Instant) -> Option<RequestEvent> {
         let name = if key.status >= 500 {
-            "failed_request"
+            EventName::FailedRequest
         } else if Duration::from_nanos(duration_ns) >= self.config.slow_threshold {
-            "slow_request"
+            EventName::SlowRequest
         } else {
             return None;
         };
@@ -512,8 +518,8 @@ mod tests {
     #[test]
     fn failed_and_slow_requests_make_rate_limited_events() {
         let mut store = RequestStore::new(RequestsConfig { events_per_second: 2, ..RequestsConfig::default() });
-        assert_eq!(exchange(&mut store, 5, "/a", 500, 0, 1)[0].event, "failed_request");
-        assert_eq!(exchange(&mut store, 5, "/a", 200, 10, 1500)[0].event, "slow_request");
+        assert_eq!(exchange(&mut store, 5, "/a", 500, 0, 1)[0].event, EventName::FailedRequest);
+        assert_eq!(exchange(&mut store, 5, "/a", 200, 10, 1500)[0].event, EventName::SlowRequest);
         assert!(exchange(&mut store, 5, "/a", 503, 20, 1).is_empty(), "over the rate limit");
         assert_eq!(store.events_dropped, 1);
         assert!(exchange(&mut store, 5, "/a", 200, 30, 1).is_empty(), "neither slow nor failed");

@@ -105,6 +105,20 @@ pub struct AgentRow {
     pub resident_bytes: Option<u64>,
     /// `None` without the Kubernetes API.
     pub pod_watch: Option<crate::sources::kubernetes::WatchStatus>,
+    /// Each push sink's delivery figures.
+    pub sinks: Vec<SinkRow>,
+}
+
+/// A push sink's figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkRow {
+    pub name: &'static str,
+    pub sent: u64,
+    pub retried: u64,
+    pub duplicates: u64,
+    /// By reason; reasons with nothing dropped left out.
+    pub dropped: Vec<(&'static str, u64)>,
+    pub queued: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,19 +157,102 @@ impl Severity {
             Severity::Error => "error",
         }
     }
+
+    /// The OpenTelemetry log data model's severity number (INFO 9, WARN 13, ERROR 17).
+    pub fn otel_number(self) -> i32 {
+        match self {
+            Severity::Info => 9,
+            Severity::Warn => 13,
+            Severity::Error => 17,
+        }
+    }
+}
+
+/// The kinds of structured event (DESIGN §5), by the name every sink shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventName {
+    OomKill,
+    SlowRequest,
+    FailedRequest,
+    CpuThrottled,
+    ModelDiscovered,
+    ModelGone,
+    ProbeFailure,
+    SinkFailure,
+}
+
+impl EventName {
+    pub const ALL: [EventName; 8] = [
+        EventName::OomKill,
+        EventName::SlowRequest,
+        EventName::FailedRequest,
+        EventName::CpuThrottled,
+        EventName::ModelDiscovered,
+        EventName::ModelGone,
+        EventName::ProbeFailure,
+        EventName::SinkFailure,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventName::OomKill => "oom_kill",
+            EventName::SlowRequest => "slow_request",
+            EventName::FailedRequest => "failed_request",
+            EventName::CpuThrottled => "cpu_throttled",
+            EventName::ModelDiscovered => "model_discovered",
+            EventName::ModelGone => "model_gone",
+            EventName::ProbeFailure => "probe_failure",
+            EventName::SinkFailure => "sink_failure",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventName> {
+        EventName::ALL.into_iter().find(|e| e.as_str() == name)
+    }
 }
 
 /// One structured event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord {
+    /// Unique per event and kept through retries (and the disk spool), so a backend that
+    /// deduplicates (Elasticsearch `_id`) stores a retried event once: 32 lowercase hex digits.
+    pub id: String,
     pub time: SystemTime,
     pub severity: Severity,
-    /// The event's name, e.g. `slow_request`.
-    pub name: &'static str,
+    pub name: EventName,
+    /// One line for people, e.g. `POST /v1/chat took 812 ms (status 200)`.
+    pub message: String,
     /// Identity and event attributes; `None` values are known to be unknown.
     pub attributes: Vec<(Attr, Option<String>)>,
     /// Event-specific numbers, e.g. `duration_ms`.
     pub fields: Vec<(&'static str, f64)>,
+}
+
+/// Makes event ids: the agent's start time and a random salt, then a sequence number, so ids
+/// never repeat across restarts of one agent or between agents.
+#[derive(Debug)]
+pub struct EventIds {
+    prefix: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl EventIds {
+    pub fn new() -> Self {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        let salt = crate::backoff::Jitter::seeded().next_u64();
+        EventIds { prefix: nanos ^ salt.rotate_left(32), next: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    pub fn next(&self) -> String {
+        let sequence = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, sequence)
+    }
+}
+
+impl Default for EventIds {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The latest snapshot, shared between the collector and every reader without a lock, with its
@@ -175,7 +272,11 @@ struct Published {
 
 impl Published {
     fn new(snapshot: Snapshot) -> Self {
-        Published { at: Instant::now(), snapshot: Arc::new(snapshot), encoded: std::sync::Mutex::new(None) }
+        Self::shared(Arc::new(snapshot))
+    }
+
+    fn shared(snapshot: Arc<Snapshot>) -> Self {
+        Published { at: Instant::now(), snapshot, encoded: std::sync::Mutex::new(None) }
     }
 }
 
@@ -197,7 +298,12 @@ impl SnapshotCell {
     }
 
     pub fn set(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(Published::new(snapshot)));
+        self.set_shared(Arc::new(snapshot));
+    }
+
+    /// Publishes a snapshot other readers (the push sinks) share.
+    pub fn set_shared(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(Arc::new(Published::shared(snapshot)));
     }
 
     /// The current snapshot encoded by `encode`, which runs once per snapshot: concurrent callers

@@ -90,6 +90,7 @@ fn readings(cgroups: &[(Identity, String, CgroupRead)], cpu: Option<Result<Vec<C
         probes: None,
         own: None,
         pod_watch: None,
+        sinks: Vec::new(),
     }
 }
 
