@@ -420,14 +420,17 @@ impl Collector {
         self.note_exits(&observation);
         let mut logs = Vec::new();
         self.store.apply(observation, &mut self.resolver, Instant::now(), &mut logs);
-        for record in logs {
-            // The last sink takes the record itself, the others a copy.
-            if let Some((last, others)) = self.log_sinks.split_last() {
-                for sink in others {
-                    sink.offer(record.clone());
-                }
-                last.offer(record);
+        self.offer_logs(logs);
+    }
+
+    /// Each record to every log sink: the last takes the record itself, the others a copy.
+    fn offer_logs(&self, records: Vec<LogRecord>) {
+        let Some((last, others)) = self.log_sinks.split_last() else { return };
+        for record in records {
+            for sink in others {
+                sink.offer(record.clone());
             }
+            last.offer(record);
         }
     }
 
@@ -491,6 +494,8 @@ impl Collector {
             self.resolver.forget_tgid(tgid);
         }
         self.resolver.end_collection();
+        let events = self.store.take_events();
+        self.offer_logs(events);
         let snapshot = Arc::new(snapshot);
         for (sink, every, last) in &mut self.metric_sinks {
             if last.is_none_or(|at| at.elapsed() + COLLECT_SLACK >= *every) {

@@ -680,3 +680,182 @@ impl Sink for OtlpLogs {
         super::backends::record_bytes(record)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        sinks::families::Unit,
+        store::{ContainerRow, Histogram, Memory, RequestRow},
+    };
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |key| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    /// The OpenTelemetry → Prometheus name translation (the Collector's and Prometheus's own):
+    /// dots become underscores, the unit's word is added, monotonic sums end in `_total`.
+    fn prometheus_name(name: &str, unit: &str, monotonic: bool) -> String {
+        let mut out = name.replace('.', "_");
+        let suffix = match unit {
+            "s" => "seconds",
+            "By" => "bytes",
+            _ => "",
+        };
+        if !suffix.is_empty() && !out.ends_with(suffix) {
+            out = format!("{out}_{suffix}");
+        }
+        if monotonic {
+            out.push_str("_total");
+        }
+        out
+    }
+
+    fn snapshot() -> Snapshot {
+        let identity = vec![(Attr::Namespace, "ml".to_owned()), (Attr::PodName, "bert-0".to_owned())];
+        let mut snapshot = Snapshot::empty();
+        snapshot.containers.push(ContainerRow {
+            attributes: identity.clone(),
+            cgroup: "/kubepods/pod1/abc".into(),
+            cpu_seconds: 1.5,
+            runqueue_delay: None,
+            throttling: None,
+            memory: Some(Memory { usage_bytes: 10, working_set_bytes: 8, rss_bytes: 5, limit_bytes: None }),
+            oom_kills: 0,
+        });
+        let mut attributes = identity;
+        attributes.push((Attr::HttpMethod, "POST".into()));
+        attributes.push((Attr::HttpStatus, "200".into()));
+        snapshot.requests.push(RequestRow {
+            attributes,
+            duration: Histogram { bounds: vec![0.005, 0.01], counts: vec![3, 1, 0], sum: 0.02, count: 4 },
+            p50_seconds: None,
+            p90_seconds: None,
+            p99_seconds: None,
+        });
+        snapshot
+    }
+
+    #[test]
+    fn every_family_translates_to_its_prometheus_name() {
+        let snapshot = snapshot();
+        for family in families(&snapshot) {
+            let monotonic = family.kind == Kind::Counter;
+            let expected = match (family.kind, family.unit) {
+                (Kind::Info, _) => format!("{}_info", family.prometheus),
+                (_, Unit::Seconds) => format!("{}_seconds", family.prometheus),
+                (_, Unit::Bytes) => format!("{}_bytes", family.prometheus),
+                (_, Unit::Count(_)) => family.prometheus.to_owned(),
+            };
+            let expected = if monotonic { format!("{expected}_total") } else { expected };
+            assert_eq!(prometheus_name(family.otel, family.unit.otel(), monotonic), expected, "{}", family.otel);
+        }
+    }
+
+    #[test]
+    fn metrics_are_cumulative_with_semantic_attributes() {
+        let resource = resource("node-a", &env_of(&[]));
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let request = encode_metrics(&snapshot(), &resource, start);
+        let scope = &request.resource_metrics[0].scope_metrics[0];
+        let find = |name: &str| scope.metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name}"));
+        let cpu = find("container.cpu.time");
+        assert_eq!(cpu.unit, "s");
+        let Some(metric::Data::Sum(sum)) = &cpu.data else { panic!("a sum") };
+        assert!(sum.is_monotonic);
+        assert_eq!(sum.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+        let point = &sum.data_points[0];
+        assert_eq!(point.value, Some(number_data_point::Value::AsDouble(1.5)));
+        assert_eq!(point.start_time_unix_nano, 100_000_000_000);
+        let keys: Vec<&str> = point.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["k8s.namespace.name", "k8s.pod.name"]);
+        let Some(metric::Data::Sum(memory)) = &find("container.memory.working_set").data else { panic!("a sum") };
+        assert!(!memory.is_monotonic, "an UpDownCounter");
+        let Some(metric::Data::Histogram(histogram)) = &find("http.server.request.duration").data else {
+            panic!("a histogram")
+        };
+        let point = &histogram.data_points[0];
+        assert_eq!(
+            (point.count, point.sum, &point.bucket_counts[..], &point.explicit_bounds[..]),
+            (4, Some(0.02), &[3, 1, 0][..], &[0.005, 0.01][..])
+        );
+        let resource_keys: Vec<&str> = request.resource_metrics[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect();
+        assert_eq!(resource_keys, ["service.name", "service.version", "k8s.node.name", "host.name"]);
+    }
+
+    #[test]
+    fn settings_follow_the_specification_order() {
+        let config = OtlpConfig::default();
+        assert!(!config.active(&env_of(&[])));
+        let env = env_of(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:9999/custom/path"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=a,authorization=Bearer%20t0k"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-tenant=b"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ]);
+        assert!(config.active(&env));
+        let metrics = config.target(Signal::Metrics, &env).unwrap();
+        assert_eq!(metrics.url, "http://collector:4318/v1/metrics");
+        assert_eq!(metrics.protocol, Protocol::HttpProtobuf);
+        // The signal's variable replaces the general one as a whole.
+        assert_eq!(metrics.headers, [("x-tenant".to_owned(), "b".to_owned())]);
+        assert_eq!(metrics.timeout, Duration::from_millis(2500));
+        assert_eq!(metrics.compression, Compression::Gzip);
+        let logs = config.target(Signal::Logs, &env).unwrap();
+        assert_eq!(logs.url, "http://logs:9999/custom/path", "a signal's endpoint is used as it is");
+        assert_eq!(
+            logs.headers,
+            [("x-tenant".to_owned(), "a".to_owned()), ("authorization".to_owned(), "Bearer t0k".to_owned())]
+        );
+        let grpc = config.target(Signal::Metrics, &env_of(&[])).unwrap();
+        assert_eq!((grpc.url.as_str(), grpc.protocol), ("http://localhost:4317", Protocol::Grpc));
+        let bad = config.target(Signal::Metrics, &env_of(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]));
+        assert!(bad.unwrap_err().contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let interval = config.resolved_interval(&env_of(&[("OTEL_METRIC_EXPORT_INTERVAL", "5000")])).unwrap();
+        assert_eq!(interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn resource_attributes_from_the_environment() {
+        let env = env_of(&[
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,host.name=h1"),
+            ("OTEL_SERVICE_NAME", "mm"),
+        ]);
+        let resource = resource("node-a", &env);
+        let get = |key: &str| {
+            resource.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match &kv.value.as_ref()?.value {
+                Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        assert_eq!(get("service.name").as_deref(), Some("mm"));
+        assert_eq!(get("host.name").as_deref(), Some("h1"));
+        assert_eq!(get("deployment.environment").as_deref(), Some("prod"));
+        assert_eq!(get("k8s.node.name").as_deref(), Some("node-a"));
+    }
+
+    #[test]
+    fn grpc_status_codes_decide_retries() {
+        let retriable =
+            |code| matches!(decide(&Outcome::Grpc(Err(tonic::Status::new(code, "x")))), Retry::Retriable { .. });
+        assert!(retriable(tonic::Code::Unavailable));
+        assert!(retriable(tonic::Code::ResourceExhausted));
+        assert!(!retriable(tonic::Code::InvalidArgument));
+        assert!(!retriable(tonic::Code::Unauthenticated));
+        assert!(matches!(
+            decide(&Outcome::PartialSuccess { rejected: 2, message: "bad".into() }),
+            Retry::Permanent { .. }
+        ));
+    }
+}

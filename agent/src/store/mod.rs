@@ -23,7 +23,7 @@ pub use snapshot::{
 };
 
 use crate::{
-    attributes::{Attr, Attributes},
+    attributes::{self, Attr, Attributes},
     config::Config,
     identity::{Identity, resolver::Resolve},
     sources::{
@@ -104,7 +104,18 @@ struct Tracked {
     last_cpu_ns: u64,
     /// Live processes' totals at the last good map read, used when a read fails.
     last_live: TaskCpu,
+    /// OOM kills already announced as events.
+    oom_kills_announced: u64,
+    /// CFS periods and throttled periods at the last collection.
+    last_periods: Option<(u64, u64)>,
+    /// Collections in a row with at least `THROTTLED_SHARE` of periods throttled.
+    throttled_streak: u32,
 }
+
+/// A collection interval counts as throttled when this share of its CFS periods was.
+const THROTTLED_SHARE: f64 = 0.25;
+/// Throttled intervals in a row before a `cpu_throttled` event (once, until it recovers).
+const THROTTLED_STREAK: u32 = 3;
 
 pub struct Store {
     tracked: HashMap<Identity, Tracked>,
@@ -112,6 +123,10 @@ pub struct Store {
     oom_by_cgroup_id: HashMap<u64, u64>,
     requests: RequestStore,
     event_ids: EventIds,
+    /// Events of the last fold, for the collector to hand to the sinks.
+    events: Vec<LogRecord>,
+    /// Models seen at the last fold (name, version), for `model_discovered` / `model_gone`.
+    models: std::collections::BTreeSet<(String, String)>,
     retired_unattributed_ns: u64,
     /// Live processes' unattributed CPU at the last good map read, used when a read fails.
     last_unattributed_live_ns: u64,
@@ -125,6 +140,8 @@ impl Store {
             oom_by_cgroup_id: HashMap::new(),
             requests: RequestStore::new(config.requests.clone()),
             event_ids: EventIds::new(),
+            events: Vec::new(),
+            models: Default::default(),
             retired_unattributed_ns: 0,
             last_unattributed_live_ns: 0,
             telemetry,
@@ -313,9 +330,103 @@ impl Store {
             });
         }
         containers.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+        self.container_events(&present, &containers, taken_at);
         let requests = self.request_rows(resolver);
         let agent = self.agent_row(&readings, has_probes.then_some(self.retired_unattributed_ns + unattributed_live));
         Snapshot { taken_at, containers, requests, agent }
+    }
+
+    /// The events of the last fold (OOM kills, sustained throttling, models discovered or gone).
+    pub fn take_events(&mut self) -> Vec<LogRecord> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn event(
+        &self,
+        time: SystemTime,
+        severity: Severity,
+        name: EventName,
+        message: String,
+        attributes: &[(Attr, String)],
+        fields: Vec<(&'static str, f64)>,
+    ) -> LogRecord {
+        LogRecord {
+            id: self.event_ids.next(),
+            time,
+            severity,
+            name,
+            message,
+            attributes: attributes.iter().map(|(a, v)| (*a, Some(v.clone()))).collect(),
+            fields,
+        }
+    }
+
+    /// Compares this fold's containers with the last: new OOM kills, CPU throttled for
+    /// `THROTTLED_STREAK` collections in a row, and models that appeared or went.
+    fn container_events(&mut self, present: &HashMap<&Identity, &CgroupReading>, rows: &[ContainerRow], now: SystemTime) {
+        let mut events = Vec::new();
+        let mut models = std::collections::BTreeSet::new();
+        let by_cgroup: HashMap<&str, &Identity> = present.iter().map(|(id, r)| (r.path.as_str(), *id)).collect();
+        for row in rows {
+            let who = attributes::get(&row.attributes, Attr::PodName)
+                .or_else(|| attributes::get(&row.attributes, Attr::SystemdUnit))
+                .unwrap_or(row.cgroup.as_str())
+                .to_owned();
+            let container = attributes::get(&row.attributes, Attr::ContainerName).map(|c| format!(" container {c}"));
+            let who = format!("{who}{}", container.unwrap_or_default());
+            if let Some(model) = attributes::get(&row.attributes, Attr::ModelName) {
+                let version = attributes::get(&row.attributes, Attr::ModelVersion).unwrap_or_default();
+                models.insert((model.to_owned(), version.to_owned()));
+            }
+            let Some(tracked) = by_cgroup.get(row.cgroup.as_str()).and_then(|id| self.tracked.get_mut(*id)) else {
+                continue;
+            };
+            let new_kills = row.oom_kills.saturating_sub(tracked.oom_kills_announced);
+            tracked.oom_kills_announced = row.oom_kills;
+            let mut throttled = None;
+            if let Some(t) = row.throttling {
+                if let Some((periods, throttled_periods)) = tracked.last_periods {
+                    let elapsed = t.periods.saturating_sub(periods);
+                    let share = t.throttled_periods.saturating_sub(throttled_periods) as f64 / elapsed.max(1) as f64;
+                    if elapsed > 0 && share >= THROTTLED_SHARE {
+                        tracked.throttled_streak += 1;
+                        if tracked.throttled_streak == THROTTLED_STREAK {
+                            throttled = Some(share);
+                        }
+                    } else {
+                        tracked.throttled_streak = 0;
+                    }
+                }
+                tracked.last_periods = Some((t.periods, t.throttled_periods));
+            }
+            if new_kills > 0 {
+                let message = format!("{new_kills} process(es) of {who} killed by the OOM killer");
+                events.push((Severity::Error, EventName::OomKill, message, &row.attributes, vec![("kills", new_kills as f64)]));
+            }
+            if let Some(share) = throttled {
+                let message = format!(
+                    "{who} throttled in {:.0}% of its CPU periods for {THROTTLED_STREAK} collections in a row",
+                    share * 100.0
+                );
+                events.push((Severity::Warn, EventName::CpuThrottled, message, &row.attributes, vec![("throttled_share", share)]));
+            }
+        }
+        let mut records: Vec<LogRecord> = events
+            .into_iter()
+            .map(|(severity, name, message, attributes, fields)| self.event(now, severity, name, message, attributes, fields))
+            .collect();
+        for (model, version) in models.difference(&self.models) {
+            let attributes = model_attributes(model, version);
+            let message = format!("model {model}{} discovered on this node", version_suffix(version));
+            records.push(self.event(now, Severity::Info, EventName::ModelDiscovered, message, &attributes, Vec::new()));
+        }
+        for (model, version) in self.models.difference(&models) {
+            let attributes = model_attributes(model, version);
+            let message = format!("model {model}{} no longer runs on this node", version_suffix(version));
+            records.push(self.event(now, Severity::Info, EventName::ModelGone, message, &attributes, Vec::new()));
+        }
+        self.models = models;
+        self.events.extend(records);
     }
 
     /// Live CPU per identity and live unattributed CPU; finished processes are folded into their
@@ -525,3 +636,15 @@ fn request_attributes(identity: &Identity, pod: Option<&PodMeta>, key: &RequestK
 
 #[cfg(test)]
 mod tests;
+
+fn model_attributes(model: &str, version: &str) -> Vec<(Attr, String)> {
+    let mut attributes = vec![(Attr::ModelName, model.to_owned())];
+    if !version.is_empty() {
+        attributes.push((Attr::ModelVersion, version.to_owned()));
+    }
+    attributes
+}
+
+fn version_suffix(version: &str) -> String {
+    if version.is_empty() { String::new() } else { format!(" version {version}") }
+}

@@ -397,3 +397,63 @@ fn a_skewed_first_estimate_of_the_pre_agent_history_is_corrected() {
     // A busy read again (files 0.05 s ahead): the estimate is not raised by it.
     assert!((fold(&mut store, &mut resolver, 14.05, 4.0) - 14.0).abs() < 1e-9);
 }
+
+#[test]
+fn container_changes_become_events_once() {
+    let (mut store, _) = store();
+    let (id, path) = container(7);
+    let mut resolver = FakeResolver::default();
+    let meta = PodMeta {
+        uid: UID.into(),
+        namespace: "ml".into(),
+        name: "bert-0".into(),
+        labels: Default::default(),
+        annotations: Default::default(),
+        owner: None,
+        qos_class: None,
+        containers: [(id.container_id().unwrap().to_owned(), "server".to_owned())].into(),
+        model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
+    };
+    resolver.pods.insert(UID.into(), PodLookup::Known(Arc::new(meta)));
+    let read = |oom_kills: u64, periods: u64, throttled_periods: u64| {
+        let mut read = stats(Some(0));
+        if let CgroupRead::Stats(s) = &mut read {
+            s.memory.oom_kills = Some(oom_kills);
+            s.cpu.periods = periods;
+            s.cpu.throttled_periods = throttled_periods;
+        }
+        read
+    };
+    let mut fold = |store: &mut Store, read: CgroupRead| {
+        store.fold(readings(&[(id.clone(), path.clone(), read)], None), &mut resolver, SystemTime::now());
+        store.take_events()
+    };
+    let names = |events: &[LogRecord]| events.iter().map(|e| e.name).collect::<Vec<_>>();
+
+    let first = fold(&mut store, read(0, 100, 0));
+    assert_eq!(names(&first), [EventName::ModelDiscovered]);
+    assert_eq!(first[0].message, "model bert version 2 discovered on this node");
+    // Throttled in half the periods for three collections: one event, not one per collection.
+    let mut throttled = Vec::new();
+    for step in 1..=5 {
+        throttled.extend(fold(&mut store, read(0, 100 + step * 100, step * 50)));
+    }
+    assert_eq!(names(&throttled), [EventName::CpuThrottled]);
+    assert_eq!(attributes_of(&throttled[0], Attr::PodName), Some("bert-0"));
+    let oom = fold(&mut store, read(2, 600, 250));
+    assert_eq!(names(&oom), [EventName::OomKill]);
+    assert_eq!(oom[0].fields, vec![("kills", 2.0)]);
+    assert!(oom[0].message.contains("bert-0 container server"), "{}", oom[0].message);
+    assert!(fold(&mut store, read(2, 700, 250)).is_empty(), "the same kills are not announced twice");
+    let gone = {
+        store.fold(readings(&[], None), &mut resolver, SystemTime::now());
+        store.take_events()
+    };
+    assert_eq!(names(&gone), [EventName::ModelGone]);
+    let ids: std::collections::HashSet<_> = first.iter().chain(&throttled).chain(&oom).chain(&gone).map(|e| &e.id).collect();
+    assert_eq!(ids.len(), 4, "ids are unique");
+}
+
+fn attributes_of(record: &LogRecord, attr: Attr) -> Option<&str> {
+    record.attributes.iter().find(|(a, _)| *a == attr).and_then(|(_, v)| v.as_deref())
+}
