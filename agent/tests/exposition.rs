@@ -145,6 +145,7 @@ fn fixed_snapshot() -> Snapshot {
             ],
             cpu_seconds: Some(0.25),
             resident_bytes: Some(20_971_520),
+            sinks: Vec::new(),
             pod_watch: Some(WatchStatus {
                 up: false,
                 synced_once: true,

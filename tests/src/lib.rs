@@ -12,6 +12,7 @@ use std::{
 };
 
 pub mod apiserver;
+pub mod receivers;
 
 /// Fails the test unless it runs as root (it loads eBPF programs and creates cgroups).
 pub fn require_root() {
@@ -331,6 +332,12 @@ impl Agent {
     /// Starts `modelmeter run` with `extra_yaml` appended to a config that sets the listen address,
     /// and waits until it has collected once (`/readyz` may still say the pod watch is not synced).
     pub fn start(extra_yaml: &str) -> Agent {
+        Self::start_with_env(extra_yaml, &[])
+    }
+
+    /// As [`Agent::start`], with these environment variables set for the agent (and every
+    /// `OTEL_*` variable of the caller removed, so only these count).
+    pub fn start_with_env(extra_yaml: &str, env: &[(&str, &str)]) -> Agent {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let config = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(config.path(), format!("listen: {addr}\n{extra_yaml}")).expect("writing agent config");
@@ -341,10 +348,11 @@ impl Agent {
         command.stderr(log.reopen().expect("reopening log"));
         // The config file alone decides: no override from the caller's environment.
         for (var, _) in std::env::vars_os() {
-            if var.to_string_lossy().starts_with("MODELMETER_") {
+            if var.to_string_lossy().starts_with("MODELMETER_") || var.to_string_lossy().starts_with("OTEL_") {
                 command.env_remove(var);
             }
         }
+        command.envs(env.iter().copied());
         let child = command.spawn().expect("starting modelmeter");
         let mut agent = Agent { child: Some(child), addr, _config: config, log, stdout };
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -2,10 +2,7 @@
 //! stream, and the per-item reading of the bulk response. Each document's `_id` is the record's
 //! id, so a batch sent again after a partly accepted attempt stores nothing twice.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime},
-};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -21,8 +18,6 @@ pub const CONTENT_TYPE: &str = "application/x-ndjson";
 /// The longest message sent; a larger one is cut, not the document refused.
 const MAX_MESSAGE_BYTES: usize = 64 << 10;
 const TRUNCATED: &str = "…[truncated]";
-/// The last instant an RFC 3339 timestamp can show (9999-12-31T23:59:59Z).
-const LAST_FORMATTABLE_SECOND: u64 = 253_402_300_799;
 /// How much of an item's error reason goes into the decision's reason.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -46,7 +41,7 @@ pub fn encode_bulk(records: &[LogRecord], node: &str, data_stream: &str) -> Vec<
 /// One record as an ECS document, dotted names as nested objects.
 fn document(record: &LogRecord, node: &str) -> Value {
     let mut doc = Map::new();
-    let time = formattable(record.time);
+    let time = crate::sinks::stdout::formattable(record.time);
     put(&mut doc, "@timestamp", humantime::format_rfc3339_millis(time).to_string().into());
     put(&mut doc, "message", message(&record.message).into());
     put(&mut doc, "log.level", record.severity.as_str().into());
@@ -140,13 +135,6 @@ fn message(text: &str) -> String {
     }
     let cut = text.floor_char_boundary(MAX_MESSAGE_BYTES.saturating_sub(TRUNCATED.len()));
     format!("{}{TRUNCATED}", &text[..cut])
-}
-
-/// `time` moved into the range RFC 3339 can show: a clock before 1970 or after 9999 is wrong
-/// anyway, and the formatter cannot show it.
-fn formattable(time: SystemTime) -> SystemTime {
-    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_FORMATTABLE_SECOND);
-    time.clamp(SystemTime::UNIX_EPOCH, last)
 }
 
 #[derive(Deserialize)]
@@ -245,6 +233,8 @@ fn describe(item: &BulkItem) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
     use crate::{
         sinks::http::HttpResponse,

@@ -3,10 +3,7 @@
 //! per-event identity goes into structured metadata, and each line is the record's JSON object so
 //! `| json` works in LogQL.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, time::SystemTime};
 
 use prost::Message;
 use serde_json::{Map, Value};
@@ -19,8 +16,6 @@ const MAX_LABEL_VALUE_BYTES: usize = 2048;
 /// The longest line sent, well under Loki's default `max_line_size` (256 KiB).
 const MAX_LINE_BYTES: usize = 64 << 10;
 const TRUNCATED: &str = "…[truncated]";
-/// The last instant an RFC 3339 timestamp can show (9999-12-31T23:59:59Z).
-const LAST_FORMATTABLE_SECOND: u64 = 253_402_300_799;
 
 // Loki's `logproto` push messages (pkg/push/push.proto), with the well-known Timestamp.
 
@@ -191,7 +186,7 @@ fn entry(record: &LogRecord) -> Entry {
     .into_iter()
     .filter_map(|(name, value)| value.map(|v| (name, v.to_owned())))
     .collect();
-    let time = formattable(record.time);
+    let time = crate::sinks::stdout::formattable(record.time);
     Entry { unix_nanos: unix_nanos(time), line: line(record, time), metadata }
 }
 
@@ -255,13 +250,6 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..text.floor_char_boundary(max)]
 }
 
-/// `time` moved into the range an RFC 3339 timestamp can show (the line's `timestamp`): a clock
-/// before 1970 or after 9999 is wrong anyway, and the formatter cannot show it.
-fn formattable(time: SystemTime) -> SystemTime {
-    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_FORMATTABLE_SECOND);
-    time.clamp(SystemTime::UNIX_EPOCH, last)
-}
-
 fn unix_nanos(time: SystemTime) -> i128 {
     match time.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
@@ -279,6 +267,8 @@ fn timestamp(unix_nanos: i128) -> Timestamp {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::store::{EventName, Severity};
 
@@ -458,10 +448,10 @@ mod tests {
         let mut old = record("a", 0, EventName::SlowRequest, &[]);
         old.time = SystemTime::UNIX_EPOCH - Duration::from_secs(5);
         let mut far = record("b", 0, EventName::SlowRequest, &[]);
-        far.time = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_FORMATTABLE_SECOND + 10);
+        far.time = SystemTime::UNIX_EPOCH + Duration::from_secs(crate::sinks::stdout::LAST_FORMATTABLE_SECOND + 10);
         let request = decode(&encode_protobuf(&[old, far], "n"));
         let times: Vec<_> = request.streams[0].entries.iter().map(|e| e.timestamp.unwrap().seconds).collect();
-        assert_eq!(times, vec![0, LAST_FORMATTABLE_SECOND as i64]);
+        assert_eq!(times, vec![0, crate::sinks::stdout::LAST_FORMATTABLE_SECOND as i64]);
     }
 
     #[test]

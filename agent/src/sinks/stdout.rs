@@ -1,7 +1,10 @@
 //! The stdout sink: each log record as one JSON line with OpenTelemetry attribute names, which is
 //! what `kubectl logs` shows and what log shippers on the node pick up.
 
-use std::io::Write;
+use std::{
+    io::Write,
+    time::{Duration, SystemTime},
+};
 
 use serde_json::{Map, Value};
 
@@ -10,10 +13,21 @@ use crate::{attributes::Attr, store::LogRecord};
 
 pub struct Stdout;
 
+/// The last instant an RFC 3339 timestamp can show (9999-12-31T23:59:59Z).
+pub const LAST_FORMATTABLE_SECOND: u64 = 253_402_300_799;
+
+/// `time` moved into the range an RFC 3339 timestamp can show: a clock before 1970 or after 9999
+/// is wrong anyway, and the formatter cannot show it.
+pub fn formattable(time: SystemTime) -> SystemTime {
+    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_FORMATTABLE_SECOND);
+    time.clamp(SystemTime::UNIX_EPOCH, last)
+}
+
 /// One record as a JSON object.
 pub fn json(record: &LogRecord) -> Value {
     let mut object = Map::new();
-    object.insert("timestamp".into(), humantime::format_rfc3339_millis(record.time).to_string().into());
+    let time = humantime::format_rfc3339_millis(formattable(record.time));
+    object.insert("timestamp".into(), time.to_string().into());
     object.insert("event".into(), record.name.as_str().into());
     object.insert("severity".into(), record.severity.as_str().into());
     object.insert("message".into(), record.message.as_str().into());

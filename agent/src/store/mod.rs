@@ -363,7 +363,12 @@ impl Store {
 
     /// Compares this fold's containers with the last: new OOM kills, CPU throttled for
     /// `THROTTLED_STREAK` collections in a row, and models that appeared or went.
-    fn container_events(&mut self, present: &HashMap<&Identity, &CgroupReading>, rows: &[ContainerRow], now: SystemTime) {
+    fn container_events(
+        &mut self,
+        present: &HashMap<&Identity, &CgroupReading>,
+        rows: &[ContainerRow],
+        now: SystemTime,
+    ) {
         let mut events = Vec::new();
         let mut models = std::collections::BTreeSet::new();
         let by_cgroup: HashMap<&str, &Identity> = present.iter().map(|(id, r)| (r.path.as_str(), *id)).collect();
@@ -401,19 +406,33 @@ impl Store {
             }
             if new_kills > 0 {
                 let message = format!("{new_kills} process(es) of {who} killed by the OOM killer");
-                events.push((Severity::Error, EventName::OomKill, message, &row.attributes, vec![("kills", new_kills as f64)]));
+                events.push((
+                    Severity::Error,
+                    EventName::OomKill,
+                    message,
+                    &row.attributes,
+                    vec![("kills", new_kills as f64)],
+                ));
             }
             if let Some(share) = throttled {
                 let message = format!(
                     "{who} throttled in {:.0}% of its CPU periods for {THROTTLED_STREAK} collections in a row",
                     share * 100.0
                 );
-                events.push((Severity::Warn, EventName::CpuThrottled, message, &row.attributes, vec![("throttled_share", share)]));
+                events.push((
+                    Severity::Warn,
+                    EventName::CpuThrottled,
+                    message,
+                    &row.attributes,
+                    vec![("throttled_share", share)],
+                ));
             }
         }
         let mut records: Vec<LogRecord> = events
             .into_iter()
-            .map(|(severity, name, message, attributes, fields)| self.event(now, severity, name, message, attributes, fields))
+            .map(|(severity, name, message, attributes, fields)| {
+                self.event(now, severity, name, message, attributes, fields)
+            })
             .collect();
         for (model, version) in models.difference(&self.models) {
             let attributes = model_attributes(model, version);

@@ -450,7 +450,8 @@ fn container_changes_become_events_once() {
         store.take_events()
     };
     assert_eq!(names(&gone), [EventName::ModelGone]);
-    let ids: std::collections::HashSet<_> = first.iter().chain(&throttled).chain(&oom).chain(&gone).map(|e| &e.id).collect();
+    let ids: std::collections::HashSet<_> =
+        first.iter().chain(&throttled).chain(&oom).chain(&gone).map(|e| &e.id).collect();
     assert_eq!(ids.len(), 4, "ids are unique");
 }
 
