@@ -1,6 +1,6 @@
 //! Userspace hot paths: identity of a cgroup path, cgroup file readers, /proc/<pid>/cgroup
-//! parsing, the request pipeline (payload source → store), folding 2,000 containers, and
-//! encoding a 50-container snapshot as `/metrics` text.
+//! parsing, the request pipeline (payload source → store), folding 2,000 containers, encoding a
+//! 50-container snapshot as `/metrics` text and as OTLP, and events through each sink's encoder.
 
 use std::{
     collections::HashMap,
@@ -12,15 +12,19 @@ use std::{
 use agent_common::sched::{TaskCpu, runq_slot};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modelmeter::{
+    attributes::Attr,
     config::Config,
     identity::{Identity, identify, resolver::Resolve},
-    sinks::prometheus,
+    sinks::{elasticsearch, loki, otlp, prometheus, stdout},
     sources::{
         cgroup,
         kubernetes::PodLookup,
         procfs::{self, ProcCgroups},
     },
-    store::{AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, Histogram, Readings, Snapshot, Store},
+    store::{
+        AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, EventName, Histogram, LogRecord, Readings,
+        Severity, Snapshot, Store,
+    },
     telemetry::Telemetry,
 };
 
@@ -104,6 +108,52 @@ fn encode(c: &mut Criterion) {
     c.bench_function("encode /metrics, 50 containers", |b| {
         b.iter(|| prometheus::encode(black_box(snapshot.clone())).expect("encode"))
     });
+    let resource = otlp::resource("node-a", &|_| None);
+    c.bench_function("encode OTLP metrics, 50 containers", |b| {
+        b.iter(|| {
+            let request = otlp::encode_metrics(black_box(&snapshot), &resource, SystemTime::UNIX_EPOCH);
+            prost::Message::encode_to_vec(&request)
+        })
+    });
+}
+
+/// Events per second through each sink's encoder, one batch of 1,000 events at a time.
+fn encode_events(c: &mut Criterion) {
+    let events: Vec<LogRecord> = (0..1000)
+        .map(|n| LogRecord {
+            id: format!("{n:032x}"),
+            time: SystemTime::now(),
+            severity: Severity::Warn,
+            name: EventName::SlowRequest,
+            message: format!("POST /v1/chat/completions took {n}.5 ms (status 200)"),
+            attributes: vec![
+                (Attr::HttpMethod, Some("POST".into())),
+                (Attr::HttpRoute, Some("/v1/chat/completions".into())),
+                (Attr::HttpStatus, Some("200".into())),
+                (Attr::ModelName, Some(format!("model-{}", n % 3))),
+                (Attr::PodUid, Some("1b2c3d4e-0000-4000-8000-123456789abc".into())),
+                (Attr::ContainerId, Some(format!("{n:064x}"))),
+                (Attr::Namespace, Some("ml".into())),
+                (Attr::PodName, Some(format!("server-{}", n % 10))),
+            ],
+            fields: vec![("duration_ms", n as f64 + 0.5)],
+        })
+        .collect();
+    let mut group = c.benchmark_group("encode 1,000 events");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("stdout JSON lines", |b| {
+        b.iter(|| black_box(&events).iter().map(|e| stdout::json(e).to_string().len()).sum::<usize>())
+    });
+    group.bench_function("Loki protobuf+snappy", |b| b.iter(|| loki::encode_protobuf(black_box(&events), "node-a")));
+    group.bench_function("Loki JSON", |b| b.iter(|| loki::encode_json(black_box(&events), "node-a")));
+    group.bench_function("Elasticsearch bulk", |b| {
+        b.iter(|| elasticsearch::encode_bulk(black_box(&events), "node-a", "logs-modelmeter-default"))
+    });
+    let resource = otlp::resource("node-a", &|_| None);
+    group.bench_function("OTLP logs protobuf", |b| {
+        b.iter(|| prost::Message::encode_to_vec(&otlp::encode_logs(black_box(&events), &resource)))
+    });
+    group.finish();
 }
 
 fn fold(c: &mut Criterion) {
@@ -130,6 +180,7 @@ fn fold(c: &mut Criterion) {
         probes: None,
         own: None,
         pod_watch: None,
+        sinks: Vec::new(),
     };
     let mut store = Store::new(&Config::default(), Arc::new(Telemetry::default()));
     c.bench_function("fold 2,000 containers", |b| {
@@ -223,5 +274,5 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, identity, readers, encode, fold, pipeline);
+criterion_group!(benches, identity, readers, encode, encode_events, fold, pipeline);
 criterion_main!(benches);

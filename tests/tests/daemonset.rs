@@ -22,7 +22,7 @@ use k8s_openapi::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-const OVERLAYS: [&str; 3] = ["overlays/gpu", "overlays/privileged", "overlays/prometheus-operator"];
+const OVERLAYS: [&str; 4] = ["overlays/gpu", "overlays/privileged", "overlays/prometheus-operator", "overlays/push"];
 
 /// Exactly the capabilities the unprivileged agent gets (besides dropping all others).
 const CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "SYS_RESOURCE", "DAC_READ_SEARCH", "SYS_PTRACE"];
@@ -512,6 +512,30 @@ fn config_map_holds_the_agent_config() {
     let loaded = modelmeter::config::Config::load(Some(file.path()), std::iter::empty())
         .unwrap_or_else(|e| panic!("the ConfigMap's config.yaml does not load: {e}"));
     assert_eq!(loaded.proc_root, std::path::PathBuf::from("/host/proc"));
+}
+
+#[test]
+fn push_overlay_config_loads_with_every_sink() {
+    let rendered = render("overlays/push");
+    check_common(&rendered);
+    let data = rendered.config_map().data.as_ref().expect("ConfigMap data");
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &data["config.yaml"]).expect("writing config");
+    let loaded = modelmeter::config::Config::load(Some(file.path()), std::iter::empty())
+        .unwrap_or_else(|e| panic!("the push overlay's config.yaml does not load: {e}"));
+    assert!(loaded.sinks.otlp.enabled && loaded.sinks.loki.url.is_some() && loaded.sinks.elasticsearch.url.is_some());
+    // The files the config names are where the overlay mounts the Secret.
+    let mounted = rendered
+        .agent()
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == "elasticsearch-credentials" && m.mount_path == "/etc/modelmeter/elasticsearch");
+    assert!(mounted, "the Elasticsearch Secret is not mounted where the config reads it");
+    let es = &loaded.sinks.elasticsearch;
+    for file in [es.auth.api_key_file.as_ref(), es.tls.ca_file.as_ref()] {
+        assert!(file.is_some_and(|f| f.starts_with("/etc/modelmeter/elasticsearch")), "{file:?}");
+    }
 }
 
 #[test]

@@ -34,20 +34,18 @@ fn string_of(attributes: &[KeyValue], key: &str) -> Option<String> {
 /// The metric named `name` in the newest export that has a point for pod `uid`.
 fn latest_metric(receivers: &Receivers, name: &str, uid: &str) -> Option<Metric> {
     receivers.metrics().iter().rev().find_map(|export| {
-        export.request.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).find_map(
-            |m| {
-                let has_pod = match &m.data {
-                    Some(metric::Data::Sum(sum)) => {
-                        sum.data_points.iter().any(|p| string_of(&p.attributes, "k8s.pod.uid").as_deref() == Some(uid))
-                    }
-                    Some(metric::Data::Histogram(h)) => {
-                        h.data_points.iter().any(|p| string_of(&p.attributes, "k8s.pod.uid").as_deref() == Some(uid))
-                    }
-                    _ => false,
-                };
-                (m.name == name && has_pod).then(|| m.clone())
-            },
-        )
+        export.request.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).find_map(|m| {
+            let has_pod = match &m.data {
+                Some(metric::Data::Sum(sum)) => {
+                    sum.data_points.iter().any(|p| string_of(&p.attributes, "k8s.pod.uid").as_deref() == Some(uid))
+                }
+                Some(metric::Data::Histogram(h)) => {
+                    h.data_points.iter().any(|p| string_of(&p.attributes, "k8s.pod.uid").as_deref() == Some(uid))
+                }
+                _ => false,
+            };
+            (m.name == name && has_pod).then(|| m.clone())
+        })
     })
 }
 
@@ -101,7 +99,9 @@ fn metrics_and_events_reach_otlp_grpc_loki_and_elasticsearch() {
     assert_eq!(first.unit, "s");
     let first_cpu = pod_cpu(&first, &uid);
     let exports_then = receivers.metrics().len();
-    wait_for(Duration::from_secs(30), "a later export", || (receivers.metrics().len() > exports_then + 1).then_some(()));
+    wait_for(Duration::from_secs(30), "a later export", || {
+        (receivers.metrics().len() > exports_then + 1).then_some(())
+    });
     let later_cpu = pod_cpu(&latest_metric(&receivers, "container.cpu.time", &uid).expect("still exported"), &uid);
     assert!(later_cpu >= first_cpu, "a cumulative sum went back: {first_cpu} → {later_cpu}");
     let export = receivers.metrics().last().cloned().expect("an export");
@@ -310,7 +310,9 @@ fn ten_thousand_events_survive_an_outage_of_loki_and_elasticsearch() {
             let config = sinks::ElasticsearchConfig::default();
             let url = receivers.elasticsearch_url();
             let sink = sinks::backends::ElasticsearchSink::new(&url, &config, "node-a").expect("elasticsearch");
-            outage(&receivers, Which::Elasticsearch, sink, |r| r.elasticsearch_docs().iter().map(|d| d.id.clone()).collect())
+            outage(&receivers, Which::Elasticsearch, sink, |r| {
+                r.elasticsearch_docs().iter().map(|d| d.id.clone()).collect()
+            })
         });
         loki.join().expect("loki outage");
         es.join().expect("elasticsearch outage");

@@ -468,7 +468,7 @@ fn agent_families(agent: &AgentRow) -> Vec<Family<'_>> {
             help: "Pods of this node the agent knows from the API server.",
             unit: Unit::Count(""),
             kind: Kind::Gauge,
-            points: one(watch.map(|w| Value::Int(w.pods as u64))),
+            points: one(watch.map(|w| Value::Int(w.pods))),
         },
         Family {
             otel: "modelmeter.kubernetes.last_sync_age",
