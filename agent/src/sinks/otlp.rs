@@ -575,9 +575,10 @@ fn http_partial<R: Message + Default>(result: HttpResult, partial: impl Fn(R) ->
     Outcome::Http(result)
 }
 
-/// The retry rules of the OTLP specification for gRPC: UNAVAILABLE, RESOURCE_EXHAUSTED (only with
-/// retry information, which tonic does not decode; a receiver under pressure says UNAVAILABLE),
-/// CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE and DATA_LOSS are retried; the rest are not.
+/// The retry rules of the OTLP specification for gRPC: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED,
+/// ABORTED, OUT_OF_RANGE and DATA_LOSS are retried; so is RESOURCE_EXHAUSTED, which the
+/// specification retries only with retry information in the details (not decoded here: a
+/// receiver that sends it without means "later" all the same). The rest are not.
 fn decide(outcome: &Outcome) -> Retry {
     match outcome {
         Outcome::Http(result) => decide_status(result),
@@ -595,9 +596,7 @@ fn decide(outcome: &Outcome) -> Retry {
                 | Code::DeadlineExceeded
                 | Code::Aborted
                 | Code::OutOfRange
-                | Code::DataLoss
-                | Code::Unknown
-                | Code::Internal => Retry::Retriable { after: None, reason },
+                | Code::DataLoss => Retry::Retriable { after: None, reason },
                 _ => Retry::Permanent { reason },
             }
         }
@@ -853,6 +852,7 @@ mod tests {
         assert!(retriable(tonic::Code::ResourceExhausted));
         assert!(!retriable(tonic::Code::InvalidArgument));
         assert!(!retriable(tonic::Code::Unauthenticated));
+        assert!(!retriable(tonic::Code::Internal));
         assert!(matches!(
             decide(&Outcome::PartialSuccess { rejected: 2, message: "bad".into() }),
             Retry::Permanent { .. }
