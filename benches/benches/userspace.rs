@@ -22,7 +22,7 @@ use modelmeter::{
         procfs::{self, ProcCgroups},
     },
     store::{
-        AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, EventName, Histogram, LogRecord, Readings,
+        AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, EventField, EventName, Histogram, LogRecord, Readings,
         Severity, Snapshot, Store,
     },
     telemetry::Telemetry,
@@ -136,7 +136,7 @@ fn encode_events(c: &mut Criterion) {
                 (Attr::Namespace, Some("ml".into())),
                 (Attr::PodName, Some(format!("server-{}", n % 10))),
             ],
-            fields: vec![("duration_ms", n as f64 + 0.5)],
+            fields: vec![(EventField::DurationMs, n as f64 + 0.5)],
         })
         .collect();
     let mut group = c.benchmark_group("encode 1,000 events");

@@ -16,7 +16,7 @@ use e2e::{
 use modelmeter::{
     attributes::Attr,
     sinks::{self, SinkDrop, SinkHandle},
-    store::{EventName, LogRecord, Severity},
+    store::{EventField, EventName, LogRecord, Severity},
 };
 use opentelemetry_proto::tonic::{
     common::v1::{KeyValue, any_value},
@@ -248,7 +248,7 @@ fn event(n: usize) -> LogRecord {
             (Attr::PodName, Some(format!("bert-{}", n % 7))),
             (Attr::HttpStatus, Some("200".into())),
         ],
-        fields: vec![("duration_ms", n as f64)],
+        fields: vec![(EventField::DurationMs, n as f64)],
     }
 }
 

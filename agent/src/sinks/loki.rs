@@ -270,7 +270,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::{EventName, Severity};
+    use crate::store::{EventField, EventName, Severity};
 
     fn record(id: &str, at_nanos: u64, name: EventName, attributes: &[(Attr, Option<&str>)]) -> LogRecord {
         LogRecord {
@@ -280,7 +280,7 @@ mod tests {
             name,
             message: format!("message of {id}"),
             attributes: attributes.iter().map(|(a, v)| (*a, v.map(str::to_owned))).collect(),
-            fields: vec![("duration_ms", 812.5)],
+            fields: vec![(EventField::DurationMs, 812.5)],
         }
     }
 

@@ -399,7 +399,7 @@ pub fn encode_logs(records: &[LogRecord], resource: &Resource) -> ExportLogsServ
             }
             for (name, value) in &record.fields {
                 attributes.push(KeyValue {
-                    key: format!("modelmeter.{name}"),
+                    key: format!("modelmeter.{}", name.as_str()),
                     value: Some(AnyValue { value: Some(any_value::Value::DoubleValue(*value)) }),
                     ..Default::default()
                 });

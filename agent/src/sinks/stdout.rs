@@ -42,7 +42,7 @@ pub fn json(record: &LogRecord) -> Value {
         object.insert(attr.otel().into(), value);
     }
     for (name, value) in &record.fields {
-        object.insert((*name).into(), (*value).into());
+        object.insert(name.as_str().into(), (*value).into());
     }
     Value::Object(object)
 }
@@ -87,7 +87,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::store::{EventName, Severity};
+    use crate::store::{EventField, EventName, Severity};
 
     #[test]
     fn records_are_json_lines_with_otel_names() {
@@ -98,7 +98,7 @@ mod tests {
             name: EventName::FailedRequest,
             message: "GET /a failed with status 500 after 1.5 ms".into(),
             attributes: vec![(Attr::HttpStatus, Some("500".into())), (Attr::PodName, None)],
-            fields: vec![("duration_ms", 1.5)],
+            fields: vec![(EventField::DurationMs, 1.5)],
         };
         let value = json(&record);
         assert_eq!(value["event"], "failed_request");

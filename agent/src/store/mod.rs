@@ -18,7 +18,7 @@ pub mod snapshot;
 
 use requests::{DURATION_BUCKETS, LatencyHistogram, RequestKey, RequestStore};
 pub use snapshot::{
-    AgentRow, ContainerRow, EventIds, EventName, Histogram, LogRecord, Memory, ProbeRow, RequestRow, Severity, SinkRow,
+    AgentRow, ContainerRow, EventField, EventIds, EventName, Histogram, LogRecord, Memory, ProbeRow, RequestRow, Severity, SinkRow,
     Snapshot, SnapshotCell, Throttling,
 };
 
@@ -235,7 +235,7 @@ impl Store {
                 (Attr::Namespace, pod.as_ref().map(|p| p.namespace.clone())),
                 (Attr::PodName, pod.as_ref().map(|p| p.name.clone())),
             ],
-            fields: vec![("duration_ms", event.duration_ms)],
+            fields: vec![(EventField::DurationMs, event.duration_ms)],
         })
     }
 
@@ -348,7 +348,7 @@ impl Store {
         name: EventName,
         message: String,
         attributes: &[(Attr, String)],
-        fields: Vec<(&'static str, f64)>,
+        fields: Vec<(EventField, f64)>,
     ) -> LogRecord {
         LogRecord {
             id: self.event_ids.next(),
@@ -411,7 +411,7 @@ impl Store {
                     EventName::OomKill,
                     message,
                     &row.attributes,
-                    vec![("kills", new_kills as f64)],
+                    vec![(EventField::Kills, new_kills as f64)],
                 ));
             }
             if let Some(share) = throttled {
@@ -424,7 +424,7 @@ impl Store {
                     EventName::CpuThrottled,
                     message,
                     &row.attributes,
-                    vec![("throttled_share", share)],
+                    vec![(EventField::ThrottledShare, share)],
                 ));
             }
         }

@@ -225,7 +225,31 @@ pub struct LogRecord {
     /// Identity and event attributes; `None` values are known to be unknown.
     pub attributes: Vec<(Attr, Option<String>)>,
     /// Event-specific numbers, e.g. `duration_ms`.
-    pub fields: Vec<(&'static str, f64)>,
+    pub fields: Vec<(EventField, f64)>,
+}
+
+/// The numbers an event may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventField {
+    DurationMs,
+    Kills,
+    ThrottledShare,
+}
+
+impl EventField {
+    pub const ALL: [EventField; 3] = [EventField::DurationMs, EventField::Kills, EventField::ThrottledShare];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventField::DurationMs => "duration_ms",
+            EventField::Kills => "kills",
+            EventField::ThrottledShare => "throttled_share",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventField> {
+        EventField::ALL.into_iter().find(|f| f.as_str() == name)
+    }
 }
 
 /// Makes event ids: the agent's start time and a random salt, then a sequence number, so ids

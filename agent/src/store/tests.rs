@@ -442,7 +442,7 @@ fn container_changes_become_events_once() {
     assert_eq!(attributes_of(&throttled[0], Attr::PodName), Some("bert-0"));
     let oom = fold(&mut store, read(2, 600, 250));
     assert_eq!(names(&oom), [EventName::OomKill]);
-    assert_eq!(oom[0].fields, vec![("kills", 2.0)]);
+    assert_eq!(oom[0].fields, vec![(EventField::Kills, 2.0)]);
     assert!(oom[0].message.contains("bert-0 container server"), "{}", oom[0].message);
     assert!(fold(&mut store, read(2, 700, 250)).is_empty(), "the same kills are not announced twice");
     let gone = {
