@@ -227,6 +227,9 @@ impl PushSinks {
         for stats in self.logs.iter().map(|h| &h.stats).chain(self.metrics.iter().map(|(h, _)| &h.stats)) {
             stats.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        for handle in &self.logs {
+            handle.close();
+        }
         drop(self.logs);
         drop(self.metrics);
         for thread in self.threads {
@@ -253,12 +256,12 @@ fn start_sinks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
     if let Some(url) = &sinks.loki.url {
         let loki = sinks::backends::LokiSink::new(url, &sinks.loki, &node).map_err(|e| usage("sinks.loki", e))?;
-        add_log_sink(SinkHandle::spawn(loki, sinks.queue_events, events).map_err(failed)?);
+        add_log_sink(spawn_log_sink(loki, sinks, events).map_err(|e| usage("sinks.spool", e))?);
     }
     if let Some(url) = &sinks.elasticsearch.url {
         let es = sinks::backends::ElasticsearchSink::new(url, &sinks.elasticsearch, &node)
             .map_err(|e| usage("sinks.elasticsearch", e))?;
-        add_log_sink(SinkHandle::spawn(es, sinks.queue_events, events).map_err(failed)?);
+        add_log_sink(spawn_log_sink(es, sinks, events).map_err(|e| usage("sinks.spool", e))?);
     }
     if sinks.otlp.active(env) {
         use sinks::otlp::{OtlpLogs, OtlpMetrics, Signal};
@@ -268,7 +271,7 @@ fn start_sinks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<
             let target = sinks.otlp.target(Signal::Logs, env).map_err(otlp_error)?;
             tracing::info!(endpoint = %target.url, protocol = ?target.protocol, "Exporting events as OTLP logs");
             let sink = OtlpLogs::new(&target, resource.clone()).map_err(|e| usage("sinks.otlp", e))?;
-            add_log_sink(SinkHandle::spawn(sink, sinks.queue_events, events).map_err(failed)?);
+            add_log_sink(spawn_log_sink(sink, sinks, events).map_err(|e| usage("sinks.spool", e))?);
         }
         if sinks.otlp.metrics {
             let target = sinks.otlp.target(Signal::Metrics, env).map_err(otlp_error)?;
@@ -290,6 +293,21 @@ fn start_sinks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<
         }
     }
     Ok(pushed)
+}
+
+/// A backend's log sink: its events wait on disk when the spool is on, else in memory.
+fn spawn_log_sink<S: sinks::Sink<Item = LogRecord>>(
+    sink: S,
+    config: &sinks::SinksConfig,
+    delivery: Delivery,
+) -> anyhow::Result<(SinkHandle<LogRecord>, std::thread::JoinHandle<()>)> {
+    if config.spool.enabled {
+        let dir = config.spool.path.join(sink.name());
+        tracing::info!(sink = sink.name(), dir = %dir.display(), "Events wait in a disk spool");
+        SinkHandle::spawn_spooled(sink, &dir, config.spool.max_bytes, delivery)
+    } else {
+        Ok(SinkHandle::spawn(sink, config.queue_events, delivery)?)
+    }
 }
 
 fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<JoinHandle<T>> {

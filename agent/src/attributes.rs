@@ -24,6 +24,30 @@ pub enum Attr {
 }
 
 impl Attr {
+    pub const ALL: [Attr; 16] = [
+        Attr::NodeName,
+        Attr::Namespace,
+        Attr::PodName,
+        Attr::ContainerName,
+        Attr::ModelName,
+        Attr::ModelVersion,
+        Attr::PodUid,
+        Attr::ContainerId,
+        Attr::ContainerRuntime,
+        Attr::QosClass,
+        Attr::SystemdUnit,
+        Attr::HttpMethod,
+        Attr::HttpRoute,
+        Attr::HttpStatus,
+        Attr::UrlScheme,
+        Attr::ErrorType,
+    ];
+
+    /// The attribute whose OpenTelemetry name is `name`.
+    pub fn from_otel(name: &str) -> Option<Attr> {
+        Attr::ALL.into_iter().find(|a| a.otel() == name)
+    }
+
     /// OpenTelemetry semantic conventions (`ml.model.*` and `k8s.pod.qos_class`,
     /// `systemd.unit` are this project's own).
     pub const fn otel(self) -> &'static str {
@@ -83,30 +107,11 @@ pub fn get(attributes: &[(Attr, String)], attr: Attr) -> Option<&str> {
 mod tests {
     use super::*;
 
-    const ALL: [Attr; 16] = [
-        Attr::NodeName,
-        Attr::Namespace,
-        Attr::PodName,
-        Attr::ContainerName,
-        Attr::ModelName,
-        Attr::ModelVersion,
-        Attr::PodUid,
-        Attr::ContainerId,
-        Attr::ContainerRuntime,
-        Attr::QosClass,
-        Attr::SystemdUnit,
-        Attr::HttpMethod,
-        Attr::HttpRoute,
-        Attr::HttpStatus,
-        Attr::UrlScheme,
-        Attr::ErrorType,
-    ];
-
     #[test]
     fn names_are_unique_and_valid_in_each_spelling() {
-        let otel: std::collections::HashSet<_> = ALL.iter().map(|a| a.otel()).collect();
-        let prom: std::collections::HashSet<_> = ALL.iter().map(|a| a.prometheus()).collect();
-        assert_eq!((otel.len(), prom.len()), (ALL.len(), ALL.len()));
+        let otel: std::collections::HashSet<_> = Attr::ALL.iter().map(|a| a.otel()).collect();
+        let prom: std::collections::HashSet<_> = Attr::ALL.iter().map(|a| a.prometheus()).collect();
+        assert_eq!((otel.len(), prom.len()), (Attr::ALL.len(), Attr::ALL.len()));
         for name in prom {
             assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{name}");
         }

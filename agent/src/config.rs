@@ -279,6 +279,9 @@ impl Config {
         if sinks.batch.backoff_base.is_zero() || sinks.batch.backoff_max < sinks.batch.backoff_base {
             return field_error("sinks.batch", "backoff_base must be above 0 and at most backoff_max");
         }
+        if sinks.spool.enabled && sinks.spool.max_bytes < 1 << 20 {
+            return field_error("sinks.spool.max_bytes", "must be at least 1048576 (1 MiB)");
+        }
         for (field, url) in [("sinks.loki.url", &sinks.loki.url), ("sinks.elasticsearch.url", &sinks.elasticsearch.url)]
         {
             if let Some(url) = url

@@ -22,8 +22,8 @@ use modelmeter::{
         procfs::{self, ProcCgroups},
     },
     store::{
-        AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, EventField, EventName, Histogram, LogRecord, Readings,
-        Severity, Snapshot, Store,
+        AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, EventField, EventName, Histogram, LogRecord,
+        Readings, Severity, Snapshot, Store,
     },
     telemetry::Telemetry,
 };

@@ -318,7 +318,7 @@ mod tests {
                 "model": {"name": "llama", "version": "3"},
                 "http": {"route": "/v1/chat"},
                 "duration_ms": 812.5,
-                "ratio": null
+                "throttled_share": null
             }
         });
         assert_eq!(doc, &expected);

@@ -27,6 +27,7 @@ pub mod http;
 pub mod loki;
 pub mod otlp;
 pub mod prometheus;
+pub mod spool;
 pub mod stdout;
 
 /// What to do after a send.
@@ -102,13 +103,24 @@ pub enum SinkDrop {
     TooLarge,
     /// Every allowed attempt failed.
     RetriesExhausted,
-    /// Still undelivered when the agent stopped.
+    /// Still undelivered when the agent stopped (without a spool to keep it).
     Shutdown,
+    /// The disk spool was full: the oldest events made room.
+    SpoolFull,
+    /// The disk spool could not be written, or held a damaged record.
+    SpoolError,
 }
 
 impl SinkDrop {
-    pub const ALL: [SinkDrop; 5] =
-        [SinkDrop::QueueFull, SinkDrop::Rejected, SinkDrop::TooLarge, SinkDrop::RetriesExhausted, SinkDrop::Shutdown];
+    pub const ALL: [SinkDrop; 7] = [
+        SinkDrop::QueueFull,
+        SinkDrop::Rejected,
+        SinkDrop::TooLarge,
+        SinkDrop::RetriesExhausted,
+        SinkDrop::Shutdown,
+        SinkDrop::SpoolFull,
+        SinkDrop::SpoolError,
+    ];
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -117,6 +129,8 @@ impl SinkDrop {
             SinkDrop::TooLarge => "too_large",
             SinkDrop::RetriesExhausted => "retries_exhausted",
             SinkDrop::Shutdown => "shutdown",
+            SinkDrop::SpoolFull => "spool_full",
+            SinkDrop::SpoolError => "spool_error",
         }
     }
 }
@@ -150,40 +164,102 @@ impl SinkStats {
 /// How long a sink keeps retrying after the agent was asked to stop.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs `sink` until `items` is closed and drained (the collector's last records included).
-pub fn drive<S: Sink>(mut sink: S, items: Receiver<S::Item>, delivery: Delivery, stats: Arc<SinkStats>) {
-    let mut jitter = Jitter::seeded();
-    let mut batch = Vec::with_capacity(delivery.max_items);
-    loop {
-        // Wait for the first item, then fill the batch until it is full or old enough.
-        match items.recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => return,
-        }
-        let mut bytes = sink.item_bytes(&batch[0]);
+/// Where a driver's items come from.
+pub trait Feed<T>: Send + 'static {
+    /// The next batch (waiting for its first item, then up to `max_wait` for more); `None` once
+    /// the feed is closed and drained.
+    fn next_batch(&mut self, delivery: &Delivery, bytes: &dyn Fn(&T) -> usize, stats: &SinkStats) -> Option<Vec<T>>;
+    /// The last batch is settled: delivered, or given up and counted.
+    fn settled(&mut self) {}
+    /// Whether what is undelivered at shutdown is kept for the next start (the disk spool).
+    fn durable(&self) -> bool {
+        false
+    }
+}
+
+/// The in-memory feed: a bounded channel.
+impl<T: Send + 'static> Feed<T> for Receiver<T> {
+    fn next_batch(&mut self, delivery: &Delivery, bytes: &dyn Fn(&T) -> usize, _: &SinkStats) -> Option<Vec<T>> {
+        let first = self.recv().ok()?;
+        let mut size = bytes(&first);
+        let mut batch = vec![first];
         let deadline = Instant::now() + delivery.max_wait;
-        let mut closed = false;
-        while batch.len() < delivery.max_items && bytes < delivery.max_bytes {
-            match items.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while batch.len() < delivery.max_items && size < delivery.max_bytes {
+            match self.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(item) => {
-                    bytes += sink.item_bytes(&item);
+                    size += bytes(&item);
                     batch.push(item);
                 }
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        deliver(&mut sink, std::mem::take(&mut batch), &delivery, &stats, &mut jitter);
-        if closed {
-            return;
+        Some(batch)
+    }
+}
+
+/// The disk spool as a feed.
+pub struct SpoolFeed {
+    spool: Arc<spool::Spool>,
+    position: Option<spool::Position>,
+}
+
+impl Feed<crate::store::LogRecord> for SpoolFeed {
+    fn next_batch(
+        &mut self,
+        delivery: &Delivery,
+        _: &dyn Fn(&crate::store::LogRecord) -> usize,
+        stats: &SinkStats,
+    ) -> Option<Vec<crate::store::LogRecord>> {
+        let stopping = || stats.stopping.load(Relaxed);
+        let (batch, position) = self.spool.read_batch(delivery.max_items, delivery.max_wait, &stopping)?;
+        self.position = Some(position);
+        Some(batch)
+    }
+
+    fn settled(&mut self) {
+        if let Some(position) = self.position.take() {
+            self.spool.settle(position);
+        }
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+/// Runs `sink` until its feed is closed and drained (the collector's last records included), or,
+/// for a durable feed, until the shutdown grace period ends with items still undelivered.
+pub fn drive<S: Sink>(mut sink: S, mut feed: impl Feed<S::Item>, delivery: Delivery, stats: Arc<SinkStats>) {
+    let mut jitter = Jitter::seeded();
+    let durable = feed.durable();
+    while let Some(batch) = feed.next_batch(&delivery, &|item| sink.item_bytes(item), &stats) {
+        if batch.is_empty() {
+            continue;
+        }
+        match deliver(&mut sink, batch, &delivery, &stats, &mut jitter, durable) {
+            Settled::Yes => feed.settled(),
+            // Kept in the spool for the next start.
+            Settled::Kept => return,
         }
     }
 }
 
-fn deliver<S: Sink>(sink: &mut S, batch: Vec<S::Item>, delivery: &Delivery, stats: &SinkStats, jitter: &mut Jitter) {
+/// What became of a batch.
+enum Settled {
+    /// Delivered, or given up and counted.
+    Yes,
+    /// Undelivered at shutdown, and kept by a durable feed.
+    Kept,
+}
+
+fn deliver<S: Sink>(
+    sink: &mut S,
+    batch: Vec<S::Item>,
+    delivery: &Delivery,
+    stats: &SinkStats,
+    jitter: &mut Jitter,
+    durable: bool,
+) -> Settled {
     // Batches still to send: the first, then halves of a too-large one, or a partial retry.
     let mut pending = vec![(batch, 1u32)];
     let mut stop_deadline: Option<Instant> = None;
@@ -241,6 +317,10 @@ fn deliver<S: Sink>(sink: &mut S, batch: Vec<S::Item>, delivery: &Delivery, stat
         }
         if stats.stopping.load(Relaxed) {
             let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
+            if Instant::now() >= deadline && durable {
+                tracing::warn!(sink = sink.name(), reason = %reason, "Agent stopping; undelivered events stay in the spool");
+                return Settled::Kept;
+            }
             if Instant::now() >= deadline {
                 tracing::warn!(sink = sink.name(), reason = %reason, items = left, "Agent stopping; undelivered items dropped");
                 stats.drop_items(SinkDrop::Shutdown, left);
@@ -255,6 +335,7 @@ fn deliver<S: Sink>(sink: &mut S, batch: Vec<S::Item>, delivery: &Delivery, stat
         sleep_unless_stopping(wait, stats);
         pending.push((retry_batch, attempt + 1));
     }
+    Settled::Yes
 }
 
 /// Sleeps `wait`, waking early (within 100 ms) when the agent starts stopping.
@@ -295,6 +376,8 @@ pub struct SinksConfig {
     /// and counted in `modelmeter_sink_dropped_total{reason="queue_full"}`. Default `10000`.
     pub queue_events: usize,
     pub batch: BatchConfig,
+    /// Keep undelivered events on disk instead (Loki, Elasticsearch, OTLP logs).
+    pub spool: spool::SpoolConfig,
 }
 
 impl Default for SinksConfig {
@@ -306,6 +389,7 @@ impl Default for SinksConfig {
             elasticsearch: ElasticsearchConfig::default(),
             queue_events: 10_000,
             batch: BatchConfig::default(),
+            spool: spool::SpoolConfig::default(),
         }
     }
 }
@@ -417,47 +501,94 @@ impl Default for ElasticsearchConfig {
 /// The default time one request to a backend may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One running push sink as its feeder sees it: the queue into its driver and its figures.
-#[derive(Debug)]
+/// The feeder's end of a sink's queue.
+pub trait Inlet<T>: Send + Sync {
+    fn offer(&self, item: T, stats: &SinkStats);
+    fn queued(&self) -> u64;
+    /// No more items: the driver delivers what is left and stops.
+    fn close(&self) {}
+}
+
+impl<T: Send> Inlet<T> for crossbeam_channel::Sender<T> {
+    fn offer(&self, item: T, stats: &SinkStats) {
+        match self.try_send(item) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(_)) => stats.drop_items(SinkDrop::QueueFull, 1),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => stats.drop_items(SinkDrop::Shutdown, 1),
+        }
+    }
+
+    fn queued(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+impl Inlet<crate::store::LogRecord> for spool::Spool {
+    fn offer(&self, item: crate::store::LogRecord, _: &SinkStats) {
+        self.append(&item);
+    }
+
+    fn queued(&self) -> u64 {
+        spool::Spool::queued(self)
+    }
+
+    fn close(&self) {
+        spool::Spool::close(self);
+    }
+}
+
+/// One running push sink as its feeder sees it: the way into its queue and its figures.
 pub struct SinkHandle<T> {
     pub name: &'static str,
-    queue: crossbeam_channel::Sender<T>,
+    inlet: Arc<dyn Inlet<T>>,
     pub stats: Arc<SinkStats>,
+}
+
+impl<T> std::fmt::Debug for SinkHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandle").field("name", &self.name).finish()
+    }
 }
 
 impl<T> Clone for SinkHandle<T> {
     fn clone(&self) -> Self {
-        SinkHandle { name: self.name, queue: self.queue.clone(), stats: self.stats.clone() }
+        SinkHandle { name: self.name, inlet: self.inlet.clone(), stats: self.stats.clone() }
     }
 }
 
-impl<T: Send + 'static> SinkHandle<T> {
-    /// Starts `sink`'s driver on its own thread, behind a queue of `capacity` items.
+impl<T: Clone + Send + 'static> SinkHandle<T> {
+    /// Starts `sink`'s driver on its own thread, behind an in-memory queue of `capacity` items.
     pub fn spawn<S: Sink<Item = T>>(
         sink: S,
         capacity: usize,
         delivery: Delivery,
-    ) -> std::io::Result<(SinkHandle<T>, std::thread::JoinHandle<()>)>
-    where
-        T: Clone,
-    {
-        let name = sink.name();
+    ) -> std::io::Result<(SinkHandle<T>, std::thread::JoinHandle<()>)> {
         let (queue, items) = crossbeam_channel::bounded(capacity.max(1));
         let stats = Arc::new(SinkStats::default());
-        let driver_stats = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("mm-sink-{name}"))
-            .spawn(move || drive(sink, items, delivery, driver_stats))?;
-        Ok((SinkHandle { name, queue, stats }, thread))
+        let name = sink.name();
+        let thread = Self::start(sink, items, delivery, stats.clone())?;
+        Ok((SinkHandle { name, inlet: Arc::new(queue), stats }, thread))
     }
 
-    /// Queues `item`; a full queue drops it and counts the drop.
+    fn start<S: Sink<Item = T>>(
+        sink: S,
+        feed: impl Feed<T>,
+        delivery: Delivery,
+        stats: Arc<SinkStats>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("mm-sink-{}", sink.name()))
+            .spawn(move || drive(sink, feed, delivery, stats))
+    }
+
+    /// Queues `item`; a full queue drops it (or, for a spool, the oldest) and counts the drop.
     pub fn offer(&self, item: T) {
-        match self.queue.try_send(item) {
-            Ok(()) => {}
-            Err(crossbeam_channel::TrySendError::Full(_)) => self.stats.drop_items(SinkDrop::QueueFull, 1),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => self.stats.drop_items(SinkDrop::Shutdown, 1),
-        }
+        self.inlet.offer(item, &self.stats);
+    }
+
+    /// Tells the driver no more items come.
+    pub fn close(&self) {
+        self.inlet.close();
     }
 
     pub fn row(&self) -> crate::store::SinkRow {
@@ -471,8 +602,25 @@ impl<T: Send + 'static> SinkHandle<T> {
                 .map(|&reason| (reason.label(), self.stats.dropped(reason)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
-            queued: self.queue.len() as u64,
+            queued: self.inlet.queued(),
         }
+    }
+}
+
+impl SinkHandle<crate::store::LogRecord> {
+    /// Starts `sink`'s driver fed from a disk spool in `dir` (see [`spool`]).
+    pub fn spawn_spooled<S: Sink<Item = crate::store::LogRecord>>(
+        sink: S,
+        dir: &std::path::Path,
+        max_bytes: u64,
+        delivery: Delivery,
+    ) -> anyhow::Result<(SinkHandle<crate::store::LogRecord>, std::thread::JoinHandle<()>)> {
+        let stats = Arc::new(SinkStats::default());
+        let spool = Arc::new(spool::Spool::open(dir, max_bytes, stats.clone())?);
+        let feed = SpoolFeed { spool: spool.clone(), position: None };
+        let name = sink.name();
+        let thread = Self::start(sink, feed, delivery, stats.clone())?;
+        Ok((SinkHandle { name, inlet: spool, stats }, thread))
     }
 }
 

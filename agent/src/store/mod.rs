@@ -18,8 +18,8 @@ pub mod snapshot;
 
 use requests::{DURATION_BUCKETS, LatencyHistogram, RequestKey, RequestStore};
 pub use snapshot::{
-    AgentRow, ContainerRow, EventField, EventIds, EventName, Histogram, LogRecord, Memory, ProbeRow, RequestRow, Severity, SinkRow,
-    Snapshot, SnapshotCell, Throttling,
+    AgentRow, ContainerRow, EventField, EventIds, EventName, Histogram, LogRecord, Memory, ProbeRow, RequestRow,
+    Severity, SinkRow, Snapshot, SnapshotCell, Throttling,
 };
 
 use crate::{
