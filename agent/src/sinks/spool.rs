@@ -139,9 +139,12 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
 
+/// Payloads, each with the offset after it; and whether the segment ended cleanly.
+type Framed = (Vec<(Vec<u8>, u64)>, bool);
+
 /// Reads the framed records of `file` from `offset`: `(payload, next offset)` per record, and
 /// whether the segment ended cleanly (false: a bad checksum or a cut record).
-fn read_records(file: &mut File, offset: u64, max: usize) -> std::io::Result<(Vec<(Vec<u8>, u64)>, bool)> {
+fn read_records(file: &mut File, offset: u64, max: usize) -> std::io::Result<Framed> {
     file.seek(SeekFrom::Start(offset))?;
     let mut data = Vec::new();
     file.read_to_end(&mut data)?;
@@ -352,10 +355,8 @@ impl Spool {
                 }
             }
             let Some((_, file)) = state.reader.as_mut() else { return out };
-            let (records, clean) = match read_records(file, at.offset, max - out.len()) {
-                Ok(read) => read,
-                Err(_) => (Vec::new(), false),
-            };
+            // A read error counts as damage: the rest of the segment is skipped.
+            let (records, clean) = read_records(file, at.offset, max - out.len()).unwrap_or_default();
             let found = records.len();
             for (payload, next) in records {
                 state.read.offset = next;
