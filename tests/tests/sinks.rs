@@ -363,3 +363,88 @@ fn partly_failed_bulk_items_are_retried_and_mapping_errors_dropped_with_a_count(
     assert_eq!(stored + refused, 200, "nothing lost beyond the refused");
     assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), stored);
 }
+
+#[test]
+fn spooled_events_survive_a_sigkill_during_an_outage() {
+    require_root();
+    const REQUESTS: usize = 10_000;
+    let receivers = Receivers::start();
+    receivers.set_fault(Which::Loki, Fault::Down);
+    let outage_began = std::time::Instant::now();
+    let spool = tempfile::tempdir().expect("spool directory");
+    let (_cgroup, uid, server) = traced_pod(9103);
+    // Every request is a slow_request event: 10,000 events with unique ids.
+    let config = format!(
+        "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n\
+         requests:\n  slow_threshold: 0s\n  events_per_second: 1000000\n\
+         sinks:\n  stdout: false\n  loki:\n    url: {}\n  spool:\n    enabled: true\n    path: {}\n\
+         \x20 batch:\n    max_wait: 200ms\n    backoff_max: 2s\n",
+        receivers.loki_url(),
+        spool.path().display()
+    );
+    let agent = Agent::start(&config);
+    let counts = e2e::drive_load(server.port, &vec!["/".to_owned(); REQUESTS], 4);
+    assert_eq!(counts.values().sum::<u64>(), REQUESTS as u64, "the load itself: {counts:?}");
+    let spooled = || agent.metrics().get("modelmeter_sink_queue_items", &[("sink", "loki")]);
+    let in_spool = std::time::Instant::now();
+    while spooled().is_none_or(|q| q < REQUESTS as f64) {
+        let sinks: Vec<String> = agent
+            .metrics()
+            .samples
+            .iter()
+            .filter(|s| {
+                ["modelmeter_sink", "modelmeter_events", "http_server_request_duration_seconds_count"]
+                    .iter()
+                    .any(|p| s.name.starts_with(p))
+            })
+            .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
+            .collect();
+        assert!(
+            in_spool.elapsed() < Duration::from_secs(60),
+            "not every event reached the spool in 60 s:\n{}",
+            sinks.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Killed, no chance to flush anything: what it had is on disk only.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    drop(agent);
+    let restarted = Agent::start(&config);
+    let queued = restarted.metrics().get("modelmeter_sink_queue_items", &[("sink", "loki")]);
+    assert!(queued.is_some_and(|q| q >= REQUESTS as f64 - 1000.0), "the restarted agent's spool: {queued:?}");
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage_began.elapsed()));
+    receivers.set_fault(Which::Loki, Fault::TooManyRequests { retry_after_secs: 2 });
+    std::thread::sleep(Duration::from_secs(5));
+    receivers.set_fault(Which::Loki, Fault::None);
+    let ids = wait_for(Duration::from_secs(90), "every event in Loki", || {
+        let ids: Vec<String> = receivers
+            .loki()
+            .iter()
+            .flat_map(|p| &p.streams)
+            .filter(|s| s.labels.get("event").map(String::as_str) == Some("slow_request"))
+            .flat_map(|s| &s.entries)
+            .filter(|e| e.structured_metadata.iter().any(|(k, v)| k == "pod_uid" && *v == uid))
+            .filter_map(|e| e.structured_metadata.iter().find(|(k, _)| k == "event_id").map(|(_, v)| v.clone()))
+            .collect();
+        (ids.iter().collect::<BTreeSet<_>>().len() >= REQUESTS).then_some(ids)
+    });
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), REQUESTS, "one event per request, none invented");
+    let metrics = restarted.metrics();
+    let duplicates = ids.len() - unique.len();
+    assert_eq!(duplicates, 0, "nothing was delivered before the kill, so nothing is sent twice");
+    assert_eq!(metrics.get("modelmeter_sink_dropped_total", &[("sink", "loki")]), None, "nothing dropped");
+    let sent = metrics.get("modelmeter_sink_sent_total", &[("sink", "loki")]);
+    let others: Vec<String> = receivers
+        .loki()
+        .iter()
+        .flat_map(|p| &p.streams)
+        .flat_map(|s| &s.entries)
+        .filter(|e| !e.structured_metadata.iter().any(|(k, v)| k == "pod_uid" && *v == uid))
+        .map(|e| e.line.clone())
+        .collect();
+    assert_eq!(sent, Some((REQUESTS + others.len()) as f64), "other events: {others:?}");
+    let (status, log) = restarted.stop();
+    assert!(status.success(), "agent exit {status}:\n{log}");
+}

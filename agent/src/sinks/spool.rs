@@ -123,6 +123,8 @@ struct State {
     reader: Option<(u64, File)>,
     total_bytes: u64,
     closed: bool,
+    /// Events of the batch being sent: read, not yet settled.
+    in_flight: u64,
 }
 
 /// One sink's spool, shared by the feeder (appends) and the sink's driver (reads, then settles).
@@ -205,7 +207,15 @@ impl Spool {
             max_bytes,
             // At least four segments under the cap, so dropping the oldest drops a part of it.
             segment_bytes: (max_bytes / 4).clamp(64 << 10, 8 << 20),
-            state: Mutex::new(State { segments, writer: None, read, reader: None, total_bytes, closed: false }),
+            state: Mutex::new(State {
+                segments,
+                writer: None,
+                read,
+                reader: None,
+                total_bytes,
+                closed: false,
+                in_flight: 0,
+            }),
             appended: Condvar::new(),
             stats,
         };
@@ -216,11 +226,11 @@ impl Spool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Events waiting (not yet delivered or being sent).
+    /// Events not yet delivered: waiting, or in the batch being sent.
     pub fn queued(&self) -> u64 {
         let state = self.lock();
         let records: u64 = state.segments.range(state.read.segment..).map(|(_, s)| s.records).sum();
-        records.saturating_sub(state.read.index)
+        records.saturating_sub(state.read.index) + state.in_flight
     }
 
     /// Appends `record`; over the size cap, the oldest segment goes first.
@@ -326,6 +336,7 @@ impl Spool {
                     self.appended.wait_timeout(state, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
             }
         }
+        state.in_flight = batch.len() as u64;
         Some((batch, state.read))
     }
 
@@ -411,6 +422,7 @@ impl Spool {
     /// Everything before `position` is delivered (or given up): persisted, and spent segments removed.
     pub fn settle(&self, position: Position) {
         let mut state = self.lock();
+        state.in_flight = 0;
         let spent: Vec<u64> = state.segments.range(..position.segment).map(|(id, _)| *id).collect();
         for id in spent {
             if state.writer.as_ref().is_some_and(|(w, _)| *w == id) {
@@ -469,7 +481,7 @@ mod tests {
         // Read but not settled: sent again after a restart.
         let (unsettled, _) = spool.read_batch(3, Duration::ZERO, &|| true).unwrap();
         assert_eq!(unsettled.len(), 3);
-        assert_eq!(spool.queued(), 3);
+        assert_eq!(spool.queued(), 6, "the batch being sent is not delivered yet");
         drop(spool);
         let (again, _) = open(dir.path(), 1 << 20);
         assert_eq!(again.queued(), 6);
@@ -533,5 +545,56 @@ mod tests {
         spool.append(&event(9));
         let (after, _) = spool.read_batch(100, Duration::ZERO, &|| true).unwrap();
         assert_eq!(ids(&after), [format!("{:032x}", 9)], "new events follow the damaged segment");
+    }
+}
+#[cfg(test)]
+mod concurrent {
+    use super::*;
+
+    #[test]
+    fn queued_counts_every_undelivered_event_while_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), 256 << 20, Arc::new(SinkStats::default())).unwrap());
+        let reader = {
+            let spool = spool.clone();
+            std::thread::spawn(move || spool.read_batch(1000, Duration::from_millis(200), &|| false).map(|b| b.0.len()))
+        };
+        for n in 0..10_000u64 {
+            let mut record = tests_event(n);
+            record.id = format!("{n:032x}");
+            spool.append(&record);
+        }
+        let first = reader.join().unwrap().unwrap();
+        assert_eq!(spool.queued(), 10_000, "first batch {first}");
+    }
+
+    #[test]
+    fn queued_counts_a_small_batch_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), 256 << 20, Arc::new(SinkStats::default())).unwrap());
+        for n in 0..40u64 {
+            spool.append(&tests_event(n));
+        }
+        let (batch, _) = spool.read_batch(1000, Duration::from_millis(10), &|| false).unwrap();
+        assert_eq!(batch.len(), 40);
+        for n in 40..10_000u64 {
+            spool.append(&tests_event(n));
+            if n % 100 == 0 {
+                assert_eq!(spool.queued(), n + 1);
+            }
+        }
+        assert_eq!(spool.queued(), 10_000);
+    }
+
+    fn tests_event(n: u64) -> LogRecord {
+        LogRecord {
+            id: String::new(),
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(n),
+            severity: Severity::Warn,
+            name: EventName::SlowRequest,
+            message: "x".repeat(300),
+            attributes: vec![(Attr::PodName, Some(format!("pod-{n}")))],
+            fields: vec![],
+        }
     }
 }
