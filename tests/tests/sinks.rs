@@ -448,3 +448,95 @@ fn spooled_events_survive_a_sigkill_during_an_outage() {
     let (status, log) = restarted.stop();
     assert!(status.success(), "agent exit {status}:\n{log}");
 }
+
+#[test]
+fn hostile_event_fields_are_escaped_or_truncated_never_rejected() {
+    let receivers = Receivers::start();
+    let hostile = "quote \" backslash \\ newline \n cr \r tab \t nul \0 {a=\"b\"} =~ `tick` é 😀";
+    // What a lossy decode of captured bytes gives: replacement characters, never invalid UTF-8.
+    let undecodable = String::from_utf8_lossy(b"bytes \xff\xfe\xc3 end").into_owned();
+    let events: Vec<LogRecord> = (0..20)
+        .map(|n| {
+            let mut record = event(n);
+            record.message = format!("{hostile}{}", "m".repeat(100 << 10));
+            record.attributes = vec![
+                (Attr::Namespace, Some(hostile.to_owned())),
+                (Attr::ModelName, Some("x".repeat(5000))),
+                (Attr::PodName, Some(undecodable.clone())),
+                (Attr::HttpRoute, Some(hostile.to_owned())),
+                (Attr::HttpStatus, Some("not a number".to_owned())),
+                (Attr::ContainerName, Some(String::new())),
+            ];
+            record
+        })
+        .collect();
+    let batch = sinks::BatchConfig { max_wait: Duration::from_millis(50), ..Default::default() };
+    let run = |sink: Box<dyn FnOnce() -> (SinkHandle<LogRecord>, std::thread::JoinHandle<()>)>| {
+        let (handle, thread) = sink();
+        for record in &events {
+            handle.offer(record.clone());
+        }
+        let stats = handle.stats.clone();
+        drop(handle);
+        thread.join().expect("driver");
+        stats
+    };
+    let loki_url = receivers.loki_url();
+    let loki = |format| {
+        let config = sinks::LokiConfig { url: Some(loki_url.clone()), format, ..Default::default() };
+        let sink = sinks::backends::LokiSink::new(&loki_url, &config, "node \"a\"").expect("loki");
+        SinkHandle::spawn(sink, 100, batch.events()).expect("spawn")
+    };
+    let es = || {
+        let sink = sinks::backends::ElasticsearchSink::new(
+            &receivers.elasticsearch_url(),
+            &sinks::ElasticsearchConfig::default(),
+            "node-a",
+        )
+        .expect("es");
+        SinkHandle::spawn(sink, 100, batch.events()).expect("spawn")
+    };
+    let otlp = || {
+        let config = sinks::otlp::OtlpConfig { endpoint: Some(receivers.otlp_grpc_endpoint()), ..Default::default() };
+        let target = config.target(sinks::otlp::Signal::Logs, &|_| None).expect("target");
+        let sink = sinks::otlp::OtlpLogs::new(&target, sinks::otlp::resource("node-a", &|_| None)).expect("otlp");
+        SinkHandle::spawn(sink, 100, batch.events()).expect("spawn")
+    };
+    let all: Vec<(&str, Arc<sinks::SinkStats>)> = vec![
+        ("loki protobuf", run(Box::new(|| loki(sinks::LokiFormat::Protobuf)))),
+        ("loki json", run(Box::new(|| loki(sinks::LokiFormat::Json)))),
+        ("elasticsearch", run(Box::new(es))),
+        ("otlp logs", run(Box::new(otlp))),
+    ];
+    for (name, stats) in &all {
+        assert_eq!(stats.sent.load(std::sync::atomic::Ordering::Relaxed), 20, "{name} delivered all");
+        for reason in SinkDrop::ALL {
+            assert_eq!(stats.dropped(reason), 0, "{name} dropped for {}", reason.label());
+        }
+    }
+    let counters = receivers.counters();
+    for which in [Which::Loki, Which::Elasticsearch, Which::OtlpGrpc] {
+        let count = counters.get(which);
+        assert_eq!((count.rejected, count.invalid_items), (0, 0), "{which:?} rejected input: {count:?}");
+    }
+    // Escaped, not altered: the receivers decoded the same strings.
+    let pushes = receivers.loki();
+    let stream = &pushes[0].streams[0];
+    assert_eq!(stream.labels["namespace"], hostile);
+    assert_eq!(stream.labels["node"], "node \"a\"");
+    assert!(stream.labels["model"].len() <= 2048, "a label value over Loki's limit is cut");
+    for entry in pushes.iter().flat_map(|p| &p.streams).flat_map(|s| &s.entries) {
+        assert!(entry.line.len() <= 64 << 10, "a line over 64 KiB: {}", entry.line.len());
+        let line: serde_json::Value = serde_json::from_str(&entry.line).expect("each line is JSON");
+        assert!(line["message"].as_str().is_some_and(|m| m.starts_with(hostile) && m.ends_with("…[truncated]")));
+        assert!(entry.structured_metadata.iter().any(|(k, v)| k == "pod" && *v == undecodable));
+    }
+    let docs = receivers.elasticsearch_docs();
+    assert_eq!(docs.len(), 20);
+    assert_eq!(docs[0].source["kubernetes"]["namespace"], hostile);
+    assert!(docs[0].source["http"]["response"].get("status_code").is_none(), "a non-numeric status is left out");
+    let logs = receivers.logs();
+    let body = logs[0].request.resource_logs[0].scope_logs[0].log_records[0].body.clone().expect("a body");
+    let Some(any_value::Value::StringValue(body)) = body.value else { panic!("a string body") };
+    assert!(body.starts_with(hostile));
+}

@@ -711,6 +711,56 @@ mod tests {
         assert_eq!(stats.dropped(SinkDrop::Rejected), 2);
     }
 
+    /// Refuses (413) any request of more than `limit` items; records what it accepted.
+    struct Limited {
+        limit: usize,
+        accepted: Arc<std::sync::Mutex<Vec<Vec<u32>>>>,
+    }
+
+    impl Sink for Limited {
+        type Item = u32;
+        type Request = Vec<u32>;
+        type Response = bool;
+
+        fn name(&self) -> &'static str {
+            "limited"
+        }
+
+        fn encode(&mut self, batch: &[u32]) -> Vec<u32> {
+            batch.to_vec()
+        }
+
+        fn send(&mut self, request: &Vec<u32>) -> bool {
+            let fits = request.len() <= self.limit && !request.contains(&99);
+            if fits {
+                self.accepted.lock().unwrap().push(request.clone());
+            }
+            fits
+        }
+
+        fn decide(&self, fits: &bool, _batch: &[u32]) -> Retry {
+            if *fits { Retry::Done } else { Retry::TooLarge { reason: "413".into() } }
+        }
+    }
+
+    #[test]
+    fn too_large_batches_are_split_until_they_fit_and_a_single_misfit_is_dropped() {
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        for item in [1, 2, 3, 99, 5, 6, 7] {
+            tx.send(item).unwrap();
+        }
+        drop(tx);
+        let stats = Arc::new(SinkStats::default());
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let delivery = Delivery { max_items: 7, ..fast() };
+        drive(Limited { limit: 2, accepted: accepted.clone() }, rx, delivery, stats.clone());
+        let accepted = accepted.lock().unwrap().clone();
+        assert_eq!(accepted.concat(), [1, 2, 3, 5, 6, 7], "order kept, nothing lost but the misfit");
+        assert!(accepted.iter().all(|b| b.len() <= 2));
+        assert_eq!(stats.dropped(SinkDrop::TooLarge), 1);
+        assert_eq!(stats.sent.load(Relaxed), 6);
+    }
+
     #[test]
     fn exhausted_retries_drop_and_count() {
         let failure = Retry::Retriable { after: Some(Duration::from_millis(1)), reason: "429".into() };
