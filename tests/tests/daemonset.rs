@@ -320,16 +320,17 @@ fn check_common(rendered: &Rendered) {
     assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("128Mi"), "{dir}: memory limit");
     assert!(!limits.contains_key("cpu"), "{dir}: no cpu limit (throttling would stall collections)");
 
-    // Host paths: exactly the five, each mounted where and how the agent expects.
+    // Host paths: exactly the five (and the push overlay's event spool), each mounted where and how
+    // the agent expects.
     let volumes = pod.volumes.as_deref().unwrap_or_default();
     let mounts = agent.volume_mounts.as_deref().unwrap_or_default();
     let host_paths: BTreeMap<&str, &str> =
         volumes.iter().filter_map(|v| Some((v.host_path.as_ref()?.path.as_str(), v.name.as_str()))).collect();
-    assert_eq!(
-        host_paths.keys().copied().collect::<BTreeSet<_>>(),
-        HOST_PATHS.iter().map(|(host, _, _)| *host).collect(),
-        "{dir}: hostPath volumes"
-    );
+    let mut expected: BTreeSet<&str> = HOST_PATHS.iter().map(|(host, _, _)| *host).collect();
+    if dir == "overlays/push" {
+        expected.insert("/var/lib/modelmeter/spool");
+    }
+    assert_eq!(host_paths.keys().copied().collect::<BTreeSet<_>>(), expected, "{dir}: hostPath volumes");
     for (host, mount_path, read_only) in HOST_PATHS {
         let volume = host_paths[host];
         let mount = mounts.iter().find(|m| m.name == volume);
@@ -532,6 +533,10 @@ fn push_overlay_config_loads_with_every_sink() {
         .flatten()
         .any(|m| m.name == "elasticsearch-credentials" && m.mount_path == "/etc/modelmeter/elasticsearch");
     assert!(mounted, "the Elasticsearch Secret is not mounted where the config reads it");
+    let spool =
+        rendered.agent().volume_mounts.iter().flatten().find(|m| m.name == "spool").expect("the spool is mounted");
+    assert!(loaded.sinks.spool.enabled && loaded.sinks.spool.path.starts_with(&spool.mount_path));
+    assert_ne!(spool.read_only, Some(true), "the spool is written");
     let es = &loaded.sinks.elasticsearch;
     for file in [es.auth.api_key_file.as_ref(), es.tls.ca_file.as_ref()] {
         assert!(file.is_some_and(|f| f.starts_with("/etc/modelmeter/elasticsearch")), "{file:?}");
