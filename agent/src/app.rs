@@ -55,6 +55,8 @@ use crate::{
 const OBSERVATION_QUEUE: usize = 1024;
 /// Exits waiting for the payload source, which reads them every 100 ms.
 const EXIT_QUEUE: usize = 8192;
+/// Sink health changes waiting for the collector.
+const SINK_NOTICES: usize = 64;
 /// Snapshots waiting for a metrics sink: the newest supersedes the rest.
 const SNAPSHOT_QUEUE: usize = 8;
 /// A collection a little early still counts as a metrics export interval gone.
@@ -181,6 +183,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         telemetry: telemetry.clone(),
         log_sinks: pushed.logs.clone(),
         metric_sinks: pushed.metrics.iter().map(|(handle, every)| (handle.clone(), *every, None)).collect(),
+        sink_notices: pushed.notices.clone(),
         proc_root: config.proc_root.clone(),
     };
     let interval = config.interval;
@@ -215,6 +218,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
 /// The running push sinks.
 struct PushSinks {
+    notices: Receiver<sinks::SinkNotice>,
     logs: Vec<SinkHandle<LogRecord>>,
     metrics: Vec<(SinkHandle<Arc<Snapshot>>, Duration)>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -246,7 +250,8 @@ fn start_sinks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<
     let usage = |setting: &str, e: anyhow::Error| RunError::Usage(e.context(format!("setting `{setting}`")));
     let failed = |e: std::io::Error| RunError::Failed(anyhow::Error::new(e).context("starting a sink thread"));
     let events = sinks.batch.events();
-    let mut pushed = PushSinks { logs: Vec::new(), metrics: Vec::new(), threads: Vec::new() };
+    let (notify, notices) = crossbeam_channel::bounded(SINK_NOTICES);
+    let mut pushed = PushSinks { notices, logs: Vec::new(), metrics: Vec::new(), threads: Vec::new() };
     let mut add_log_sink = |handle: (SinkHandle<LogRecord>, std::thread::JoinHandle<()>)| {
         pushed.logs.push(handle.0);
         pushed.threads.push(handle.1);
@@ -291,6 +296,9 @@ fn start_sinks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<
             pushed.metrics.push((handle, every));
             pushed.threads.push(thread);
         }
+    }
+    for stats in pushed.logs.iter().map(|h| &h.stats).chain(pushed.metrics.iter().map(|(h, _)| &h.stats)) {
+        stats.notify(notify.clone());
     }
     Ok(pushed)
 }
@@ -376,6 +384,8 @@ struct Collector {
     metric_sinks: Vec<(SinkHandle<Arc<Snapshot>>, Duration, Option<Instant>)>,
     proc_root: std::path::PathBuf,
     pod_watch: Option<Arc<WatchHealth>>,
+    /// Push sinks' health changes, made events at each collection.
+    sink_notices: Receiver<sinks::SinkNotice>,
 }
 
 impl Collector {
@@ -512,6 +522,9 @@ impl Collector {
             self.resolver.forget_tgid(tgid);
         }
         self.resolver.end_collection();
+        for notice in self.sink_notices.try_iter() {
+            self.store.sink_event(&notice);
+        }
         let events = self.store.take_events();
         self.offer_logs(events);
         let snapshot = Arc::new(snapshot);

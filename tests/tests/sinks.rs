@@ -445,6 +445,11 @@ fn spooled_events_survive_a_sigkill_during_an_outage() {
         .map(|e| e.line.clone())
         .collect();
     assert_eq!(sent, Some((REQUESTS + others.len()) as f64), "other events: {others:?}");
+    // The outage itself is an event, delivered once Loki is back.
+    assert!(
+        others.iter().any(|line| line.contains("\"sink_failure\"") && line.contains("sink loki fails")),
+        "no sink_failure event: {others:?}"
+    );
     let (status, log) = restarted.stop();
     assert!(status.success(), "agent exit {status}:\n{log}");
 }

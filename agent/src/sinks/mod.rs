@@ -149,6 +149,19 @@ pub struct SinkStats {
     pub stopping: AtomicBool,
     /// Permanent failures are logged the first time only, then counted.
     reported_permanent: AtomicBool,
+    /// Whether the last send failed.
+    failing: AtomicBool,
+    /// Where changes of health go (the collector makes `sink_failure` events of them).
+    notices: std::sync::OnceLock<crossbeam_channel::Sender<SinkNotice>>,
+}
+
+/// A push sink started or stopped failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkNotice {
+    pub sink: &'static str,
+    pub failing: bool,
+    /// Why it fails; empty on recovery.
+    pub reason: String,
 }
 
 impl SinkStats {
@@ -158,6 +171,20 @@ impl SinkStats {
 
     pub fn dropped(&self, reason: SinkDrop) -> u64 {
         self.dropped[reason as usize].load(Relaxed)
+    }
+
+    /// Sends health changes to `notices` from now on.
+    pub fn notify(&self, notices: crossbeam_channel::Sender<SinkNotice>) {
+        let _ = self.notices.set(notices);
+    }
+
+    fn health(&self, sink: &'static str, failing: bool, reason: &str) {
+        if self.failing.swap(failing, Relaxed) != failing
+            && let Some(notices) = self.notices.get()
+        {
+            // Bounded: a flapping sink's notices beyond it are only in its counters.
+            let _ = notices.try_send(SinkNotice { sink, failing, reason: reason.to_owned() });
+        }
     }
 }
 
@@ -273,9 +300,11 @@ fn deliver<S: Sink>(
         let (retry_batch, after, reason) = match sink.decide(&response, &batch) {
             Retry::Done => {
                 stats.sent.fetch_add(count, Relaxed);
+                stats.health(sink.name(), false, "");
                 continue;
             }
             Retry::Permanent { reason } => {
+                stats.health(sink.name(), true, &reason);
                 report_permanent(sink.name(), stats, &reason, count);
                 stats.drop_items(SinkDrop::Rejected, count);
                 continue;
@@ -307,7 +336,10 @@ fn deliver<S: Sink>(
                 }
                 (again, None, reason)
             }
-            Retry::Retriable { after, reason } => (batch, after, reason),
+            Retry::Retriable { after, reason } => {
+                stats.health(sink.name(), true, &reason);
+                (batch, after, reason)
+            }
         };
         let left = retry_batch.len() as u64;
         if delivery.max_attempts.is_some_and(|max| attempt >= max) {
@@ -702,6 +734,21 @@ mod tests {
             (stats.sent.load(Relaxed), stats.retried.load(Relaxed), stats.dropped(SinkDrop::RetriesExhausted)),
             (1, 2, 0)
         );
+    }
+
+    #[test]
+    fn health_changes_are_notified_once_each() {
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        tx.send(7).unwrap();
+        drop(tx);
+        let stats = Arc::new(SinkStats::default());
+        let (notify, notices) = crossbeam_channel::bounded(8);
+        stats.notify(notify);
+        let failure = Retry::Retriable { after: None, reason: "503".into() };
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        drive(Flaky { failures: 2, failure, sent }, rx, fast(), stats);
+        let notices: Vec<(bool, String)> = notices.try_iter().map(|n| (n.failing, n.reason)).collect();
+        assert_eq!(notices, [(true, "503".to_owned()), (false, String::new())]);
     }
 
     #[test]

@@ -336,6 +336,18 @@ impl Store {
         Snapshot { taken_at, containers, requests, agent }
     }
 
+    /// A push sink started or stopped failing, as an event for the other sinks (and for the
+    /// failing one, which delivers it once it recovers).
+    pub fn sink_event(&mut self, notice: &crate::sinks::SinkNotice) {
+        let (severity, name, message) = if notice.failing {
+            (Severity::Error, EventName::SinkFailure, format!("sink {} fails: {}", notice.sink, notice.reason))
+        } else {
+            (Severity::Info, EventName::SinkRecovered, format!("sink {} delivers again", notice.sink))
+        };
+        let record = self.event(SystemTime::now(), severity, name, message, &[], Vec::new());
+        self.events.push(record);
+    }
+
     /// The events of the last fold (OOM kills, sustained throttling, models discovered or gone).
     pub fn take_events(&mut self) -> Vec<LogRecord> {
         std::mem::take(&mut self.events)

@@ -179,10 +179,11 @@ pub enum EventName {
     ModelGone,
     ProbeFailure,
     SinkFailure,
+    SinkRecovered,
 }
 
 impl EventName {
-    pub const ALL: [EventName; 8] = [
+    pub const ALL: [EventName; 9] = [
         EventName::OomKill,
         EventName::SlowRequest,
         EventName::FailedRequest,
@@ -191,6 +192,7 @@ impl EventName {
         EventName::ModelGone,
         EventName::ProbeFailure,
         EventName::SinkFailure,
+        EventName::SinkRecovered,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -203,6 +205,7 @@ impl EventName {
             EventName::ModelGone => "model_gone",
             EventName::ProbeFailure => "probe_failure",
             EventName::SinkFailure => "sink_failure",
+            EventName::SinkRecovered => "sink_recovered",
         }
     }
 
