@@ -3,13 +3,13 @@
 //! events survives a backend outage with nothing lost.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use e2e::{
-    Agent, CgroupGuard, HttpServer, hex_id, http_request, pod_uid,
+    Agent, CgroupGuard, HttpServer, Prometheus, hex_id, http_request, pod_uid,
     receivers::{Fault, Receivers, Which},
     require_root, wait_for,
 };
@@ -22,6 +22,24 @@ use opentelemetry_proto::tonic::{
     common::v1::{KeyValue, any_value},
     metrics::v1::{Metric, metric, number_data_point},
 };
+
+/// The OpenTelemetry → Prometheus name translation (Prometheus's and the Collector's own rules):
+/// dots become underscores, the unit's word is added, monotonic sums end in `_total`.
+fn prometheus_name(name: &str, unit: &str, monotonic: bool) -> String {
+    let mut out = name.replace('.', "_");
+    let word = match unit {
+        "s" => "seconds",
+        "By" => "bytes",
+        _ => "",
+    };
+    if !word.is_empty() && !out.ends_with(word) {
+        out = format!("{out}_{word}");
+    }
+    if monotonic {
+        out.push_str("_total");
+    }
+    out
+}
 
 fn string_of(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
@@ -122,15 +140,57 @@ fn metrics_and_events_reach_otlp_grpc_loki_and_elasticsearch() {
     assert_eq!(string_of(&requests.1.attributes, "http.request.method").as_deref(), Some("GET"));
     assert_eq!(requests.1.explicit_bounds.len() + 1, requests.1.bucket_counts.len());
 
-    // The names Prometheus scrapes are the standard translation of the OTLP names.
-    let scraped: BTreeSet<String> = agent.metrics().samples.iter().map(|s| s.name.clone()).collect();
-    for (otel, prometheus) in [
-        ("container.cpu.time", "container_cpu_time_seconds_total"),
-        ("container.memory.working_set", "container_memory_working_set_bytes"),
-        ("http.server.request.duration", "http_server_request_duration_seconds_count"),
-    ] {
-        assert!(latest_metric(&receivers, otel, &uid).is_some(), "{otel} not exported");
-        assert!(scraped.contains(prometheus), "{prometheus} not scraped");
+    // A real Prometheus scraping the agent sees the same series as OTLP carries: each name the
+    // standard translation of an OTLP name, each label an OTLP attribute through the one table.
+    let prometheus = Prometheus::start(agent.addr);
+    let scraped = wait_for(Duration::from_secs(30), "the pod's series in Prometheus", || {
+        let series = prometheus.query(&format!("{{pod_uid=\"{uid}\"}}"));
+        let names: BTreeSet<String> =
+            series.iter().filter_map(|s| s["metric"]["__name__"].as_str().map(str::to_owned)).collect();
+        names.contains("http_server_request_duration_seconds_count").then_some(series)
+    });
+    let export = receivers.metrics().last().cloned().expect("an export");
+    let mut translated: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for metric in export.request.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics) {
+        let (names, points): (Vec<String>, Vec<&Vec<KeyValue>>) = match &metric.data {
+            Some(metric::Data::Sum(sum)) => {
+                let name = prometheus_name(&metric.name, &metric.unit, sum.is_monotonic);
+                (vec![name], sum.data_points.iter().map(|p| &p.attributes).collect())
+            }
+            Some(metric::Data::Gauge(gauge)) => (
+                vec![prometheus_name(&metric.name, &metric.unit, false)],
+                gauge.data_points.iter().map(|p| &p.attributes).collect(),
+            ),
+            Some(metric::Data::Histogram(h)) => {
+                let base = prometheus_name(&metric.name, &metric.unit, false);
+                (
+                    ["_bucket", "_sum", "_count"].iter().map(|suffix| format!("{base}{suffix}")).collect(),
+                    h.data_points.iter().map(|p| &p.attributes).collect(),
+                )
+            }
+            _ => continue,
+        };
+        for attributes in points.into_iter().filter(|a| string_of(a, "k8s.pod.uid").as_deref() == Some(uid.as_str())) {
+            let labels: BTreeSet<String> = attributes
+                .iter()
+                .map(|kv| Attr::from_otel(&kv.key).map_or(kv.key.clone(), |a| a.prometheus().to_owned()))
+                .collect();
+            for name in &names {
+                translated.entry(name.clone()).or_default().extend(labels.iter().cloned());
+            }
+        }
+    }
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for series in &scraped {
+        let metric = series["metric"].as_object().expect("labels");
+        let name = metric["__name__"].as_str().expect("a name").to_owned();
+        let labels = metric.keys().filter(|k| !["__name__", "job", "instance", "le"].contains(&k.as_str()));
+        seen.entry(name).or_default().extend(labels.cloned());
+    }
+    // Prometheus drops empty label values; the OTLP side sends only non-empty attributes too.
+    assert_eq!(seen.keys().collect::<Vec<_>>(), translated.keys().collect::<Vec<_>>(), "series names");
+    for (name, labels) in &seen {
+        assert_eq!(labels, &translated[name], "labels of {name}");
     }
 
     // Events: each failed request once in every sink, with the same id everywhere.

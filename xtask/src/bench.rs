@@ -12,7 +12,10 @@
 //! 4. The pipeline under load: the longest `/healthz` answer while collections run with 2,000 pod
 //!    cgroups and 5,000 traced requests/s; agent CPU per traced request, quiet and while 1,000
 //!    pod cgroups are created and removed; agent CPU for a fork storm of 20,000 short processes.
-//! 5. Userspace hot paths: the criterion benchmarks in `benches/`.
+//! 5. Push sinks with their backend down: the agent's memory with a full event queue (bounded by
+//!    `sinks.queue_events`), and with the disk spool instead.
+//! 6. Userspace hot paths: the criterion benchmarks in `benches/` (among them events/s through
+//!    each sink's encoder).
 
 use std::{
     io::{Read, Write},
@@ -45,9 +48,9 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool, only: Option<&str>
     }
     let run = |section: &str| only.is_none_or(|o| o == section);
     if let Some(section) = only
-        && !["probes", "footprint", "requests", "pipeline"].contains(&section)
+        && !["probes", "footprint", "requests", "pipeline", "sinks"].contains(&section)
     {
-        anyhow::bail!("--only takes probes, footprint, requests or pipeline, not {section:?}");
+        anyhow::bail!("--only takes probes, footprint, requests, pipeline or sinks, not {section:?}");
     }
     if run("probes") {
         probe_overhead(load)?;
@@ -60,6 +63,9 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool, only: Option<&str>
     }
     if run("pipeline") {
         pipeline_under_load(load)?;
+    }
+    if run("sinks") {
+        sink_queue_memory()?;
     }
     if criterion && only.is_none() {
         cmd("cargo", &["bench", "-p", "modelmeter-benches"])?;
@@ -152,6 +158,72 @@ fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     Ok((ticks / hz, rss_kib * 1024))
+}
+
+/// The agent's memory while Loki is unreachable and events pile up: in memory up to
+/// `sinks.queue_events` (the rest dropped and counted), or in the disk spool.
+fn sink_queue_memory() -> anyhow::Result<()> {
+    const EVENTS: usize = 30_000;
+    const QUEUE: usize = 10_000;
+    println!("\n== Push sinks with the backend down: {EVENTS} events (every request a slow_request event)");
+    for spool in [false, true] {
+        let uid = pod_uid(4242);
+        let cgroup = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}/{}", hex_id(4243, 64)));
+        let server = HttpServer::start_in(&cgroup);
+        let dir = tempfile::tempdir()?;
+        // Port 9 (discard) refuses connections on a machine that runs no such service.
+        let agent = Agent::start(&format!(
+            "interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n\
+             requests:\n  slow_threshold: 0s\n  events_per_second: 1000000\n\
+             sinks:\n  stdout: false\n  queue_events: {QUEUE}\n  loki:\n    url: http://127.0.0.1:9\n\
+             \x20 spool:\n    enabled: {spool}\n    path: {}\n    max_bytes: 16777216\n",
+            dir.path().display()
+        ));
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, rss_before) = cpu_and_rss(agent.pid())?;
+        e2e::drive_load(server.port, &vec!["/".to_owned(); EVENTS], 4);
+        let settled = Instant::now();
+        let queued = loop {
+            let metrics = agent.metrics();
+            let queued = metrics.get("modelmeter_sink_queue_items", &[("sink", "loki")]).unwrap_or(0.0);
+            let dropped: f64 = metrics
+                .select("modelmeter_sink_dropped_total", &[("sink", "loki")])
+                .map(|s| s.value)
+                .sum::<f64>()
+                .abs();
+            if queued + dropped >= EVENTS as f64 || settled.elapsed() > Duration::from_secs(60) {
+                break (queued, dropped);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let (_, rss_after) = cpu_and_rss(agent.pid())?;
+        let on_disk: u64 = walk_bytes(dir.path());
+        let what = if spool { "disk spool (16 MiB cap)" } else { "memory queue" };
+        println!(
+            "{what:<24} queued {:>6.0}, dropped {:>6.0}; RSS {:.1} MB → {:.1} MB ({:+.0} bytes per queued event); spool on disk {:.1} MB",
+            queued.0,
+            queued.1,
+            rss_before as f64 / 1e6,
+            rss_after as f64 / 1e6,
+            (rss_after as f64 - rss_before as f64) / queued.0.max(1.0),
+            on_disk as f64 / 1e6
+        );
+        drop(agent);
+        drop(server);
+    }
+    Ok(())
+}
+
+fn walk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() { walk_bytes(&path) } else { entry.metadata().map_or(0, |m| m.len()) }
+        })
+        .sum()
 }
 
 fn agent_footprint(idle: Duration) -> anyhow::Result<()> {

@@ -57,7 +57,7 @@ enum Task {
         /// Skip the criterion benchmarks.
         #[arg(long)]
         no_criterion: bool,
-        /// Run one section only: probes, footprint, requests or pipeline.
+        /// Run one section only: probes, footprint, requests, pipeline or sinks.
         #[arg(long)]
         only: Option<String>,
     },

@@ -314,6 +314,84 @@ mod tests {
         assert_eq!(parse_retry_after("Sun, 99 Foo 1994 08:50:07 GMT", now), None);
     }
 
+    /// A one-connection-at-a-time HTTPS server with the test certificate: answers each request
+    /// 204 and hands back its body; connections that fail the handshake are skipped.
+    fn https_server(connections: usize) -> (u16, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/sinks/testdata");
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(format!("{dir}/server.pem")).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for _ in 0..connections {
+                let (tcp, _) = listener.accept().unwrap();
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config.clone()).unwrap(), tcp);
+                let mut data = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let Ok(n) = tls.read(&mut chunk) else { break None };
+                    if n == 0 {
+                        break None;
+                    }
+                    data.extend_from_slice(&chunk[..n]);
+                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        break Some(data[end + 4..end + 4 + length].to_vec());
+                    }
+                };
+                if let Some(body) = body {
+                    let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+                    let _ = tls.flush();
+                    bodies.push(body);
+                }
+            }
+            bodies
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn https_to_a_server_of_a_private_ca_needs_that_ca() {
+        let (port, server) = https_server(2);
+        let url = format!("https://127.0.0.1:{port}/push");
+        let system =
+            HttpClient::new(Duration::from_secs(5), &AuthConfig::default(), &TlsConfig::default(), &[], false).unwrap();
+        let refused = system.post(&url, "text/plain", b"untrusted", &[]);
+        assert!(matches!(decide_status(&refused), Retry::Retriable { .. }), "{refused:?}");
+        let ca = TlsConfig { ca_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/sinks/testdata/ca.pem").into()) };
+        let trusted = HttpClient::new(Duration::from_secs(5), &AuthConfig::default(), &ca, &[], false).unwrap();
+        let response = trusted.post(&url, "text/plain", b"hello", &[]).expect("a response");
+        assert_eq!(response.status, 204);
+        assert_eq!(server.join().unwrap(), [b"hello".to_vec()], "only the client trusting the CA got through");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = tls_config(&TlsConfig { ca_file: Some(empty) }).unwrap_err().to_string();
+        assert!(error.contains("empty.pem"), "{error}");
+        let missing = tls_config(&TlsConfig { ca_file: Some(dir.path().join("missing.pem")) }).unwrap_err();
+        assert!(missing.to_string().contains("tls.ca_file"), "{missing}");
+    }
+
     #[test]
     fn base64_matches_rfc4648_vectors() {
         for (input, encoded) in

@@ -312,8 +312,14 @@ pub fn encode_metrics(snapshot: &Snapshot, resource: &Resource, start: SystemTim
     }
 }
 
+/// Datapoint attributes; an empty value is an unknown one, left out (Prometheus drops an empty
+/// label too, so both paths show the same series).
 fn attributes(labels: &[(Key, String)]) -> Vec<KeyValue> {
-    labels.iter().map(|(key, value)| string_kv(key.otel(), value.clone())).collect()
+    labels
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| string_kv(key.otel(), value.clone()))
+        .collect()
 }
 
 fn metric(family: &Family<'_>, start: u64, now: u64) -> Metric {
