@@ -164,6 +164,23 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let cancel = cancel.clone();
         sources.push(spawn("mm-payload", move || source.run(cancel)).map_err(RunError::Failed)?);
     }
+    if config.gpu.enabled == crate::sources::gpu::GpuMode::Auto {
+        // Loaded on its own thread too: a driver that hangs must not hold up the agent's start.
+        let gpu = config.gpu.clone();
+        let observations = outbox.clone();
+        let cancel = cancel.clone();
+        // Not joined at shutdown: a hung driver call must not hold up the exit.
+        spawn("mm-gpu", move || match crate::sources::gpu::open(&gpu) {
+            Ok(nvml) => {
+                tracing::info!(driver = nvml.sys_driver_version().ok(), devices = nvml.device_count().ok(), "Reading GPUs through NVML");
+                crate::sources::gpu::GpuSource { nvml, interval: gpu.interval, observations }.run(cancel);
+            }
+            Err(error) => {
+                tracing::info!(error = %error, "No GPU metrics: the NVML library did not load (no NVIDIA driver here?)");
+            }
+        })
+        .map_err(RunError::Failed)?;
+    }
     drop(outbox);
 
     // Push sinks, each on its own driver thread behind a bounded queue.
@@ -467,7 +484,7 @@ impl Collector {
         match observation {
             Observation::ProcessExit { tgid, cgroups } => self.resolver.note_exit(*tgid, cgroups.as_deref()),
             Observation::Batch(batch) => batch.iter().for_each(|o| self.note_exits(o)),
-            Observation::OomKill(_) | Observation::Exchange { .. } => {}
+            Observation::OomKill(_) | Observation::Exchange { .. } | Observation::Gpu(_) | Observation::GpuXid(_) => {}
         }
     }
 

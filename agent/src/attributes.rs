@@ -21,10 +21,14 @@ pub enum Attr {
     HttpStatus,
     UrlScheme,
     ErrorType,
+    HwId,
+    HwName,
+    HwParent,
+    HwDriverVersion,
 }
 
 impl Attr {
-    pub const ALL: [Attr; 16] = [
+    pub const ALL: [Attr; 20] = [
         Attr::NodeName,
         Attr::Namespace,
         Attr::PodName,
@@ -41,6 +45,10 @@ impl Attr {
         Attr::HttpStatus,
         Attr::UrlScheme,
         Attr::ErrorType,
+        Attr::HwId,
+        Attr::HwName,
+        Attr::HwParent,
+        Attr::HwDriverVersion,
     ];
 
     /// The attribute whose OpenTelemetry name is `name`.
@@ -68,6 +76,10 @@ impl Attr {
             Attr::HttpStatus => "http.response.status_code",
             Attr::UrlScheme => "url.scheme",
             Attr::ErrorType => "error.type",
+            Attr::HwId => "hw.id",
+            Attr::HwName => "hw.name",
+            Attr::HwParent => "hw.parent",
+            Attr::HwDriverVersion => "hw.driver_version",
         }
     }
 
@@ -91,6 +103,10 @@ impl Attr {
             Attr::HttpStatus => "http_response_status_code",
             Attr::UrlScheme => "url_scheme",
             Attr::ErrorType => "error_type",
+            Attr::HwId => "hw_id",
+            Attr::HwName => "hw_name",
+            Attr::HwParent => "hw_parent",
+            Attr::HwDriverVersion => "hw_driver_version",
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Config {
     pub requests: RequestsConfig,
     /// Where events and metrics are pushed: stdout, OTLP, Loki, Elasticsearch.
     pub sinks: crate::sinks::SinksConfig,
+    /// NVIDIA GPUs through NVML.
+    pub gpu: crate::sources::gpu::GpuConfig,
     pub log: LogConfig,
 }
 
@@ -149,6 +151,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             requests: RequestsConfig::default(),
             sinks: crate::sinks::SinksConfig::default(),
+            gpu: crate::sources::gpu::GpuConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -268,6 +271,9 @@ impl Config {
         }
         if self.kubernetes.retry_max < MIN_INTERVAL {
             return field_error("kubernetes.retry_max", "must be at least 1s");
+        }
+        if self.gpu.interval < Duration::from_millis(100) {
+            return field_error("gpu.interval", "must be at least 100ms");
         }
         let sinks = &self.sinks;
         if sinks.queue_events == 0 {

@@ -58,16 +58,65 @@ fn mounted(fs_type: &str, at: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn nvml_present() -> (bool, String) {
-    // dlopen is how nvml-wrapper will load it; a present library that fails to load counts as missing.
-    // SAFETY: constant NUL-terminated name; the handle is closed right away.
-    let handle = unsafe { libc::dlopen(c"libnvidia-ml.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        return (false, "libnvidia-ml.so.1 not found: GPU metrics will be off".to_owned());
+/// NVML: the library, the driver, each device with its MIG mode, and which of the calls the GPU
+/// source makes work there. No library is not an error: GPU metrics are simply off.
+fn gpu_checks(config: &crate::sources::gpu::GpuConfig) -> Vec<Check> {
+    use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+    let library = config.library_path.as_ref().map_or("libnvidia-ml.so.1".to_owned(), |p| p.display().to_string());
+    if config.enabled == crate::sources::gpu::GpuMode::Never {
+        return vec![Check { check: "NVML".into(), status: "info", detail: "gpu.enabled: never".into() }];
     }
-    // SAFETY: a handle dlopen returned.
-    unsafe { libc::dlclose(handle) };
-    (true, "libnvidia-ml.so.1 loads".to_owned())
+    let nvml = match crate::sources::gpu::open(config) {
+        Ok(nvml) => nvml,
+        Err(error) => {
+            return vec![Check {
+                check: "NVML".into(),
+                status: "info",
+                detail: format!(
+                    "{library} did not load ({error}): no GPU metrics. On a GPU node, run the agent with the \
+                     NVIDIA container runtime (daemonset/overlays/gpu) or set gpu.library_path"
+                ),
+            }];
+        }
+    };
+    let driver = nvml.sys_driver_version().unwrap_or_else(|e| format!("unknown ({e})"));
+    let count = nvml.device_count().unwrap_or(0);
+    let mut checks = vec![check("NVML", true, format!("{library} loads; driver {driver}; {count} device(s)"))];
+    for index in 0..count {
+        let device = match nvml.device_by_index(index) {
+            Ok(device) => device,
+            Err(error) => {
+                checks.push(check(format!("GPU {index}"), false, format!("not readable: {error}")));
+                continue;
+            }
+        };
+        let name = device.name().unwrap_or_default();
+        let uuid = device.uuid().unwrap_or_default();
+        let mig = match device.mig_mode() {
+            Ok(mode) if mode.current == 1 => "MIG on".to_owned(),
+            Ok(_) => "MIG off".to_owned(),
+            Err(error) => format!("MIG mode unknown ({error})"),
+        };
+        let calls: [(&str, bool); 8] = [
+            ("utilization", device.utilization_rates().is_ok()),
+            ("memory", device.memory_info().is_ok()),
+            ("power", device.power_usage().is_ok()),
+            ("energy", device.total_energy_consumption().is_ok()),
+            ("temperature", device.temperature(TemperatureSensor::Gpu).is_ok()),
+            ("sm clock", device.clock_info(Clock::SM).is_ok()),
+            ("processes", device.running_compute_processes().is_ok()),
+            ("process utilization", device.process_utilization_stats(None).is_ok()),
+        ];
+        let working: Vec<&str> = calls.iter().filter(|(_, ok)| *ok).map(|(name, _)| *name).collect();
+        let failing: Vec<&str> = calls.iter().filter(|(_, ok)| !*ok).map(|(name, _)| *name).collect();
+        let detail = if failing.is_empty() {
+            format!("{name} {uuid}, {mig}; every call works")
+        } else {
+            format!("{name} {uuid}, {mig}; works: {}; not supported: {}", working.join(", "), failing.join(", "))
+        };
+        checks.push(Check { check: format!("GPU {index}"), status: "info", detail });
+    }
+    checks
 }
 
 pub fn run(config: &Config) -> Vec<Check> {
@@ -128,8 +177,7 @@ pub fn run(config: &Config) -> Vec<Check> {
     } else {
         checks.push(check("eBPF program types", false, "not checked: needs CAP_BPF and CAP_PERFMON, or root"));
     }
-    let (nvml, detail) = nvml_present();
-    checks.push(check("NVML", nvml, detail));
+    checks.extend(gpu_checks(&config.gpu));
     checks.extend(kubernetes_checks(&config.kubernetes));
     checks
 }

@@ -109,6 +109,8 @@ fn fixed_snapshot() -> Snapshot {
             request(&pod_identity, Some(&meta), "POST", "/v2/models/{model}/infer", 503, None),
             request(&Identity::Other, None, "_OTHER", "_other", 500, None),
         ],
+        gpus: Vec::new(),
+        gpu_use: Vec::new(),
         agent: AgentRow {
             collections: 3,
             last_collection_seconds: 0.012,

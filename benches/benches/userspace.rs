@@ -103,6 +103,8 @@ fn encode(c: &mut Criterion) {
         taken_at: SystemTime::now(),
         containers,
         requests: Vec::new(),
+        gpus: Vec::new(),
+        gpu_use: Vec::new(),
         agent: AgentRow::default(),
     });
     c.bench_function("encode /metrics, 50 containers", |b| {

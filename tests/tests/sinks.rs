@@ -30,6 +30,11 @@ fn prometheus_name(name: &str, unit: &str, monotonic: bool) -> String {
     let word = match unit {
         "s" => "seconds",
         "By" => "bytes",
+        "1" if !monotonic => "ratio",
+        "W" => "watts",
+        "J" => "joules",
+        "Cel" => "celsius",
+        "Hz" => "hertz",
         _ => "",
     };
     if !word.is_empty() && !out.ends_with(word) {

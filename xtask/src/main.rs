@@ -213,7 +213,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
     cmd("cargo", &["fmt", "--all", "--", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
     cmd("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    cmd("cargo", &["build", "-p", "modelmeter", "-p", "modelmeter-e2e"])?;
+    cmd("cargo", &["build", "-p", "modelmeter", "-p", "modelmeter-e2e", "-p", "fake-nvml"])?;
     let mut test_args = vec!["test", "--workspace", "--lib", "--bins", "--tests", "--"];
     // End-to-end tests measure CPU time against the cgroups' own figures: one at a time.
     test_args.push("--test-threads=1");

@@ -106,6 +106,11 @@ fn ecs_field(attr: Attr) -> Option<&'static str> {
         Attr::HttpRoute => Some("modelmeter.http.route"),
         Attr::QosClass => Some("modelmeter.qos_class"),
         Attr::SystemdUnit => Some("modelmeter.systemd.unit"),
+        // ECS `device.*` is for the host device; the GPU goes under modelmeter.
+        Attr::HwId => Some("modelmeter.gpu.id"),
+        Attr::HwName => Some("modelmeter.gpu.name"),
+        Attr::HwParent => Some("modelmeter.gpu.parent"),
+        Attr::HwDriverVersion => Some("modelmeter.gpu.driver_version"),
         // The node comes from the sink's own `node`, set on every document.
         Attr::NodeName => None,
     }

@@ -5,7 +5,7 @@
 
 use crate::{
     attributes::Attr,
-    store::{AgentRow, ContainerRow, Histogram, Memory, ProbeRow, Snapshot},
+    store::{AgentRow, ContainerRow, GpuUseRow, Histogram, Memory, ProbeRow, Snapshot, gpu::GpuDeviceRow},
 };
 
 /// How a family's values behave.
@@ -28,6 +28,12 @@ pub enum Kind {
 pub enum Unit {
     Seconds,
     Bytes,
+    /// A fraction, 0..=1.
+    Ratio,
+    Watts,
+    Joules,
+    Celsius,
+    Hertz,
     /// Dimensionless counts: the OTLP unit is an annotation such as `{request}`.
     Count(&'static str),
 }
@@ -37,6 +43,11 @@ impl Unit {
         match self {
             Unit::Seconds => "s",
             Unit::Bytes => "By",
+            Unit::Ratio => "1",
+            Unit::Watts => "W",
+            Unit::Joules => "J",
+            Unit::Celsius => "Cel",
+            Unit::Hertz => "Hz",
             Unit::Count(annotation) => annotation,
         }
     }
@@ -224,8 +235,140 @@ pub fn families(snapshot: &Snapshot) -> Vec<Family<'_>> {
                 .collect(),
         },
     ];
+    all.extend(gpu_families(snapshot));
     all.extend(agent_families(&snapshot.agent));
     all
+}
+
+fn gpu_families(snapshot: &Snapshot) -> Vec<Family<'_>> {
+    let devices = |pick: fn(&GpuDeviceRow) -> Option<Value<'static>>| -> Vec<Point<'_>> {
+        snapshot
+            .gpus
+            .iter()
+            .filter_map(|d| {
+                let value = pick(d)?;
+                Some(Point { labels: d.attributes.iter().map(|(a, v)| (Key::Attr(*a), v.clone())).collect(), value })
+            })
+            .collect()
+    };
+    let uses = |pick: fn(&GpuUseRow) -> Option<Value<'static>>| -> Vec<Point<'_>> {
+        snapshot
+            .gpu_use
+            .iter()
+            .filter_map(|u| {
+                let value = pick(u)?;
+                Some(Point { labels: u.attributes.iter().map(|(a, v)| (Key::Attr(*a), v.clone())).collect(), value })
+            })
+            .collect()
+    };
+    vec![
+        Family {
+            otel: "hw.gpu.up",
+            prometheus: "hw_gpu_up",
+            help: "1 while the GPU answers, 0 while it is lost (its other series are then absent).",
+            unit: Unit::Count(""),
+            kind: Kind::Gauge,
+            points: devices(|d| {
+                d.attributes.iter().all(|(a, _)| *a != Attr::HwParent).then_some(Value::Int(u64::from(d.up)))
+            }),
+        },
+        Family {
+            otel: "hw.gpu.utilization",
+            prometheus: "hw_gpu_utilization",
+            help: "Fraction of the last sample period the GPU was busy.",
+            unit: Unit::Ratio,
+            kind: Kind::Gauge,
+            points: devices(|d| d.utilization.map(Value::Float)),
+        },
+        Family {
+            otel: "hw.gpu.memory.usage",
+            prometheus: "hw_gpu_memory_usage",
+            help: "Device memory in use (per MIG instance for MIG-enabled GPUs).",
+            unit: Unit::Bytes,
+            kind: Kind::UpDownCounter,
+            points: devices(|d| d.memory_used.map(Value::Int)),
+        },
+        Family {
+            otel: "hw.gpu.memory.limit",
+            prometheus: "hw_gpu_memory_limit",
+            help: "Device memory in total (per MIG instance for MIG-enabled GPUs).",
+            unit: Unit::Bytes,
+            kind: Kind::UpDownCounter,
+            points: devices(|d| d.memory_total.map(Value::Int)),
+        },
+        Family {
+            otel: "hw.gpu.power",
+            prometheus: "hw_gpu_power",
+            help: "Power draw of the GPU.",
+            unit: Unit::Watts,
+            kind: Kind::Gauge,
+            points: devices(|d| d.power_watts.map(Value::Float)),
+        },
+        Family {
+            otel: "hw.gpu.energy",
+            prometheus: "hw_gpu_energy",
+            help: "Energy the GPU used since its driver loaded.",
+            unit: Unit::Joules,
+            kind: Kind::Counter,
+            points: devices(|d| d.energy_joules.map(Value::Float)),
+        },
+        Family {
+            otel: "hw.gpu.energy.unattributed",
+            prometheus: "hw_gpu_energy_unattributed",
+            help: "Energy no process is known to have used since the agent started: idle time, and all of it where the split cannot be known (MIG, no utilisation samples).",
+            unit: Unit::Joules,
+            kind: Kind::Counter,
+            points: devices(|d| d.unattributed_energy_joules.map(Value::Float)),
+        },
+        Family {
+            otel: "hw.gpu.temperature",
+            prometheus: "hw_gpu_temperature",
+            help: "GPU core temperature.",
+            unit: Unit::Celsius,
+            kind: Kind::Gauge,
+            points: devices(|d| d.temperature_celsius.map(Value::Float)),
+        },
+        Family {
+            otel: "hw.gpu.clock.sm",
+            prometheus: "hw_gpu_clock_sm",
+            help: "Current SM clock.",
+            unit: Unit::Hertz,
+            kind: Kind::Gauge,
+            points: devices(|d| d.sm_clock_hertz.map(Value::Float)),
+        },
+        Family {
+            otel: "hw.gpu.mig.enabled",
+            prometheus: "hw_gpu_mig_enabled",
+            help: "1 when MIG mode is on (memory is then reported per instance, utilisation per process is unknown).",
+            unit: Unit::Count(""),
+            kind: Kind::Gauge,
+            points: devices(|d| d.mig_enabled.map(|m| Value::Int(u64::from(m)))),
+        },
+        Family {
+            otel: "container.gpu.utilization",
+            prometheus: "container_gpu_utilization",
+            help: "The container's share of the GPU's time over the last read (SM utilisation of its processes); absent where unknown (MIG).",
+            unit: Unit::Ratio,
+            kind: Kind::Gauge,
+            points: uses(|u| u.utilization.map(Value::Float)),
+        },
+        Family {
+            otel: "container.gpu.memory.usage",
+            prometheus: "container_gpu_memory_usage",
+            help: "GPU memory held by the container's processes.",
+            unit: Unit::Bytes,
+            kind: Kind::UpDownCounter,
+            points: uses(|u| Some(Value::Int(u.memory_bytes))),
+        },
+        Family {
+            otel: "container.gpu.energy",
+            prometheus: "container_gpu_energy",
+            help: "GPU energy attributed to the container (the device's energy by SM share) since the agent started.",
+            unit: Unit::Joules,
+            kind: Kind::Counter,
+            points: uses(|u| u.energy_joules.map(Value::Float)),
+        },
+    ]
 }
 
 fn agent_families(agent: &AgentRow) -> Vec<Family<'_>> {

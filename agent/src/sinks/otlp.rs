@@ -706,6 +706,11 @@ mod tests {
         let suffix = match unit {
             "s" => "seconds",
             "By" => "bytes",
+            "1" if !monotonic => "ratio",
+            "W" => "watts",
+            "J" => "joules",
+            "Cel" => "celsius",
+            "Hz" => "hertz",
             _ => "",
         };
         if !suffix.is_empty() && !out.ends_with(suffix) {
@@ -751,6 +756,11 @@ mod tests {
                 (Kind::Info, _) => format!("{}_info", family.prometheus),
                 (_, Unit::Seconds) => format!("{}_seconds", family.prometheus),
                 (_, Unit::Bytes) => format!("{}_bytes", family.prometheus),
+                (_, Unit::Ratio) => format!("{}_ratio", family.prometheus),
+                (_, Unit::Watts) => format!("{}_watts", family.prometheus),
+                (_, Unit::Joules) => format!("{}_joules", family.prometheus),
+                (_, Unit::Celsius) => format!("{}_celsius", family.prometheus),
+                (_, Unit::Hertz) => format!("{}_hertz", family.prometheus),
                 (_, Unit::Count(_)) => family.prometheus.to_owned(),
             };
             let expected = if monotonic { format!("{expected}_total") } else { expected };

@@ -37,6 +37,12 @@ fn encode_family(e: &mut DescriptorEncoder, family: &Family<'_>) -> Result<(), s
     let unit = match family.unit {
         FamilyUnit::Seconds => Some(Unit::Seconds),
         FamilyUnit::Bytes => Some(Unit::Bytes),
+        // The translation says `_ratio` (prometheus-client would write `_ratios`).
+        FamilyUnit::Ratio => Some(Unit::Other("ratio".to_owned())),
+        FamilyUnit::Joules => Some(Unit::Joules),
+        FamilyUnit::Celsius => Some(Unit::Celsius),
+        FamilyUnit::Watts => Some(Unit::Other("watts".to_owned())),
+        FamilyUnit::Hertz => Some(Unit::Other("hertz".to_owned())),
         FamilyUnit::Count(_) => None,
     };
     let metric_type = match family.kind {

@@ -16,6 +16,7 @@ use crate::telemetry::{DropReason, EventsDropped, Telemetry};
 
 pub mod cgroup;
 pub mod events;
+pub mod gpu;
 pub mod kernel;
 pub mod kubernetes;
 pub mod payload;
@@ -33,6 +34,10 @@ pub enum Observation {
     OomKill(Box<OomKill>),
     /// One HTTP request and its response, paired on a connection.
     Exchange { cgroup_id: u64, tgid: u32, exchange: Box<protocol::http1::Exchange> },
+    /// One read of every GPU.
+    Gpu(Box<gpu::GpuSample>),
+    /// A GPU reported an XID error.
+    GpuXid(Box<gpu::XidError>),
     /// Observations read from one ring in one pass, sent as one message so that a busy ring
     /// wakes the collector once per pass, not once per record.
     Batch(Vec<Observation>),

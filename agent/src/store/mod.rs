@@ -13,13 +13,14 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+pub mod gpu;
 pub mod requests;
 pub mod snapshot;
 
 use requests::{DURATION_BUCKETS, LatencyHistogram, RequestKey, RequestStore};
 pub use snapshot::{
-    AgentRow, ContainerRow, EventField, EventIds, EventName, Histogram, LogRecord, Memory, ProbeRow, RequestRow,
-    Severity, SinkRow, Snapshot, SnapshotCell, Throttling,
+    AgentRow, ContainerRow, EventField, EventIds, EventName, GpuUseRow, Histogram, LogRecord, Memory, ProbeRow,
+    RequestRow, Severity, SinkRow, Snapshot, SnapshotCell, Throttling,
 };
 
 use crate::{
@@ -123,6 +124,7 @@ pub struct Store {
     oom_by_cgroup_id: HashMap<u64, u64>,
     requests: RequestStore,
     event_ids: EventIds,
+    gpu: gpu::GpuStore,
     /// Events of the last fold, for the collector to hand to the sinks.
     events: Vec<LogRecord>,
     /// Models seen at the last fold (name, version), for `model_discovered` / `model_gone`.
@@ -140,6 +142,7 @@ impl Store {
             oom_by_cgroup_id: HashMap::new(),
             requests: RequestStore::new(config.requests.clone()),
             event_ids: EventIds::new(),
+            gpu: gpu::GpuStore::default(),
             events: Vec::new(),
             models: Default::default(),
             retired_unattributed_ns: 0,
@@ -165,6 +168,8 @@ impl Store {
                 }
             }
             Observation::OomKill(kill) => self.apply_oom(&kill, resolver),
+            Observation::Gpu(sample) => self.gpu.apply(&sample, resolver),
+            Observation::GpuXid(error) => logs.extend(self.xid_events(&error, resolver)),
             Observation::Exchange { cgroup_id, tgid, exchange } => {
                 let identity = resolver
                     .by_cgroup_id(cgroup_id)
@@ -332,8 +337,60 @@ impl Store {
         containers.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
         self.container_events(&present, &containers, taken_at);
         let requests = self.request_rows(resolver);
+        self.gpu.retain(|identity| self.tracked.contains_key(identity));
+        let gpus = self.gpu.device_rows();
+        let gpu_use = self
+            .gpu
+            .container_rows()
+            .into_iter()
+            .map(|row| {
+                let pod = match resolver.pod(&row.identity) {
+                    PodLookup::Known(meta) => Some(meta),
+                    PodLookup::Deleted | PodLookup::Unknown => None,
+                };
+                let mut attributes = identity_attributes(&row.identity, pod.as_deref(), None);
+                attributes.push((Attr::HwId, row.device));
+                GpuUseRow {
+                    attributes,
+                    utilization: row.utilization,
+                    memory_bytes: row.memory_bytes,
+                    energy_joules: row.energy_joules,
+                }
+            })
+            .collect();
         let agent = self.agent_row(&readings, has_probes.then_some(self.retired_unattributed_ns + unattributed_live));
-        Snapshot { taken_at, containers, requests, agent }
+        Snapshot { taken_at, containers, requests, gpus, gpu_use, agent }
+    }
+
+    /// An XID error as one event per container on the device (one without identity when none).
+    fn xid_events(&self, error: &crate::sources::gpu::XidError, resolver: &impl Resolve) -> Vec<LogRecord> {
+        let on_device = self.gpu.xid(error);
+        let mut identities = on_device.identities;
+        if identities.is_empty() {
+            identities.push(Identity::Other);
+        }
+        identities
+            .iter()
+            .map(|identity| {
+                let pod = match resolver.pod(identity) {
+                    PodLookup::Known(meta) => Some(meta),
+                    PodLookup::Deleted | PodLookup::Unknown => None,
+                };
+                let mut attributes = identity_attributes(identity, pod.as_deref(), None);
+                attributes.retain(|(_, v)| !v.is_empty());
+                attributes.push((Attr::HwId, on_device.device.clone()));
+                let who = attributes::get(&attributes, Attr::PodName).unwrap_or("the node").to_owned();
+                let message = format!("GPU {} reported XID {} while {who} used it", on_device.device, on_device.xid);
+                self.event(
+                    SystemTime::now(),
+                    Severity::Error,
+                    EventName::GpuXid,
+                    message,
+                    &attributes,
+                    vec![(EventField::Xid, on_device.xid as f64)],
+                )
+            })
+            .collect()
     }
 
     /// A push sink started or stopped failing, as an event for the other sinks (and for the

@@ -74,6 +74,16 @@ pub struct ProbeRow {
     pub runs: u64,
 }
 
+/// One container's use of one GPU (or MIG instance).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuUseRow {
+    /// Whose (the usual identity, none for processes in no container), then `hw.id`.
+    pub attributes: Attributes,
+    pub utilization: Option<f64>,
+    pub memory_bytes: u64,
+    pub energy_joules: Option<f64>,
+}
+
 /// The agent's figures about itself.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentRow {
@@ -128,6 +138,9 @@ pub struct Snapshot {
     pub containers: Vec<ContainerRow>,
     /// Sorted by request attributes.
     pub requests: Vec<RequestRow>,
+    /// GPUs and MIG instances, by `hw.id`.
+    pub gpus: Vec<super::gpu::GpuDeviceRow>,
+    pub gpu_use: Vec<GpuUseRow>,
     pub agent: AgentRow,
 }
 
@@ -137,6 +150,8 @@ impl Snapshot {
             taken_at: SystemTime::now(),
             containers: Vec::new(),
             requests: Vec::new(),
+            gpus: Vec::new(),
+            gpu_use: Vec::new(),
             agent: AgentRow::default(),
         }
     }
@@ -180,10 +195,11 @@ pub enum EventName {
     ProbeFailure,
     SinkFailure,
     SinkRecovered,
+    GpuXid,
 }
 
 impl EventName {
-    pub const ALL: [EventName; 9] = [
+    pub const ALL: [EventName; 10] = [
         EventName::OomKill,
         EventName::SlowRequest,
         EventName::FailedRequest,
@@ -193,6 +209,7 @@ impl EventName {
         EventName::ProbeFailure,
         EventName::SinkFailure,
         EventName::SinkRecovered,
+        EventName::GpuXid,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -206,6 +223,7 @@ impl EventName {
             EventName::ProbeFailure => "probe_failure",
             EventName::SinkFailure => "sink_failure",
             EventName::SinkRecovered => "sink_recovered",
+            EventName::GpuXid => "gpu_xid",
         }
     }
 
@@ -237,16 +255,19 @@ pub enum EventField {
     DurationMs,
     Kills,
     ThrottledShare,
+    Xid,
 }
 
 impl EventField {
-    pub const ALL: [EventField; 3] = [EventField::DurationMs, EventField::Kills, EventField::ThrottledShare];
+    pub const ALL: [EventField; 4] =
+        [EventField::DurationMs, EventField::Kills, EventField::ThrottledShare, EventField::Xid];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             EventField::DurationMs => "duration_ms",
             EventField::Kills => "kills",
             EventField::ThrottledShare => "throttled_share",
+            EventField::Xid => "xid",
         }
     }
 
