@@ -17,13 +17,14 @@ use modelmeter::{
     identity::{Identity, identify, resolver::Resolve},
     sinks::{elasticsearch, loki, otlp, prometheus, stdout},
     sources::{
-        cgroup,
+        Outbox, cgroup,
+        gpu::{GpuSource, Reader},
         kubernetes::PodLookup,
         procfs::{self, ProcCgroups},
     },
     store::{
         AgentRow, CgroupRead, CgroupReading, ContainerRow, CpuEntry, EventField, EventName, Histogram, LogRecord,
-        Readings, Severity, Snapshot, Store,
+        Readings, Severity, Snapshot, Store, gpu::GpuStore,
     },
     telemetry::Telemetry,
 };
@@ -276,5 +277,55 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, identity, readers, encode, encode_events, fold, pipeline);
+/// One GPU round with 8 devices and 64 processes on the fake NVML library (`tests/fake-nvml`,
+/// built in release by `cargo xtask bench`): the source's read through nvml-wrapper, and the
+/// store's attribution of it.
+fn gpu_round(c: &mut Criterion) {
+    let library = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/libfake_nvml.so");
+    if !library.exists() {
+        eprintln!("GPU round not measured: {} is missing (`cargo build --release -p fake-nvml`)", library.display());
+        return;
+    }
+    let devices: Vec<String> = (0..8)
+        .map(|d| {
+            let processes: Vec<String> = (0..8)
+                .map(|p| format!(r#"{{"pid": {}, "used_memory": 1073741824, "sm_util": {}}}"#, 10_000 + d * 8 + p, 5 + p))
+                .collect();
+            format!(
+                r#"{{"utilization": {{"gpu": 80, "memory": 40}}, "power_mw": 300000, "energy_mj": {}, "temperature_c": 60, "sm_clock_mhz": 1980, "processes": [{}]}}"#,
+                1_000_000 + d,
+                processes.join(",")
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let scenario = dir.path().join("scenario.json");
+    std::fs::write(&scenario, format!(r#"{{"devices": [{}]}}"#, devices.join(","))).expect("scenario");
+    // SAFETY: no other thread of this process reads the environment now.
+    unsafe { std::env::set_var("FAKE_NVML_SCENARIO", &scenario) };
+    let nvml = match nvml_wrapper::Nvml::builder().lib_path(library.as_os_str()).init() {
+        Ok(nvml) => nvml,
+        Err(e) => {
+            eprintln!("GPU round not measured: the fake NVML did not load: {e}");
+            return;
+        }
+    };
+    let (tx, _rx) = crossbeam_channel::bounded(1);
+    let source = GpuSource {
+        nvml,
+        interval: std::time::Duration::from_secs(5),
+        observations: Outbox::new(tx, Arc::new(Telemetry::default())),
+    };
+    let mut reader = Reader::default();
+    let sample = source.read(&mut reader);
+    assert_eq!(sample.devices.iter().map(|d| d.processes.len()).sum::<usize>(), 64);
+    c.bench_function("GPU round: read 8 devices, 64 processes (fake NVML)", |b| b.iter(|| source.read(&mut reader)));
+    let mut store = GpuStore::default();
+    let mut resolver = Table(HashMap::new());
+    c.bench_function("GPU round: attribute 8 devices, 64 processes", |b| {
+        b.iter(|| store.apply(black_box(&sample), &mut resolver))
+    });
+}
+
+criterion_group!(benches, identity, readers, encode, encode_events, fold, pipeline, gpu_round);
 criterion_main!(benches);

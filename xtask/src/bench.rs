@@ -68,6 +68,8 @@ pub fn bench(load: Duration, idle: Duration, criterion: bool, only: Option<&str>
         sink_queue_memory()?;
     }
     if criterion && only.is_none() {
+        // The GPU round's fake NVML library.
+        cmd("cargo", &["build", "--release", "-p", "fake-nvml"])?;
         cmd("cargo", &["bench", "-p", "modelmeter-benches"])?;
     }
     Ok(())

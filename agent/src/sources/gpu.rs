@@ -115,6 +115,16 @@ pub struct XidError {
     pub xid: u64,
 }
 
+/// What the source remembers between rounds.
+#[derive(Debug, Default)]
+pub struct Reader {
+    unsupported: Unsupported,
+    /// Per device index: the last utilisation sample seen.
+    last_seen: HashMap<u32, u64>,
+    /// Per device index: its UUID and name, known before it was lost.
+    known: HashMap<u32, (String, String)>,
+}
+
 /// The GPU source's loop; ends when cancelled or when the collector is gone.
 pub struct GpuSource {
     pub nvml: Nvml,
@@ -147,14 +157,11 @@ impl Unsupported {
 
 impl GpuSource {
     pub fn run(self, cancel: CancellationToken) {
-        let mut unsupported = Unsupported::default();
-        // Per device index: the last SM sample seen, and the name known before it was lost.
-        let mut last_seen: HashMap<u32, u64> = HashMap::new();
-        let mut known: HashMap<u32, (String, String)> = HashMap::new();
+        let mut reader = Reader::default();
         let events = self.xid_events();
         while !cancel.is_cancelled() {
             let round = Instant::now();
-            let sample = self.sample(&mut unsupported, &mut last_seen, &mut known);
+            let sample = self.read(&mut reader);
             if !self.observations.send(Observation::Gpu(Box::new(sample))) {
                 return;
             }
@@ -199,12 +206,9 @@ impl GpuSource {
         Some(set)
     }
 
-    fn sample(
-        &self,
-        unsupported: &mut Unsupported,
-        last_seen: &mut HashMap<u32, u64>,
-        known: &mut HashMap<u32, (String, String)>,
-    ) -> GpuSample {
+    /// One round: every device, its processes and MIG instances.
+    pub fn read(&self, reader: &mut Reader) -> GpuSample {
+        let Reader { unsupported, last_seen, known } = reader;
         let count = self.nvml.device_count().unwrap_or(0);
         let mut devices = Vec::new();
         for index in 0..count {
