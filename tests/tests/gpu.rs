@@ -209,7 +209,7 @@ fn mig_instances_unsupported_calls_and_no_library() {
     require_root();
     let (_a, uid_a, process_a) = pod_with_process(7201);
     let (_b, uid_b, process_b) = pod_with_process(7202);
-    let scenario = Scenario::new(&json!({
+    let mig = json!({
         "devices": [{
             "uuid": GPU,
             "mig_mode": true,
@@ -223,7 +223,8 @@ fn mig_instances_unsupported_calls_and_no_library() {
                  "processes": [{"pid": process_b.pid(), "used_memory": 4_000_000_000u64}]},
             ],
         }],
-    }));
+    });
+    let scenario = Scenario::new(&mig);
     let agent = agent_with(&scenario, "");
     let metrics = wait_for(Duration::from_secs(30), "the MIG instances", || {
         let metrics = agent.metrics();
@@ -249,6 +250,19 @@ fn mig_instances_unsupported_calls_and_no_library() {
     assert!(value(&metrics, "hw_gpu_power_watts", &[("hw_id", GPU)]).is_none());
     assert!(value(&metrics, "hw_gpu_temperature_celsius", &[("hw_id", GPU)]).is_none());
     assert!(value(&metrics, "hw_gpu_energy_joules_total", &[("hw_id", GPU)]).is_some());
+    // A driver before R550 (no nvmlDeviceGetProcessesUtilizationInfo): the older per-process call
+    // gives the shares.
+    scenario.write(&json!({
+        "devices": [{
+            "uuid": GPU,
+            "energy_mj": 6_000_000,
+            "not_supported": ["processes_utilization_info"],
+            "processes": [{"pid": process_a.pid(), "used_memory": 1_000_000, "sm_util": 50}],
+        }],
+    }));
+    wait_for(Duration::from_secs(30), "pod a's share through the older call", || {
+        (value(&agent.metrics(), "container_gpu_utilization_ratio", &[("pod_uid", &uid_a)]) == Some(0.5)).then_some(())
+    });
     drop(agent);
 
     // No NVML library: the agent runs, without GPU series, and doctor says why.
@@ -271,6 +285,7 @@ fn mig_instances_unsupported_calls_and_no_library() {
     assert!(text.contains("NVML") && text.contains("did not load") && text.contains("no GPU metrics"), "{text}");
 
     // With the fake library, doctor names the driver, the device, its MIG mode and what works.
+    scenario.write(&mig);
     let config = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(config.path(), format!("gpu:\n  library_path: {}\n", fake_nvml().display())).expect("config");
     let doctor = std::process::Command::new(modelmeter_bin())

@@ -319,6 +319,65 @@ fn running(device: &nvml_wrapper::Device<'_>) -> Vec<(u32, Option<u64>)> {
     out
 }
 
+/// `(pid, timestamp µs, SM utilisation %)` per sample.
+type Samples = Vec<(u32, u64, u32)>;
+
+/// Per-process utilisation through `nvmlDeviceGetProcessesUtilizationInfo` (drivers from R550),
+/// which nvml-wrapper 0.13 does not wrap; `None` when the library or the device lacks it.
+fn processes_utilization_info(device: &nvml_wrapper::Device<'_>, last_seen: u64) -> Option<Result<Samples, NvmlError>> {
+    use nvml_wrapper_sys::bindings::{
+        nvmlProcessUtilizationInfo_v1_t, nvmlProcessesUtilizationInfo_v1_t,
+        nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE, nvmlReturn_enum_NVML_ERROR_NOT_FOUND,
+        nvmlReturn_enum_NVML_SUCCESS,
+    };
+    let call = device.nvml().lib().nvmlDeviceGetProcessesUtilizationInfo.as_ref().ok()?;
+    // NVML_STRUCT_VERSION(ProcessesUtilizationInfo, 1).
+    let version = std::mem::size_of::<nvmlProcessesUtilizationInfo_v1_t>() as u32 | (1 << 24);
+    let mut info = nvmlProcessesUtilizationInfo_v1_t {
+        version,
+        processSamplesCount: 0,
+        lastSeenTimeStamp: last_seen,
+        procUtilArray: std::ptr::null_mut(),
+    };
+    // First the count, then the samples (a few more slots for processes started meanwhile).
+    // SAFETY: a live device handle and a struct of the version the call expects.
+    let code = unsafe { call(device.handle(), &mut info) };
+    match code {
+        c if c == nvmlReturn_enum_NVML_SUCCESS || c == nvmlReturn_enum_NVML_ERROR_NOT_FOUND => {
+            return Some(Ok(Vec::new()));
+        }
+        c if c == nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE => {}
+        other => {
+            return match nvml_wrapper::error::nvml_try(other) {
+                // Not there on this device or driver: the older call answers instead.
+                Err(NvmlError::NotSupported | NvmlError::FunctionNotFound) => None,
+                Err(error) => Some(Err(error)),
+                Ok(()) => Some(Ok(Vec::new())),
+            };
+        }
+    }
+    let empty = nvmlProcessUtilizationInfo_v1_t {
+        timeStamp: 0,
+        pid: 0,
+        smUtil: 0,
+        memUtil: 0,
+        encUtil: 0,
+        decUtil: 0,
+        jpgUtil: 0,
+        ofaUtil: 0,
+    };
+    let mut samples = vec![empty; info.processSamplesCount as usize + 8];
+    info.processSamplesCount = samples.len() as u32;
+    info.procUtilArray = samples.as_mut_ptr();
+    // SAFETY: as above; the array holds `processSamplesCount` entries.
+    let code = unsafe { call(device.handle(), &mut info) };
+    if let Err(error) = nvml_wrapper::error::nvml_try(code) {
+        return Some(Err(error));
+    }
+    samples.truncate(info.processSamplesCount as usize);
+    Some(Ok(samples.into_iter().map(|s| (s.pid, s.timeStamp, s.smUtil)).collect()))
+}
+
 /// The device's processes with their SM share since `last_seen` (microseconds), which moves on.
 fn processes(
     device: &nvml_wrapper::Device<'_>,
@@ -327,18 +386,25 @@ fn processes(
     last_seen: &mut u64,
 ) -> Vec<GpuProcess> {
     let mut lost = false;
-    // NOT_FOUND is the driver's "no samples": an idle GPU, every share 0.
-    let result = match device.process_utilization_stats(*last_seen) {
-        Err(NvmlError::NotFound) => Ok(Vec::new()),
-        other => other,
-    };
+    // The newer call where the driver has it, else the older one. NOT_FOUND is the driver's
+    // "no samples": an idle GPU, every share 0.
+    let result = processes_utilization_info(device, *last_seen).unwrap_or_else(|| {
+        match device.process_utilization_stats(*last_seen) {
+            Err(NvmlError::NotFound) => Ok(Vec::new()),
+            other => other.map(|samples| samples.into_iter().map(|s| (s.pid, s.timestamp, s.sm_util)).collect()),
+        }
+    });
     let samples = unsupported.value(id, "process_utilization", result, &mut lost);
     let mut shares: HashMap<u32, f64> = HashMap::new();
     if let Some(samples) = &samples {
-        for sample in samples {
-            *last_seen = (*last_seen).max(sample.timestamp);
+        let mut newest: HashMap<u32, u64> = HashMap::new();
+        for &(pid, timestamp, sm_util) in samples {
+            *last_seen = (*last_seen).max(timestamp);
             // Several samples per process: the latest period's utilisation stands for it.
-            shares.insert(sample.pid, f64::from(sample.sm_util.min(100)) / 100.0);
+            if newest.get(&pid).is_none_or(|seen| timestamp >= *seen) {
+                newest.insert(pid, timestamp);
+                shares.insert(pid, f64::from(sm_util.min(100)) / 100.0);
+            }
         }
     }
     running(device)

@@ -139,6 +139,31 @@ pub struct nvmlEventData_t {
     pub computeInstanceId: c_uint,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlProcessUtilizationInfo_v1_t {
+    pub timeStamp: c_ulonglong,
+    pub pid: c_uint,
+    pub smUtil: c_uint,
+    pub memUtil: c_uint,
+    pub encUtil: c_uint,
+    pub decUtil: c_uint,
+    pub jpgUtil: c_uint,
+    pub ofaUtil: c_uint,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlProcessesUtilizationInfo_v1_t {
+    pub version: c_uint,
+    pub processSamplesCount: c_uint,
+    pub lastSeenTimeStamp: c_ulonglong,
+    pub procUtilArray: *mut nvmlProcessUtilizationInfo_v1_t,
+}
+
+/// `NVML_STRUCT_VERSION(ProcessesUtilizationInfo, 1)`: the struct's size, version in the top byte.
+pub const PROCESSES_UTILIZATION_INFO_V1: c_uint = size_of::<nvmlProcessesUtilizationInfo_v1_t>() as c_uint | (1 << 24);
+
 /// Layouts as `nvml.h` fixes them on 64-bit Linux; a mismatch would corrupt the caller's memory.
 const _: () = {
     assert!(size_of::<nvmlUtilization_t>() == 8);
@@ -147,6 +172,8 @@ const _: () = {
     assert!(size_of::<nvmlProcessInfo_t>() == 24);
     assert!(size_of::<nvmlProcessUtilizationSample_t>() == 32);
     assert!(size_of::<nvmlEventData_t>() == 32);
+    assert!(size_of::<nvmlProcessUtilizationInfo_v1_t>() == 40);
+    assert!(size_of::<nvmlProcessesUtilizationInfo_v1_t>() == 24);
     assert!(std::mem::offset_of!(nvmlMemory_v2_t, total) == 8);
     assert!(std::mem::offset_of!(nvmlProcessInfo_t, usedGpuMemory) == 8);
     assert!(std::mem::offset_of!(nvmlProcessInfo_t, gpuInstanceId) == 16);

@@ -518,6 +518,50 @@ pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
     })
 }
 
+/// The newer per-process utilisation call: the same samples as `nvmlDeviceGetProcessUtilization`
+/// in a versioned struct; the count is in and out through the struct.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetProcessesUtilizationInfo(
+    device: nvmlDevice_t,
+    info: *mut nvmlProcessesUtilizationInfo_v1_t,
+) -> nvmlReturn_t {
+    call(|state| {
+        let timestamp = state.next_sample_timestamp();
+        let (_, spec) = state.physical_with(device, Capability::ProcessesUtilizationInfo)?;
+        if spec.mig_mode {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        }
+        if info.is_null() {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        // SAFETY: non-NULL, valid by the caller's contract.
+        let request = unsafe { info.read() };
+        if request.version != PROCESSES_UTILIZATION_INFO_V1 {
+            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+        }
+        let samples: Vec<_> = spec
+            .processes
+            .iter()
+            .filter(|_| timestamp > request.lastSeenTimeStamp)
+            .map(|process| nvmlProcessUtilizationInfo_v1_t {
+                timeStamp: timestamp,
+                pid: process.pid,
+                smUtil: process.sm_util,
+                memUtil: process.mem_util,
+                encUtil: process.enc_util,
+                decUtil: process.dec_util,
+                jpgUtil: 0,
+                ofaUtil: 0,
+            })
+            .collect();
+        // SAFETY: the count field of the caller's struct, and its array of that many entries.
+        unsafe {
+            let count = std::ptr::addr_of_mut!((*info).processSamplesCount);
+            store_list(count, request.procUtilArray, &samples)
+        }
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     device: nvmlDevice_t,

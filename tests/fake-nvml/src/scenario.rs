@@ -86,6 +86,8 @@ pub enum Capability {
     Clock,
     MigMode,
     ProcessUtilization,
+    /// `nvmlDeviceGetProcessesUtilizationInfo`, which drivers before R550 lack.
+    ProcessesUtilizationInfo,
     Events,
 }
 
