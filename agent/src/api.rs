@@ -52,44 +52,11 @@ async fn refresh_if_stale(state: &ApiState) {
 
 async fn snapshot(State(state): State<Arc<ApiState>>) -> Response {
     refresh_if_stale(&state).await;
-    let snapshot = state.cell.get();
-    let prometheus = |attributes: &[(crate::attributes::Attr, String)]| -> serde_json::Map<String, serde_json::Value> {
-        attributes.iter().map(|(a, v)| (a.prometheus().to_owned(), serde_json::Value::String(v.clone()))).collect()
-    };
-    let containers: Vec<serde_json::Value> = snapshot
-        .containers
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "labels": prometheus(&c.attributes),
-                "cgroup": c.cgroup,
-                "cpu_seconds": c.cpu_seconds,
-                "memory_working_set_bytes": c.memory.map(|m| m.working_set_bytes),
-                "memory_rss_bytes": c.memory.map(|m| m.rss_bytes),
-                "oom_kills": c.oom_kills,
-            })
-        })
-        .collect();
-    let requests: Vec<serde_json::Value> = snapshot
-        .requests
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "labels": prometheus(&r.attributes),
-                "count": r.duration.count,
-                "sum_seconds": r.duration.sum,
-                "p50_seconds": r.p50_seconds,
-                "p90_seconds": r.p90_seconds,
-                "p99_seconds": r.p99_seconds,
-            })
-        })
-        .collect();
-    let body = serde_json::json!({
-        "taken_at": humantime::format_rfc3339_millis(snapshot.taken_at).to_string(),
-        "containers": containers,
-        "requests": requests,
-    });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let view = crate::view::build(&state.cell.get(), state.cell.previous().as_deref());
+    match serde_json::to_string(&view) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the snapshot failed: {e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {

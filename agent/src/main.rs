@@ -25,6 +25,18 @@ enum Command {
         #[arg(long, env = "MODELMETER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print the running agent's attribution (from /api/v1/snapshot): per model, pod and container.
+    Snapshot {
+        /// The agent's address.
+        #[arg(long, default_value = modelmeter::cli::DEFAULT_AGENT, env = "MODELMETER_AGENT")]
+        agent: String,
+        /// Print the JSON the agent serves (schema: agent/snapshot.schema.json).
+        #[arg(long, conflicts_with = "table")]
+        json: bool,
+        /// Print a table (the default).
+        #[arg(long)]
+        table: bool,
+    },
     /// Report what this machine allows: kernel, BTF, eBPF program types, cgroups, privileges, NVML.
     Doctor {
         #[arg(long, env = "MODELMETER_CONFIG")]
@@ -40,7 +52,12 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Run { config: path } | Command::Doctor { config: path, .. }) = &cli.command;
+    if let Command::Snapshot { agent, json, .. } = &cli.command {
+        return snapshot(agent, *json);
+    }
+    let (Command::Run { config: path } | Command::Doctor { config: path, .. }) = &cli.command else {
+        return ExitCode::SUCCESS;
+    };
     let config = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => return fail(EXIT_USAGE, &anyhow::Error::new(e)),
@@ -56,6 +73,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { .. } => run(config),
+        Command::Snapshot { .. } => ExitCode::SUCCESS,
+    }
+}
+
+fn snapshot(agent: &str, json: bool) -> ExitCode {
+    match modelmeter::cli::fetch(agent) {
+        Ok(view) if json => {
+            println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(view) => {
+            print!("{}", modelmeter::cli::table(&view));
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("modelmeter: {message}");
+            ExitCode::from(1)
+        }
     }
 }
 

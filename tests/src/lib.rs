@@ -13,6 +13,7 @@ use std::{
 
 pub mod apiserver;
 pub mod receivers;
+pub mod schema;
 
 /// Fails the test unless it runs as root (it loads eBPF programs and creates cgroups).
 pub fn require_root() {

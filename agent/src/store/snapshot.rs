@@ -308,6 +308,8 @@ impl Default for EventIds {
 #[derive(Debug)]
 pub struct SnapshotCell {
     current: ArcSwap<Published>,
+    /// The one before, for rates between the two.
+    previous: ArcSwap<Option<Arc<Snapshot>>>,
 }
 
 #[derive(Debug)]
@@ -330,7 +332,10 @@ impl Published {
 
 impl Default for SnapshotCell {
     fn default() -> Self {
-        SnapshotCell { current: ArcSwap::from_pointee(Published::new(Snapshot::empty())) }
+        SnapshotCell {
+            current: ArcSwap::from_pointee(Published::new(Snapshot::empty())),
+            previous: ArcSwap::from_pointee(None),
+        }
     }
 }
 
@@ -351,7 +356,15 @@ impl SnapshotCell {
 
     /// Publishes a snapshot other readers (the push sinks) share.
     pub fn set_shared(&self, snapshot: Arc<Snapshot>) {
-        self.current.store(Arc::new(Published::shared(snapshot)));
+        let before = self.current.swap(Arc::new(Published::shared(snapshot)));
+        if before.snapshot.agent.collections > 0 {
+            self.previous.store(Arc::new(Some(before.snapshot.clone())));
+        }
+    }
+
+    /// The snapshot before the current one, if any.
+    pub fn previous(&self) -> Option<Arc<Snapshot>> {
+        self.previous.load().as_ref().clone()
     }
 
     /// The current snapshot encoded by `encode`, which runs once per snapshot: concurrent callers
