@@ -52,18 +52,18 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Snapshot { agent, json, .. } = &cli.command {
-        return snapshot(agent, *json);
-    }
-    let (Command::Run { config: path } | Command::Doctor { config: path, .. }) = &cli.command else {
-        return ExitCode::SUCCESS;
+    // `snapshot` talks to a running agent and needs no config; the others load it first.
+    let (path, doctor_json) = match cli.command {
+        Command::Snapshot { agent, json, .. } => return snapshot(&agent, json),
+        Command::Run { config } => (config, None),
+        Command::Doctor { config, json } => (config, Some(json)),
     };
     let config = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => return fail(EXIT_USAGE, &anyhow::Error::new(e)),
     };
-    match cli.command {
-        Command::Doctor { json, .. } => {
+    match doctor_json {
+        Some(json) => {
             let checks = doctor::run(&config);
             if json {
                 println!("{}", serde_json::to_string_pretty(&checks).unwrap_or_default());
@@ -72,8 +72,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run { .. } => run(config),
-        Command::Snapshot { .. } => ExitCode::SUCCESS,
+        None => run(config),
     }
 }
 

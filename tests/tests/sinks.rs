@@ -15,36 +15,13 @@ use e2e::{
 };
 use modelmeter::{
     attributes::Attr,
-    sinks::{self, SinkDrop, SinkHandle},
+    sinks::{self, SinkDrop, SinkHandle, families::translated_name},
     store::{EventField, EventName, LogRecord, Severity},
 };
 use opentelemetry_proto::tonic::{
     common::v1::{KeyValue, any_value},
     metrics::v1::{Metric, metric, number_data_point},
 };
-
-/// The OpenTelemetry → Prometheus name translation (Prometheus's and the Collector's own rules):
-/// dots become underscores, the unit's word is added, monotonic sums end in `_total`.
-fn prometheus_name(name: &str, unit: &str, monotonic: bool) -> String {
-    let mut out = name.replace('.', "_");
-    let word = match unit {
-        "s" => "seconds",
-        "By" => "bytes",
-        "1" if !monotonic => "ratio",
-        "W" => "watts",
-        "J" => "joules",
-        "Cel" => "celsius",
-        "Hz" => "hertz",
-        _ => "",
-    };
-    if !word.is_empty() && !out.ends_with(word) {
-        out = format!("{out}_{word}");
-    }
-    if monotonic {
-        out.push_str("_total");
-    }
-    out
-}
 
 fn string_of(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
@@ -159,15 +136,15 @@ fn metrics_and_events_reach_otlp_grpc_loki_and_elasticsearch() {
     for metric in export.request.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics) {
         let (names, points): (Vec<String>, Vec<&Vec<KeyValue>>) = match &metric.data {
             Some(metric::Data::Sum(sum)) => {
-                let name = prometheus_name(&metric.name, &metric.unit, sum.is_monotonic);
+                let name = translated_name(&metric.name, &metric.unit, sum.is_monotonic);
                 (vec![name], sum.data_points.iter().map(|p| &p.attributes).collect())
             }
             Some(metric::Data::Gauge(gauge)) => (
-                vec![prometheus_name(&metric.name, &metric.unit, false)],
+                vec![translated_name(&metric.name, &metric.unit, false)],
                 gauge.data_points.iter().map(|p| &p.attributes).collect(),
             ),
             Some(metric::Data::Histogram(h)) => {
-                let base = prometheus_name(&metric.name, &metric.unit, false);
+                let base = translated_name(&metric.name, &metric.unit, false);
                 (
                     ["_bucket", "_sum", "_count"].iter().map(|suffix| format!("{base}{suffix}")).collect(),
                     h.data_points.iter().map(|p| &p.attributes).collect(),

@@ -77,6 +77,30 @@ impl Key {
     }
 }
 
+/// The standard OpenTelemetry → Prometheus name translation (what Prometheus's OTLP receiver and
+/// the Collector's Prometheus exporters apply): dots become underscores, the unit's word is added,
+/// monotonic sums end in `_total`. Tests hold both exporters' names to it.
+pub fn translated_name(otel: &str, unit: &str, monotonic: bool) -> String {
+    let mut out = otel.replace('.', "_");
+    let word = match unit {
+        "s" => "seconds",
+        "By" => "bytes",
+        "1" if !monotonic => "ratio",
+        "W" => "watts",
+        "J" => "joules",
+        "Cel" => "celsius",
+        "Hz" => "hertz",
+        _ => "",
+    };
+    if !word.is_empty() && !out.ends_with(word) {
+        out = format!("{out}_{word}");
+    }
+    if monotonic {
+        out.push_str("_total");
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
     Float(f64),

@@ -699,29 +699,6 @@ mod tests {
         move |key| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
-    /// The OpenTelemetry → Prometheus name translation (the Collector's and Prometheus's own):
-    /// dots become underscores, the unit's word is added, monotonic sums end in `_total`.
-    fn prometheus_name(name: &str, unit: &str, monotonic: bool) -> String {
-        let mut out = name.replace('.', "_");
-        let suffix = match unit {
-            "s" => "seconds",
-            "By" => "bytes",
-            "1" if !monotonic => "ratio",
-            "W" => "watts",
-            "J" => "joules",
-            "Cel" => "celsius",
-            "Hz" => "hertz",
-            _ => "",
-        };
-        if !suffix.is_empty() && !out.ends_with(suffix) {
-            out = format!("{out}_{suffix}");
-        }
-        if monotonic {
-            out.push_str("_total");
-        }
-        out
-    }
-
     fn snapshot() -> Snapshot {
         let identity = vec![(Attr::Namespace, "ml".to_owned()), (Attr::PodName, "bert-0".to_owned())];
         let mut snapshot = Snapshot::empty();
@@ -764,7 +741,12 @@ mod tests {
                 (_, Unit::Count(_)) => family.prometheus.to_owned(),
             };
             let expected = if monotonic { format!("{expected}_total") } else { expected };
-            assert_eq!(prometheus_name(family.otel, family.unit.otel(), monotonic), expected, "{}", family.otel);
+            assert_eq!(
+                crate::sinks::families::translated_name(family.otel, family.unit.otel(), monotonic),
+                expected,
+                "{}",
+                family.otel
+            );
         }
     }
 

@@ -144,29 +144,44 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 /// Payloads, each with the offset after it; and whether the segment ended cleanly.
 type Framed = (Vec<(Vec<u8>, u64)>, bool);
 
-/// Reads the framed records of `file` from `offset`: `(payload, next offset)` per record, and
-/// whether the segment ended cleanly (false: a bad checksum or a cut record).
+/// Reads up to `buf.len()` bytes; fewer only at the end of the file.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads up to `max` framed records of `file` from `offset` (and no further into the file):
+/// `(payload, next offset)` per record, and whether the segment ended cleanly (false: a bad
+/// checksum or a cut record).
 fn read_records(file: &mut File, offset: u64, max: usize) -> std::io::Result<Framed> {
     file.seek(SeekFrom::Start(offset))?;
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)?;
+    let mut reader = std::io::BufReader::new(file);
     let mut records = Vec::new();
-    let mut at = 0usize;
+    let mut at = offset;
     while records.len() < max {
-        let Some(header) = data.get(at..at + HEADER as usize) else {
-            return Ok((records, at == data.len()));
-        };
+        let mut header = [0u8; HEADER as usize];
+        match fill(&mut reader, &mut header)? {
+            0 => return Ok((records, true)),
+            n if n < header.len() => return Ok((records, false)),
+            _ => {}
+        }
         let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let start = at + HEADER as usize;
-        let Some(payload) = (length <= MAX_RECORD).then(|| data.get(start..start + length as usize)).flatten() else {
-            return Ok((records, false));
-        };
-        if crc32fast::hash(payload) != crc {
+        if length > MAX_RECORD {
             return Ok((records, false));
         }
-        at = start + length as usize;
-        records.push((payload.to_vec(), offset + at as u64));
+        let mut payload = vec![0u8; length as usize];
+        if fill(&mut reader, &mut payload)? < payload.len() || crc32fast::hash(&payload) != crc {
+            return Ok((records, false));
+        }
+        at += HEADER + u64::from(length);
+        records.push((payload, at));
     }
     Ok((records, true))
 }
@@ -360,7 +375,7 @@ impl Spool {
                 match File::open(segment_path(&self.dir, at.segment)) {
                     Ok(file) => state.reader = Some((at.segment, file)),
                     Err(_) => {
-                        self.skip_segment(state, segment);
+                        self.skip_segment(state);
                         continue;
                     }
                 }
@@ -394,14 +409,13 @@ impl Spool {
                 let lost = segment.records.saturating_sub(state.read.index);
                 self.stats.drop_items(SinkDrop::SpoolError, lost.max(1));
             }
-            let segment = state.segments.get(&at.segment).copied().unwrap_or(segment);
-            self.skip_segment(state, segment);
+            self.skip_segment(state);
         }
         out
     }
 
     /// Moves the read position to the next segment (this one is read or unreadable).
-    fn skip_segment(&self, state: &mut State, _segment: Segment) {
+    fn skip_segment(&self, state: &mut State) {
         let current = state.read.segment;
         match state.segments.range(current + 1..).next() {
             Some((next, _)) => {

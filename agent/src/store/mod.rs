@@ -442,12 +442,16 @@ impl Store {
         let mut models = std::collections::BTreeSet::new();
         let by_cgroup: HashMap<&str, &Identity> = present.iter().map(|(id, r)| (r.path.as_str(), *id)).collect();
         for row in rows {
-            let who = attributes::get(&row.attributes, Attr::PodName)
-                .or_else(|| attributes::get(&row.attributes, Attr::SystemdUnit))
-                .unwrap_or(row.cgroup.as_str())
-                .to_owned();
-            let container = attributes::get(&row.attributes, Attr::ContainerName).map(|c| format!(" container {c}"));
-            let who = format!("{who}{}", container.unwrap_or_default());
+            // Named only for an event: a fold of every container need not format them all.
+            let who = || {
+                let name = attributes::get(&row.attributes, Attr::PodName)
+                    .or_else(|| attributes::get(&row.attributes, Attr::SystemdUnit))
+                    .unwrap_or(row.cgroup.as_str());
+                match attributes::get(&row.attributes, Attr::ContainerName) {
+                    Some(container) => format!("{name} container {container}"),
+                    None => name.to_owned(),
+                }
+            };
             if let Some(model) = attributes::get(&row.attributes, Attr::ModelName) {
                 let version = attributes::get(&row.attributes, Attr::ModelVersion).unwrap_or_default();
                 models.insert((model.to_owned(), version.to_owned()));
@@ -474,7 +478,7 @@ impl Store {
                 tracked.last_periods = Some((t.periods, t.throttled_periods));
             }
             if new_kills > 0 {
-                let message = format!("{new_kills} process(es) of {who} killed by the OOM killer");
+                let message = format!("{new_kills} process(es) of {} killed by the OOM killer", who());
                 events.push((
                     Severity::Error,
                     EventName::OomKill,
@@ -485,7 +489,8 @@ impl Store {
             }
             if let Some(share) = throttled {
                 let message = format!(
-                    "{who} throttled in {:.0}% of its CPU periods for {THROTTLED_STREAK} collections in a row",
+                    "{} throttled in {:.0}% of its CPU periods for {THROTTLED_STREAK} collections in a row",
+                    who(),
                     share * 100.0
                 );
                 events.push((

@@ -210,12 +210,9 @@ fn exited_processes_of_a_v1_node_keep_their_container() {
     assert_eq!(after.agent.unattributed_cpu_seconds, Some(0.0));
 }
 
-#[test]
-fn deleted_pods_lose_their_series_and_known_ones_carry_names() {
-    let (mut store, _) = store();
-    let (id, path) = container(6);
-    let mut resolver = FakeResolver::default();
-    let meta = PodMeta {
+/// Pod `bert-0` in namespace `ml`, serving model bert version 2, with `container` named `server`.
+fn bert_pod(container: &Identity) -> PodMeta {
+    PodMeta {
         uid: UID.into(),
         namespace: "ml".into(),
         name: "bert-0".into(),
@@ -223,10 +220,17 @@ fn deleted_pods_lose_their_series_and_known_ones_carry_names() {
         annotations: Default::default(),
         owner: None,
         qos_class: None,
-        containers: [(id.container_id().unwrap().to_owned(), "server".to_owned())].into(),
+        containers: [(container.container_id().unwrap().to_owned(), "server".to_owned())].into(),
         model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
-    };
-    resolver.pods.insert(UID.into(), PodLookup::Known(Arc::new(meta)));
+    }
+}
+
+#[test]
+fn deleted_pods_lose_their_series_and_known_ones_carry_names() {
+    let (mut store, _) = store();
+    let (id, path) = container(6);
+    let mut resolver = FakeResolver::default();
+    resolver.pods.insert(UID.into(), PodLookup::Known(Arc::new(bert_pod(&id))));
     let cgroups = [(id.clone(), path, stats(Some(0)))];
     let known = store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
     let attributes = &known.containers[0].attributes;
@@ -403,18 +407,7 @@ fn container_changes_become_events_once() {
     let (mut store, _) = store();
     let (id, path) = container(7);
     let mut resolver = FakeResolver::default();
-    let meta = PodMeta {
-        uid: UID.into(),
-        namespace: "ml".into(),
-        name: "bert-0".into(),
-        labels: Default::default(),
-        annotations: Default::default(),
-        owner: None,
-        qos_class: None,
-        containers: [(id.container_id().unwrap().to_owned(), "server".to_owned())].into(),
-        model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
-    };
-    resolver.pods.insert(UID.into(), PodLookup::Known(Arc::new(meta)));
+    resolver.pods.insert(UID.into(), PodLookup::Known(Arc::new(bert_pod(&id))));
     let read = |oom_kills: u64, periods: u64, throttled_periods: u64| {
         let mut read = stats(Some(0));
         if let CgroupRead::Stats(s) = &mut read {
