@@ -10,10 +10,15 @@ pub const DEFAULT_AGENT: &str = "http://127.0.0.1:9464";
 
 /// Fetches and decodes the agent's snapshot; the error is one line saying what went wrong.
 pub fn fetch(agent: &str) -> Result<SnapshotView, String> {
+    fetch_within(agent, Duration::from_secs(10))
+}
+
+/// [`fetch`], giving up after `timeout`.
+pub fn fetch_within(agent: &str, timeout: Duration) -> Result<SnapshotView, String> {
     let url = format!("{}/api/v1/snapshot", agent.trim_end_matches('/'));
-    let response = ureq::get(&url).timeout(Duration::from_secs(10)).call().map_err(|e| match e {
+    let response = ureq::get(&url).timeout(timeout).call().map_err(|e| match e {
         ureq::Error::Status(code, _) => format!("the agent at {agent} answered {code} for /api/v1/snapshot"),
-        ureq::Error::Transport(t) => format!("cannot reach the agent at {agent}: {t}"),
+        ureq::Error::Transport(t) => format!("cannot reach the agent at {agent}: {}", root_cause(&t)),
     })?;
     let text = response.into_string().map_err(|e| format!("reading the snapshot from {agent}: {e}"))?;
     let view: SnapshotView = serde_json::from_str(&text)
@@ -27,6 +32,16 @@ pub fn fetch(agent: &str) -> Result<SnapshotView, String> {
     Ok(view)
 }
 
+/// The innermost cause (`Connection refused (os error 111)`), not the whole chain with the URL
+/// repeated, so the message stays one short line.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
@@ -38,7 +53,7 @@ fn bytes(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-fn optional(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
+pub(crate) fn optional(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
     value.map_or_else(|| "-".to_owned(), format)
 }
 

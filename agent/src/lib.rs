@@ -17,4 +17,5 @@ pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod top;
 pub mod view;

@@ -37,6 +37,12 @@ enum Command {
         #[arg(long)]
         table: bool,
     },
+    /// A live table of the running agent's attribution: models, their pods and containers.
+    Top {
+        /// The agent's address.
+        #[arg(long, default_value = modelmeter::cli::DEFAULT_AGENT, env = "MODELMETER_AGENT")]
+        agent: String,
+    },
     /// Report what this machine allows: kernel, BTF, eBPF program types, cgroups, privileges, NVML.
     Doctor {
         #[arg(long, env = "MODELMETER_CONFIG")]
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
     // `snapshot` talks to a running agent and needs no config; the others load it first.
     let (path, doctor_json) = match cli.command {
         Command::Snapshot { agent, json, .. } => return snapshot(&agent, json),
+        Command::Top { agent } => return top(&agent),
         Command::Run { config } => (config, None),
         Command::Doctor { config, json } => (config, Some(json)),
     };
@@ -70,7 +77,9 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", doctor::table(&checks));
             }
-            ExitCode::SUCCESS
+            // Non-zero when the agent could not do its main job here, so scripts and init
+            // containers can gate on it; a degraded feature alone does not fail.
+            if doctor::verdict(&checks).can_run() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         None => run(config),
     }
@@ -86,6 +95,16 @@ fn snapshot(agent: &str, json: bool) -> ExitCode {
             print!("{}", modelmeter::cli::table(&view));
             ExitCode::SUCCESS
         }
+        Err(message) => {
+            eprintln!("modelmeter: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn top(agent: &str) -> ExitCode {
+    match modelmeter::top::run(agent) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("modelmeter: {message}");
             ExitCode::from(1)
