@@ -109,11 +109,41 @@ fn doctor_reports_this_kernel() {
     ] {
         assert_eq!(status(works), "ok", "{works}: {checks:?}");
     }
-    // These exist in the object but this kernel refuses them; doctor must say so, with a reason.
+    // These exist in the object but this kernel refuses them; the agent does not use them, so
+    // doctor says so as information, with the reason.
     for refused in ["kprobe do_exit", "fentry do_exit"] {
-        assert_eq!(status(refused), "missing", "{refused}: {checks:?}");
+        assert_eq!(status(refused), "info", "{refused}: {checks:?}");
     }
+    assert_eq!(status("bpf() syscall"), "ok", "{checks:?}");
     let table = Command::new(modelmeter_bin()).arg("doctor").output().expect("running doctor");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("CHECK") && text.contains("tp_btf sched_switch"), "{text}");
+    assert!(text.trim_end().ends_with("modelmeter can run here: nothing it needs is missing"), "{text}");
+}
+
+#[test]
+fn doctor_without_privileges_names_the_fix_and_fails() {
+    require_root();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(modelmeter_bin())
+        .arg("doctor")
+        .output()
+        .expect("running setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "the agent cannot do its job without privileges:\n{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let privileges = lines.iter().position(|l| l.starts_with("privileges ")).expect("a privileges check");
+    assert!(lines[privileges].contains("missing"), "{text}");
+    // The fix sits under the check and names the DaemonSet field to change.
+    assert!(
+        lines[privileges + 1].trim_start().starts_with("fix:")
+            && lines[privileges + 1].contains("securityContext.capabilities.add"),
+        "{text}"
+    );
+    assert!(text.contains("bpf() syscall") && text.contains("EPERM"), "the real bpf() call fails:\n{text}");
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("modelmeter cannot do its main job here: privileges")),
+        "{text}"
+    );
 }
