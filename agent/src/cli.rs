@@ -94,7 +94,10 @@ pub fn table(view: &SnapshotView) -> String {
             out,
             "{:<28} {:>5} {:>7} {:>10} {:>6} {:>10} {:>8} {:>9} {:>9} {:>6}",
             model_name(model),
-            model.pods.len(),
+            match model.ready_replicas {
+                Some(ready) => format!("{ready}/{}", model.replicas),
+                None => model.replicas.to_string(),
+            },
             optional(model.cpu_cores, |c| format!("{c:.2}")),
             bytes(model.memory_working_set_bytes),
             optional(model.gpu_utilization, |u| format!("{:.0}", u * 100.0)),

@@ -74,7 +74,7 @@ impl Column {
     fn width(self) -> u16 {
         match self {
             Column::Name => 16,
-            Column::Pods => 4,
+            Column::Pods => 5,
             Column::Cpu | Column::Errors | Column::GpuUtilization => 5,
             Column::Memory | Column::GpuMemory => 8,
             Column::RequestRate => 7,
@@ -151,6 +151,8 @@ pub fn columns_for(width: u16, gpus: bool) -> Vec<Column> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {
     pub pods: Option<f64>,
+    /// Ready pods, where known: the PODS column reads `ready/pods`.
+    pub ready_pods: Option<f64>,
     pub cpu_cores: Option<f64>,
     pub memory_bytes: Option<f64>,
     pub gpu_utilization: Option<f64>,
@@ -458,7 +460,8 @@ impl Top {
                 name: display,
                 expanded: Some(false),
                 figures: Figures {
-                    pods: Some(model.pods.len() as f64),
+                    pods: Some(model.replicas as f64),
+                    ready_pods: model.ready_replicas.map(|r| r as f64),
                     cpu_cores: model.cpu_cores,
                     memory_bytes: Some(model.memory_working_set_bytes as f64),
                     gpu_utilization: model.gpu_utilization,
@@ -764,7 +767,11 @@ fn cell_text(row: &TopRow, column: Column) -> String {
             };
             format!("{}{marker}{}", "  ".repeat(row.depth), row.name)
         }
-        Column::Pods => f.pods.map_or_else(String::new, |p| format!("{p:.0}")),
+        Column::Pods => match (f.ready_pods, f.pods) {
+            (Some(ready), Some(pods)) => format!("{ready:.0}/{pods:.0}"),
+            (None, Some(pods)) => format!("{pods:.0}"),
+            _ => String::new(),
+        },
         Column::Cpu => f.cpu_cores.map_or_else(dash, |c| format!("{c:.2}")),
         Column::Memory => f.memory_bytes.map_or_else(dash, compact_bytes),
         Column::GpuUtilization => f.gpu_utilization.map_or_else(dash, |u| format!("{:.0}", u * 100.0)),
@@ -908,8 +915,11 @@ mod tests {
                     name: (*pod).into(),
                     uid: (*uid).into(),
                     containers: vec!["server".into()],
+                    ready: Some(true),
                 })
                 .collect(),
+            replicas: pods.len(),
+            ready_replicas: Some(pods.len()),
             cpu_cores: Some(cpu),
             p99_seconds: p99,
             ..Default::default()

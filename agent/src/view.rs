@@ -49,6 +49,10 @@ pub struct ModelView {
     pub version: String,
     /// Pods serving it here (replicas on this node).
     pub pods: Vec<PodView>,
+    /// `pods.len()`: the replicas on this node.
+    pub replicas: usize,
+    /// Pods whose `Ready` condition is true; `None` when no pod's readiness is known (no API).
+    pub ready_replicas: Option<usize>,
     pub cpu_cores: Option<f64>,
     pub memory_working_set_bytes: u64,
     pub oom_kills: u64,
@@ -67,6 +71,8 @@ pub struct PodView {
     pub name: String,
     pub uid: String,
     pub containers: Vec<String>,
+    /// The pod's `Ready` condition; `None` without the Kubernetes API.
+    pub ready: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,7 +321,8 @@ fn models(
         (get(Attr::ModelName), get(Attr::ModelVersion))
     };
     let mut models: BTreeMap<(String, String), ModelView> = BTreeMap::new();
-    for c in containers {
+    // The views were built from the rows in order.
+    for (row, c) in current.containers.iter().zip(containers) {
         let (name, version) = key(&c.labels);
         let model = models.entry((name.clone(), version.clone())).or_insert_with(|| ModelView {
             name,
@@ -340,9 +347,15 @@ fn models(
                     name: c.labels.get(Attr::PodName.prometheus()).cloned().unwrap_or_default(),
                     uid: uid.clone(),
                     containers: vec![container],
+                    ready: row.pod_ready,
                 }),
             }
         }
+    }
+    for model in models.values_mut() {
+        model.replicas = model.pods.len();
+        let known: Vec<bool> = model.pods.iter().filter_map(|p| p.ready).collect();
+        model.ready_replicas = (!known.is_empty()).then(|| known.iter().filter(|r| **r).count());
     }
     // Requests: the last interval's buckets merged per model, for its rate, quantiles and errors.
     let mut merged: HashMap<(String, String), Interval> = HashMap::new();

@@ -97,6 +97,7 @@ fn encode(c: &mut Criterion) {
                 throttling: None,
                 memory: None,
                 oom_kills: 0,
+                pod_ready: None,
             }
         })
         .collect();

@@ -437,6 +437,7 @@ impl TestPod<'_> {
             "status": {
                 "phase": "Running",
                 "qosClass": "Burstable",
+                "conditions": [{"type": "Ready", "status": "True"}],
                 "containerStatuses": [{
                     "name": "server", "containerID": format!("containerd://{}", self.container_id),
                     "image": "registry.example/server:1", "imageID": "", "ready": true, "restartCount": 0,

@@ -230,6 +230,9 @@ fn top_shows_the_pods_sorts_filters_and_quits_cleanly_in_a_real_terminal() {
     let chat_rate = model("chat", "1")["requests_per_second"].as_f64().expect("chat:1's rate");
     assert_eq!(figure(&screen, "chat:1", "REQ/S"), format!("{chat_rate:.1}"), "{screen}");
     assert!(chat_rate > 1.0, "chat:1 is being served: {chat_rate}");
+    // Replicas on this node, ready of them (the pods' Ready condition from the API server).
+    assert_eq!(model("chat", "1")["ready_replicas"], 1);
+    assert_eq!(figure(&screen, "chat:1", "PODS"), "1/1", "{screen}");
     assert!(figure(&screen, "chat:1", "P99").ends_with("ms") || figure(&screen, "chat:1", "P99").ends_with("µs"));
     assert_eq!(figure(&screen, "chat:2", "REQ/S"), "-", "no traffic to chat:2\n{screen}");
     assert!(screen.contains("pods up"), "the header shows the pod watch:\n{screen}");

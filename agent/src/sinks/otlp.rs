@@ -710,6 +710,7 @@ mod tests {
             throttling: None,
             memory: Some(Memory { usage_bytes: 10, working_set_bytes: 8, rss_bytes: 5, limit_bytes: None }),
             oom_kills: 0,
+            pod_ready: None,
         });
         let mut attributes = identity;
         attributes.push((Attr::HttpMethod, "POST".into()));

@@ -110,6 +110,8 @@ pub struct PodMeta {
     /// Container id (without the `containerd://` scheme) → container name.
     pub containers: HashMap<String, String>,
     pub model: Option<Model>,
+    /// The pod's `Ready` condition; `None` before the kubelet has reported it.
+    pub ready: Option<bool>,
 }
 
 impl PodMeta {
@@ -145,6 +147,10 @@ impl PodMeta {
             qos_class: status.and_then(|s| s.qos_class.clone()),
             containers,
             model,
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.status == "True"),
         })
     }
 

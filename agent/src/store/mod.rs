@@ -332,6 +332,7 @@ impl Store {
                     limit_bytes: s.memory.limit_bytes,
                 }),
                 oom_kills,
+                pod_ready: pod.as_ref().and_then(|p| p.ready),
             });
         }
         containers.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));

@@ -53,6 +53,8 @@ pub struct ContainerRow {
     pub throttling: Option<Throttling>,
     pub memory: Option<Memory>,
     pub oom_kills: u64,
+    /// Its pod's `Ready` condition, where the API server said.
+    pub pod_ready: Option<bool>,
 }
 
 /// One request series.
