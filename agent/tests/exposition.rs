@@ -42,6 +42,7 @@ fn fixed_snapshot() -> Snapshot {
         qos_class: Some("Burstable".into()),
         containers: [(CID.to_owned(), "server".to_owned())].into(),
         model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
+        ready: Some(true),
     };
     let memory = Memory { usage_bytes: 1000, working_set_bytes: 800, rss_bytes: 300, limit_bytes: Some(2000) };
     let throttling = Throttling { throttled_seconds: 0.0007, periods: 10, throttled_periods: 2 };
@@ -84,6 +85,7 @@ fn fixed_snapshot() -> Snapshot {
                 throttling: Some(throttling),
                 memory: Some(Memory { limit_bytes: None, ..memory }),
                 oom_kills: 0,
+                pod_ready: Some(true),
             },
             ContainerRow {
                 attributes: identity_attributes(&pod_identity, Some(&meta), None),
