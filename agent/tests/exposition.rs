@@ -85,6 +85,7 @@ fn fixed_snapshot() -> Snapshot {
                 throttling: Some(throttling),
                 memory: Some(Memory { limit_bytes: None, ..memory }),
                 oom_kills: 0,
+                pod_ready: None,
                 pod_ready: Some(true),
             },
             ContainerRow {
@@ -104,6 +105,7 @@ fn fixed_snapshot() -> Snapshot {
                 throttling: None,
                 memory: None,
                 oom_kills: 0,
+                pod_ready: None,
             },
         ],
         requests: vec![
