@@ -86,7 +86,6 @@ fn fixed_snapshot() -> Snapshot {
                 memory: Some(Memory { limit_bytes: None, ..memory }),
                 oom_kills: 0,
                 pod_ready: None,
-                pod_ready: Some(true),
             },
             ContainerRow {
                 attributes: identity_attributes(&pod_identity, Some(&meta), None),
@@ -96,6 +95,7 @@ fn fixed_snapshot() -> Snapshot {
                 throttling: Some(throttling),
                 memory: Some(memory),
                 oom_kills: 1,
+                pod_ready: Some(true),
             },
             ContainerRow {
                 attributes: identity_attributes(&identify("/system.slice/ssh.service"), None, None),
