@@ -8,6 +8,7 @@
 
 pub mod model;
 pub mod resolver;
+pub mod rules;
 
 use std::sync::Arc;
 
@@ -60,6 +61,9 @@ pub enum Identity {
     Docker { container_id: Arc<str> },
     /// A systemd unit (service or scope) outside Kubernetes.
     SystemdUnit { unit: Arc<str> },
+    /// A process outside any attributed cgroup that a model rule names, with its children:
+    /// `pid` is the first matched process, `name` its executable.
+    Process { pid: u32, name: Arc<str>, model: Arc<str>, version: Arc<str> },
     /// Nothing attributable by path (root cgroup, slices, conmon scopes, malformed names).
     Other,
 }
