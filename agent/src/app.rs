@@ -33,11 +33,14 @@ use crate::{
     api,
     config::Config,
     doctor,
-    identity::resolver::Resolver,
+    identity::{
+        Identity,
+        resolver::{ProcessWorkload, Resolver},
+    },
     sinks::{self, Delivery, SinkHandle},
     sources::{
         Observation, Outbox,
-        cgroup::Layout,
+        cgroup::{CgroupStats, CpuStats, Layout, MemoryStats},
         events::EventSource,
         kernel::{self, Probes},
         kubernetes::{self, PodCache, WatchHealth},
@@ -509,7 +512,7 @@ impl Collector {
             _ => Default::default(),
         };
         let layout = self.resolver.layout();
-        let cgroups = self
+        let mut cgroups: Vec<CgroupReading> = self
             .resolver
             .table()
             .cgroups
@@ -520,6 +523,11 @@ impl Collector {
                 read: read_cgroup(layout, path, &self.telemetry),
             })
             .collect();
+        let processes = self.resolver.processes();
+        cgroups.extend(processes.workloads.iter().filter_map(|(identity, workload)| match identity {
+            Identity::Process { pid, .. } => Some(process_reading(identity, *pid, workload)),
+            _ => None,
+        }));
         let readings = Readings {
             cgroups,
             cpu,
@@ -532,6 +540,7 @@ impl Collector {
                 .map(SinkHandle::row)
                 .chain(self.metric_sinks.iter().map(|(sink, _, _)| sink.row()))
                 .collect(),
+            unnamed_processes: processes.unnamed.clone(),
         };
         Collected { duration: started.elapsed() }.emit(&self.telemetry);
         let snapshot = self.store.fold(readings, &mut self.resolver, SystemTime::now());
@@ -584,6 +593,24 @@ fn read_cpu(probes: &mut Probes, proc_root: &std::path::Path, telemetry: &Teleme
 }
 
 /// Reads one cgroup's files; a cgroup whose directory is gone is `Gone`.
+/// A standalone workload read like a cgroup: its processes' CPU time and resident memory from
+/// /proc (no limit, no throttling: it has no cgroup of its own).
+fn process_reading(identity: &Identity, pid: u32, workload: &ProcessWorkload) -> CgroupReading {
+    let memory = MemoryStats {
+        usage_bytes: workload.rss_bytes,
+        working_set_bytes: workload.rss_bytes,
+        rss_bytes: workload.rss_bytes,
+        limit_bytes: None,
+        oom_kills: None,
+    };
+    let cpu = CpuStats { usage_ns: Some((workload.cpu_seconds * 1e9) as u64), ..CpuStats::default() };
+    CgroupReading {
+        identity: identity.clone(),
+        path: format!("/proc/{pid}"),
+        read: CgroupRead::Stats(CgroupStats { memory, cpu }),
+    }
+}
+
 fn read_cgroup(layout: &Layout, path: &str, telemetry: &Telemetry) -> CgroupRead {
     match layout.read_stats(path) {
         Ok(stats) => return CgroupRead::Stats(stats),

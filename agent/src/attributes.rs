@@ -16,6 +16,9 @@ pub enum Attr {
     ContainerRuntime,
     QosClass,
     SystemdUnit,
+    /// A standalone workload's first process (outside containers, named by a model rule).
+    ProcessPid,
+    ProcessName,
     HttpMethod,
     HttpRoute,
     HttpStatus,
@@ -28,7 +31,7 @@ pub enum Attr {
 }
 
 impl Attr {
-    pub const ALL: [Attr; 20] = [
+    pub const ALL: [Attr; 22] = [
         Attr::NodeName,
         Attr::Namespace,
         Attr::PodName,
@@ -40,6 +43,8 @@ impl Attr {
         Attr::ContainerRuntime,
         Attr::QosClass,
         Attr::SystemdUnit,
+        Attr::ProcessPid,
+        Attr::ProcessName,
         Attr::HttpMethod,
         Attr::HttpRoute,
         Attr::HttpStatus,
@@ -71,6 +76,8 @@ impl Attr {
             Attr::ContainerRuntime => "container.runtime.name",
             Attr::QosClass => "k8s.pod.qos_class",
             Attr::SystemdUnit => "systemd.unit",
+            Attr::ProcessPid => "process.pid",
+            Attr::ProcessName => "process.executable.name",
             Attr::HttpMethod => "http.request.method",
             Attr::HttpRoute => "http.route",
             Attr::HttpStatus => "http.response.status_code",
@@ -98,6 +105,8 @@ impl Attr {
             Attr::ContainerRuntime => "container_runtime",
             Attr::QosClass => "qos_class",
             Attr::SystemdUnit => "systemd_unit",
+            Attr::ProcessPid => "pid",
+            Attr::ProcessName => "process",
             Attr::HttpMethod => "http_request_method",
             Attr::HttpRoute => "http_route",
             Attr::HttpStatus => "http_response_status_code",

@@ -42,6 +42,16 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// How to name a model, shown when nothing has one yet.
+const RULE_HINT: &str = r"
+Name a model server with a rule in the config (README: Standalone), for example:
+  standalone:
+    rules:
+      - name: my-model
+        cmdline: 'my_server\.py .*--model (\S+)'
+        model: '$1'
+";
+
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
@@ -109,6 +119,24 @@ pub fn table(view: &SnapshotView) -> String {
         );
         for pod in &model.pods {
             let _ = writeln!(out, "  {}/{} ({})", pod.namespace, pod.name, pod.containers.join(", "));
+        }
+    }
+    if !view.processes.is_empty() {
+        let _ = writeln!(out, "\nBusiest processes no model rule names:");
+        let _ = writeln!(out, "{:>8} {:>7} {:>10}  COMMAND", "PID", "CPU", "MEMORY");
+        for p in &view.processes {
+            let command = if p.cmdline.is_empty() { p.name.as_str() } else { p.cmdline.as_str() };
+            let _ = writeln!(
+                out,
+                "{:>8} {:>7} {:>10}  {}",
+                p.pid,
+                optional(p.cpu_cores, |c| format!("{c:.2}")),
+                bytes(p.memory_rss_bytes),
+                command.chars().take(80).collect::<String>()
+            );
+        }
+        if view.models.iter().all(|m| m.name.is_empty()) {
+            out.push_str(RULE_HINT);
         }
     }
     if !view.agent.sinks.is_empty() {

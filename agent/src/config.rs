@@ -68,7 +68,41 @@ pub struct Config {
     pub sinks: crate::sinks::SinksConfig,
     /// NVIDIA GPUs through NVML.
     pub gpu: crate::sources::gpu::GpuConfig,
+    /// Processes outside containers, and pods the API does not name, named by model rules.
+    pub standalone: StandaloneConfig,
     pub log: LogConfig,
+}
+
+/// Model rules over processes: a matched process outside any attributed container (and its
+/// children) is a workload of its own; a matched process in a pod-shaped cgroup whose pod the
+/// Kubernetes API does not name gives that pod its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StandaloneConfig {
+    /// Off: no /proc scan, no process workloads. Default on.
+    pub enabled: bool,
+    /// Tried first, in order; a rule named like a built-in replaces it (`disabled: true` turns it off).
+    pub rules: Vec<crate::identity::rules::RuleConfig>,
+    /// The built-in rules for common model servers (README). Default on.
+    pub builtin_rules: bool,
+    /// How many of the busiest processes no rule names the snapshot lists. Default 10.
+    pub busiest_unnamed: usize,
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        StandaloneConfig { enabled: true, rules: Vec::new(), builtin_rules: true, busiest_unnamed: 10 }
+    }
+}
+
+impl StandaloneConfig {
+    /// The compiled rules; `None` when standalone attribution is off.
+    pub fn compile(&self) -> Result<Option<crate::identity::rules::Rules>, crate::identity::rules::RuleError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        crate::identity::rules::Rules::compile(&self.rules, self.builtin_rules).map(Some)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +186,7 @@ impl Default for Config {
             requests: RequestsConfig::default(),
             sinks: crate::sinks::SinksConfig::default(),
             gpu: crate::sources::gpu::GpuConfig::default(),
+            standalone: StandaloneConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -271,6 +306,9 @@ impl Config {
         }
         if self.kubernetes.retry_max < MIN_INTERVAL {
             return field_error("kubernetes.retry_max", "must be at least 1s");
+        }
+        if let Err(e) = self.standalone.compile() {
+            return field_error("standalone.rules", &e.to_string());
         }
         if self.gpu.interval < Duration::from_millis(100) {
             return field_error("gpu.interval", "must be at least 100ms");

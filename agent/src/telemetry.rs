@@ -51,6 +51,9 @@ label_enum!(
         HeadTooLarge => "head_too_large",
         NotHttp => "not_http",
         TooManyConnections => "too_many_connections",
+        // From a process of a watched cgroup that belongs to no workload (a shared cgroup
+        // watched for a standalone process).
+        Unattributed => "unattributed",
         Uncaptured => "uncaptured",
         Unfinished => "unfinished",
         UnmatchedResponse => "unmatched_response",

@@ -196,9 +196,21 @@ impl Figures {
 /// What a row stands for; also the key its expanded state is kept under across refreshes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RowKey {
-    Model { name: String, version: String },
-    Pod { uid: String },
-    Container { cgroup: String },
+    Model {
+        name: String,
+        version: String,
+    },
+    Pod {
+        uid: String,
+    },
+    Container {
+        cgroup: String,
+    },
+    /// The group of busiest processes no rule names, and one of them.
+    Unnamed,
+    Process {
+        pid: u32,
+    },
 }
 
 /// A model's child (a pod, or a container outside any pod) with the containers below it.
@@ -232,6 +244,8 @@ pub struct Top {
     expanded: HashSet<RowKey>,
     pub selected: usize,
     trends: HashMap<(String, String), VecDeque<Option<f64>>>,
+    /// The unnamed processes' group as the user left it.
+    unnamed_open: Option<bool>,
     pub quit: bool,
 }
 
@@ -261,6 +275,10 @@ fn model_display(name: &str, version: &str) -> String {
 }
 
 fn container_display(c: &ContainerView) -> String {
+    let process = label(&c.labels, Attr::ProcessName);
+    if !process.is_empty() {
+        return format!("{process} (pid {})", label(&c.labels, Attr::ProcessPid));
+    }
     let name = label(&c.labels, Attr::ContainerName);
     if !name.is_empty() {
         return name.to_owned();
@@ -294,6 +312,7 @@ impl Top {
             expanded: HashSet::new(),
             selected: 0,
             trends: HashMap::new(),
+            unnamed_open: None,
             quit: false,
         }
     }
@@ -326,6 +345,10 @@ impl Top {
     fn is_expanded(&self, key: &RowKey) -> bool {
         match key {
             RowKey::Model { .. } => !self.collapsed.contains(key),
+            // Open by default only while no model has a name: then it is what there is to see.
+            RowKey::Unnamed => self
+                .unnamed_open
+                .unwrap_or_else(|| self.view.as_ref().is_none_or(|v| v.models.iter().all(|m| m.name.is_empty()))),
             _ => self.expanded.contains(key),
         }
     }
@@ -334,6 +357,10 @@ impl Top {
         match (&key, expanded) {
             (RowKey::Model { .. }, true) => self.collapsed.remove(&key),
             (RowKey::Model { .. }, false) => self.collapsed.insert(key),
+            (RowKey::Unnamed, open) => {
+                self.unnamed_open = Some(open);
+                true
+            }
             (_, true) => self.expanded.insert(key),
             (_, false) => self.expanded.remove(&key),
         };
@@ -497,6 +524,40 @@ impl Top {
                 }
             }
         }
+        // Below the models, always: the busiest processes no rule names (what to write one for).
+        let unnamed: Vec<TopRow> = view
+            .processes
+            .iter()
+            .filter(|p| matches(&p.name) || matches(&p.cmdline))
+            .map(|p| TopRow {
+                key: RowKey::Process { pid: p.pid },
+                depth: 1,
+                name: format!("{} (pid {})", p.name, p.pid),
+                expanded: None,
+                figures: Figures {
+                    cpu_cores: p.cpu_cores,
+                    memory_bytes: Some(p.memory_rss_bytes as f64),
+                    ..Figures::default()
+                },
+                trend: String::new(),
+            })
+            .collect();
+        if !unnamed.is_empty() {
+            let open = self.is_expanded(&RowKey::Unnamed);
+            out.push(TopRow {
+                key: RowKey::Unnamed,
+                depth: 0,
+                name: "(other processes)".to_owned(),
+                expanded: Some(open),
+                figures: Figures::default(),
+                trend: String::new(),
+            });
+            if open {
+                let mut unnamed = unnamed;
+                unnamed.sort_by(|a, b| self.compare(a, b));
+                out.extend(unnamed);
+            }
+        }
         out
     }
 
@@ -557,6 +618,7 @@ impl Top {
                 for row in rows.iter().filter(|r| matches!(r.key, RowKey::Model { .. })) {
                     self.collapsed.insert(row.key.clone());
                 }
+                self.unnamed_open = Some(false);
                 self.selected = 0;
             }
             KeyCode::Char('r') => self.descending = !self.descending,
@@ -756,6 +818,10 @@ pub fn compact_seconds(seconds: f64) -> String {
 }
 
 fn cell_text(row: &TopRow, column: Column) -> String {
+    // The group of unnamed processes has no figures of its own.
+    if row.key == RowKey::Unnamed && column != Column::Name {
+        return String::new();
+    }
     let dash = || "-".to_owned();
     let f = &row.figures;
     match column {
@@ -957,6 +1023,7 @@ mod tests {
             }],
             gpus: Vec::new(),
             agent: AgentView::default(),
+            processes: Vec::new(),
         }
     }
 
@@ -1038,6 +1105,34 @@ mod tests {
         assert_eq!(chat1.trend, "▃█", "one sample per snapshot, scaled to the largest");
         top.update(Ok(view("t3")));
         assert!(top.error.is_none());
+    }
+
+    #[test]
+    fn processes_no_rule_names_are_listed_below_the_models() {
+        let mut top = Top::new("http://agent");
+        let mut snapshot = view("t1");
+        snapshot.processes = vec![crate::view::ProcessView {
+            pid: 42,
+            name: "python3".into(),
+            cmdline: "python3 -m http.server".into(),
+            cpu_cores: Some(0.5),
+            memory_rss_bytes: 1 << 20,
+        }];
+        top.update(Ok(snapshot));
+        press(&mut top, KeyCode::Char('-'));
+        assert_eq!(names(&top), ["embed", "chat:1", "chat:2", "(other processes)"], "closed beside named models");
+        press(&mut top, KeyCode::Char('+'));
+        assert_eq!(names(&top).last().map(String::as_str), Some("  python3 (pid 42)"));
+        top.filter = "http.server".into();
+        assert_eq!(names(&top), ["(other processes)", "  python3 (pid 42)"]);
+        // With no named model the group is open from the start.
+        let mut fresh = Top::new("http://agent");
+        let mut unnamed_only = view("t1");
+        unnamed_only.models.clear();
+        unnamed_only.containers.clear();
+        unnamed_only.processes = top.view.as_ref().unwrap().processes.clone();
+        fresh.update(Ok(unnamed_only));
+        assert_eq!(names(&fresh), ["(other processes)", "  python3 (pid 42)"]);
     }
 
     #[test]

@@ -32,6 +32,21 @@ pub struct SnapshotView {
     pub requests: Vec<RequestView>,
     pub gpus: Vec<GpuView>,
     pub agent: AgentView,
+    /// The busiest processes outside containers that no model rule names, busiest first: what a
+    /// `standalone.rules` entry could name. (Absent from agents before it: empty.)
+    #[serde(default)]
+    pub processes: Vec<ProcessView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    /// The executable's file name.
+    pub name: String,
+    /// Its arguments joined by spaces, cut at 200 characters.
+    pub cmdline: String,
+    pub cpu_cores: Option<f64>,
+    pub memory_rss_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -49,9 +64,11 @@ pub struct ModelView {
     pub version: String,
     /// Pods serving it here (replicas on this node).
     pub pods: Vec<PodView>,
-    /// `pods.len()`: the replicas on this node.
+    /// Workloads serving it on this node: its pods, and containers or processes outside pods.
+    #[serde(default)]
     pub replicas: usize,
     /// Pods whose `Ready` condition is true; `None` when no pod's readiness is known (no API).
+    #[serde(default)]
     pub ready_replicas: Option<usize>,
     pub cpu_cores: Option<f64>,
     pub memory_working_set_bytes: u64,
@@ -72,6 +89,7 @@ pub struct PodView {
     pub uid: String,
     pub containers: Vec<String>,
     /// The pod's `Ready` condition; `None` without the Kubernetes API.
+    #[serde(default)]
     pub ready: Option<bool>,
 }
 
@@ -307,6 +325,17 @@ pub fn build(current: &Snapshot, previous: Option<&Snapshot>) -> SnapshotView {
         requests,
         gpus,
         agent,
+        processes: current
+            .unnamed_processes
+            .iter()
+            .map(|p| ProcessView {
+                pid: p.pid,
+                name: p.name.clone(),
+                cmdline: p.cmdline.clone(),
+                cpu_cores: p.cpu_cores,
+                memory_rss_bytes: p.rss_bytes,
+            })
+            .collect(),
     }
 }
 
@@ -352,8 +381,13 @@ fn models(
             }
         }
     }
+    for c in containers.iter().filter(|c| !c.labels.contains_key(Attr::PodUid.prometheus())) {
+        if let Some(model) = models.get_mut(&key(&c.labels)) {
+            model.replicas += 1;
+        }
+    }
     for model in models.values_mut() {
-        model.replicas = model.pods.len();
+        model.replicas += model.pods.len();
         let known: Vec<bool> = model.pods.iter().filter_map(|p| p.ready).collect();
         model.ready_replicas = (!known.is_empty()).then(|| known.iter().filter(|r| **r).count());
     }

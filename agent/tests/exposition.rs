@@ -164,6 +164,7 @@ fn fixed_snapshot() -> Snapshot {
                 last_error: Some((WatchErrorReason::Unreachable, "connection refused".into())),
             }),
         },
+        unnamed_processes: Vec::new(),
     }
 }
 

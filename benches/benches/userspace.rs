@@ -108,6 +108,7 @@ fn encode(c: &mut Criterion) {
         gpus: Vec::new(),
         gpu_use: Vec::new(),
         agent: AgentRow::default(),
+        unnamed_processes: Vec::new(),
     });
     c.bench_function("encode /metrics, 50 containers", |b| {
         b.iter(|| prometheus::encode(black_box(snapshot.clone())).expect("encode"))
@@ -185,6 +186,7 @@ fn fold(c: &mut Criterion) {
         own: None,
         pod_watch: None,
         sinks: Vec::new(),
+        unnamed_processes: Vec::new(),
     };
     let mut store = Store::new(&Config::default(), Arc::new(Telemetry::default()));
     c.bench_function("fold 2,000 containers", |b| {

@@ -21,6 +21,9 @@ pub enum ModelRule {
     AppLabels,
     /// The owning workload: a Deployment (through its ReplicaSet), StatefulSet, DaemonSet or Job.
     Owner,
+    /// A standalone rule over the pod's processes (`standalone.rules`), where the API names no
+    /// model; never from the pod's metadata.
+    Process,
 }
 
 impl ModelRule {
@@ -31,6 +34,7 @@ impl ModelRule {
             ModelRule::Seldon => "seldon",
             ModelRule::AppLabels => "app_labels",
             ModelRule::Owner => "owner",
+            ModelRule::Process => "process",
         }
     }
 }
@@ -109,6 +113,7 @@ fn apply(rule: ModelRule, facts: PodFacts<'_>, config: &ModelConfig) -> Option<M
         ModelRule::AppLabels => non_empty(facts.labels, "app.kubernetes.io/name")
             .map(|name| model(name, non_empty(facts.labels, "app.kubernetes.io/version"))),
         ModelRule::Owner => workload_name(facts.owner?, facts.labels).map(|name| model(name, None)),
+        ModelRule::Process => None,
     }
 }
 

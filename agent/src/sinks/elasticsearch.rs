@@ -106,6 +106,8 @@ fn ecs_field(attr: Attr) -> Option<&'static str> {
         Attr::HttpRoute => Some("modelmeter.http.route"),
         Attr::QosClass => Some("modelmeter.qos_class"),
         Attr::SystemdUnit => Some("modelmeter.systemd.unit"),
+        Attr::ProcessPid => Some("process.pid"),
+        Attr::ProcessName => Some("process.name"),
         // ECS `device.*` is for the host device; the GPU goes under modelmeter.
         Attr::HwId => Some("modelmeter.gpu.id"),
         Attr::HwName => Some("modelmeter.gpu.name"),

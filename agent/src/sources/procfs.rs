@@ -96,6 +96,65 @@ pub fn is_socket(proc_root: &Path, tgid: u32, fd: u32) -> Option<bool> {
     Some(matches!(info.target, procfs::process::FDTarget::Socket(_)))
 }
 
+/// One process, as the model rules and the list of busiest processes see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessInfo {
+    pub tgid: u32,
+    pub ppid: u32,
+    /// The executable's file name (`python3.11`), or the kernel's 15-byte `comm` when the link
+    /// cannot be read.
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub cgroups: ProcCgroups,
+    /// User and system time, in seconds.
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
+/// The kernel marks its own threads with PF_KTHREAD in `stat`'s flags.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Every user-space process under `proc_root`; ones that vanish mid-read are skipped.
+pub fn scan_processes(proc_root: &Path) -> Vec<ProcessInfo> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else { return Vec::new() };
+    let ticks = procfs::ticks_per_second() as f64;
+    let page = procfs::page_size();
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|tgid| read_process(proc_root, tgid, ticks, page))
+        .collect()
+}
+
+/// One process's facts; `None` for kernel threads and processes gone or unreadable.
+pub fn read_process(proc_root: &Path, tgid: u32, ticks: f64, page: u64) -> Option<ProcessInfo> {
+    let process = procfs::process::Process::new_with_root(proc_dir(proc_root, tgid)).ok()?;
+    let stat = process.stat().ok()?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return None;
+    }
+    let exe = process
+        .exe()
+        .ok()
+        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().trim_end_matches(" (deleted)").to_owned()))
+        .unwrap_or_else(|| stat.comm.clone());
+    Some(ProcessInfo {
+        tgid,
+        ppid: u32::try_from(stat.ppid).unwrap_or(0),
+        exe,
+        cmdline: process.cmdline().unwrap_or_default(),
+        cgroups: read_proc_cgroup(proc_root, tgid).unwrap_or_default(),
+        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+        rss_bytes: stat.rss.saturating_mul(page),
+    })
+}
+
+/// A process's parent, from `stat`; `None` when it is gone.
+pub fn parent_of(proc_root: &Path, tgid: u32) -> Option<u32> {
+    let stat = procfs::process::Process::new_with_root(proc_dir(proc_root, tgid)).ok()?.stat().ok()?;
+    u32::try_from(stat.ppid).ok()
+}
+
 fn proc_dir(proc_root: &Path, pid: u32) -> PathBuf {
     proc_root.join(pid.to_string())
 }
@@ -119,6 +178,15 @@ mod tests {
     fn parses_pure_v2_and_skips_garbage() {
         let parsed = parse_proc_cgroup("garbage\n0::/system.slice/ssh.service\n3:memory:relative\n::\n");
         assert_eq!(parsed, ProcCgroups { v2: Some("/system.slice/ssh.service".into()), ..Default::default() });
+    }
+
+    #[test]
+    fn scans_user_processes_with_their_command_lines() {
+        let processes = scan_processes(Path::new("/proc"));
+        let me = processes.iter().find(|p| p.tgid == std::process::id()).expect("this test process");
+        assert!(!me.exe.is_empty() && !me.cmdline.is_empty() && me.rss_bytes > 0, "{me:?}");
+        assert_eq!(parent_of(Path::new("/proc"), std::process::id()), Some(me.ppid));
+        assert!(processes.iter().all(|p| p.tgid != 2), "kthreadd is the kernel's");
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub use snapshot::{
 use crate::{
     attributes::{self, Attr, Attributes},
     config::Config,
-    identity::{Identity, resolver::Resolve},
+    identity::{
+        Identity,
+        resolver::{Resolve, UnnamedProcess},
+    },
     sources::{
         Observation, OomKill,
         cgroup::CgroupStats,
@@ -35,7 +38,7 @@ use crate::{
         procfs::OwnUsage,
         protocol::http1::Exchange,
     },
-    telemetry::{DropReason, EventsDropped, SkipReason, Telemetry},
+    telemetry::{DropReason, EventsDropped, SkipReason, Telemetry, TrafficSkipped},
 };
 
 /// What reading one attributed cgroup's files gave.
@@ -89,6 +92,8 @@ pub struct Readings {
     /// `None` without the Kubernetes API.
     pub pod_watch: Option<WatchStatus>,
     pub sinks: Vec<SinkRow>,
+    /// The busiest processes no model rule names.
+    pub unnamed_processes: Vec<UnnamedProcess>,
 }
 
 /// A tracked attributable cgroup and what outlives its processes.
@@ -175,8 +180,12 @@ impl Store {
                     .by_cgroup_id(cgroup_id)
                     .or_else(|| resolver.by_tgid(tgid))
                     // Watching everything: a process outside any container is its own series.
-                    .unwrap_or(Identity::Other);
-                logs.extend(self.apply_exchange(identity, &exchange, resolver, now));
+                    .or_else(|| resolver.traces_everything().then_some(Identity::Other));
+                match identity {
+                    Some(identity) => logs.extend(self.apply_exchange(identity, &exchange, resolver, now)),
+                    // A neighbour of a standalone workload in the cgroup watched for it.
+                    None => TrafficSkipped { reason: SkipReason::Unattributed }.emit(&self.telemetry),
+                }
             }
         }
     }
@@ -360,7 +369,7 @@ impl Store {
             })
             .collect();
         let agent = self.agent_row(&readings, has_probes.then_some(self.retired_unattributed_ns + unattributed_live));
-        Snapshot { taken_at, containers, requests, gpus, gpu_use, agent }
+        Snapshot { taken_at, containers, requests, gpus, gpu_use, agent, unnamed_processes: readings.unnamed_processes }
     }
 
     /// An XID error as one event per container on the device (one without identity when none).
@@ -703,6 +712,12 @@ pub fn identity_attributes(identity: &Identity, pod: Option<&PodMeta>, model: Op
             vec![(Attr::ContainerId, container_id.to_string()), (Attr::ContainerRuntime, "docker".to_owned())]
         }
         Identity::SystemdUnit { unit } => vec![(Attr::SystemdUnit, unit.to_string())],
+        Identity::Process { pid, name, model, version } => vec![
+            (Attr::ModelName, model.to_string()),
+            (Attr::ModelVersion, version.to_string()),
+            (Attr::ProcessPid, pid.to_string()),
+            (Attr::ProcessName, name.to_string()),
+        ],
         Identity::Other => Vec::new(),
     }
 }

@@ -144,6 +144,8 @@ pub struct Snapshot {
     pub gpus: Vec<super::gpu::GpuDeviceRow>,
     pub gpu_use: Vec<GpuUseRow>,
     pub agent: AgentRow,
+    /// The busiest processes no model rule names, busiest first.
+    pub unnamed_processes: Vec<crate::identity::resolver::UnnamedProcess>,
 }
 
 impl Snapshot {
@@ -155,6 +157,7 @@ impl Snapshot {
             gpus: Vec::new(),
             gpu_use: Vec::new(),
             agent: AgentRow::default(),
+            unnamed_processes: Vec::new(),
         }
     }
 }

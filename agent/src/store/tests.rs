@@ -91,6 +91,7 @@ fn readings(cgroups: &[(Identity, String, CgroupRead)], cpu: Option<Result<Vec<C
         own: None,
         pod_watch: None,
         sinks: Vec::new(),
+        unnamed_processes: Vec::new(),
     }
 }
 
