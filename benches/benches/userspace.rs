@@ -58,6 +58,22 @@ fn identity(c: &mut Criterion) {
     c.bench_function("runq_slot", |b| b.iter(|| runq_slot(black_box(123_456_789))));
 }
 
+/// The standalone rules: every built-in tried on a command line none of them names (the common
+/// case on a node), one that the first rule names, and the /proc scan they run on.
+fn standalone(c: &mut Criterion) {
+    use modelmeter::identity::rules::{ProcessFacts, Rules};
+    let rules = Rules::compile(&[], true).expect("the built-in rules compile");
+    let argv = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let unnamed = argv("/usr/bin/python3 /srv/app/worker.py --queue default --concurrency 8");
+    let vllm = argv("/usr/bin/python3 /usr/local/bin/vllm serve meta-llama/Llama-3.1-8B-Instruct --port 8000");
+    let facts = |cmdline| ProcessFacts { exe: "python3.11", cmdline, cgroup: "/user.slice/user-1000.slice" };
+    c.bench_function("rules: a process no rule names", |b| b.iter(|| rules.match_process(black_box(&facts(&unnamed)))));
+    c.bench_function("rules: vllm serve", |b| b.iter(|| rules.match_process(black_box(&facts(&vllm)))));
+    c.bench_function("scan /proc (every process)", |b| {
+        b.iter(|| procfs::scan_processes(black_box(std::path::Path::new("/proc"))))
+    });
+}
+
 fn readers(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("fixture");
@@ -330,5 +346,5 @@ fn gpu_round(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, identity, readers, encode, encode_events, fold, pipeline, gpu_round);
+criterion_group!(benches, identity, standalone, readers, encode, encode_events, fold, pipeline, gpu_round);
 criterion_main!(benches);
