@@ -566,10 +566,18 @@ impl Store {
                 PodLookup::Deleted => continue,
                 PodLookup::Unknown => None,
             };
-            let pod_model = pod.as_ref().and_then(|p| p.model.as_ref()).map(|m| (m.name.clone(), m.version.clone()));
+            let workload_model = match identity {
+                Identity::Process { model, version, .. } => Some((model.to_string(), version.to_string())),
+                _ => pod.as_ref().and_then(|p| p.model.as_ref()).map(|m| (m.name.clone(), m.version.clone())),
+            };
             for (key, latency) in series {
                 let mut key = key.clone();
-                if key.model.is_some() && key.model == pod_model {
+                // The workload's own model, named by the request without a version (a body's
+                // `"model"` has none), is the workload's series, with its version.
+                if let (Some((name, version)), Some((own, own_version))) = (&key.model, &workload_model)
+                    && name == own
+                    && (version.is_empty() || version == own_version)
+                {
                     key.model = None;
                 }
                 let entry =
@@ -712,9 +720,10 @@ pub fn identity_attributes(identity: &Identity, pod: Option<&PodMeta>, model: Op
             vec![(Attr::ContainerId, container_id.to_string()), (Attr::ContainerRuntime, "docker".to_owned())]
         }
         Identity::SystemdUnit { unit } => vec![(Attr::SystemdUnit, unit.to_string())],
-        Identity::Process { pid, name, model, version } => vec![
-            (Attr::ModelName, model.to_string()),
-            (Attr::ModelVersion, version.to_string()),
+        // A request may name another model than the rule's (Ollama serves many): the request's wins.
+        Identity::Process { pid, name, model: own, version: own_version } => vec![
+            (Attr::ModelName, if model.is_some() { model_name } else { own.to_string() }),
+            (Attr::ModelVersion, if model.is_some() { model_version } else { own_version.to_string() }),
             (Attr::ProcessPid, pid.to_string()),
             (Attr::ProcessName, name.to_string()),
         ],

@@ -453,3 +453,38 @@ fn container_changes_become_events_once() {
 fn attributes_of(record: &LogRecord, attr: Attr) -> Option<&str> {
     record.attributes.iter().find(|(a, _)| *a == attr).and_then(|(_, v)| v.as_deref())
 }
+
+#[test]
+fn a_process_workload_keeps_its_version_for_its_own_model_and_takes_a_request_named_other() {
+    let (mut store, _) = store();
+    let identity = Identity::Process { pid: 42, name: "python3".into(), model: "toy".into(), version: "1".into() };
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(60, identity.clone());
+    let cgroups = [(identity.clone(), "/proc/42".to_owned(), stats(Some(0)))];
+    store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    let chat = |model: &str| {
+        let Observation::Exchange { cgroup_id, tgid, mut exchange } = request("/v1/chat/completions") else {
+            unreachable!("request() builds an exchange")
+        };
+        exchange.method = "POST";
+        exchange.request_body_prefix = format!(r#"{{"messages":[],"model":"{model}"}}"#).into_bytes();
+        Observation::Exchange { cgroup_id, tgid, exchange }
+    };
+    let mut logs = Vec::new();
+    for model in ["toy", "toy", "llama3"] {
+        store.apply(chat(model), &mut resolver, Instant::now(), &mut logs);
+    }
+    let snapshot = store.fold(readings(&cgroups, None), &mut resolver, SystemTime::now());
+    let series: Vec<(Option<&str>, Option<&str>, u64)> = snapshot
+        .requests
+        .iter()
+        .map(|r| {
+            let get = |attr| attributes::get(&r.attributes, attr);
+            (get(Attr::ModelName), get(Attr::ModelVersion), r.duration.count)
+        })
+        .collect();
+    assert!(series.contains(&(Some("toy"), Some("1"), 2)), "the rule's model with its version: {series:?}");
+    assert!(series.contains(&(Some("llama3"), Some(""), 1)), "another model the request names: {series:?}");
+    let pid = attributes::get(&snapshot.requests[0].attributes, Attr::ProcessPid);
+    assert_eq!(pid, Some("42"));
+}
