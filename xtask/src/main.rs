@@ -3,12 +3,14 @@
 //! - `setup`: installs what building and testing need (nightly rust-src, LLVM 22, bpf-linker,
 //!   Prometheus), skipping what is there.
 //! - `build-ebpf`: builds the eBPF object alone (the agent's build.rs does this too).
-//! - `run`: builds the agent and runs it on this machine with the default config.
+//! - `run`: builds the agent and runs it on this machine with the default config, and prints what
+//!   it attributes; `run -- --demo` adds a model server in a pod cgroup with load (see `demo`).
 //! - `test`: formatting, clippy, and every test, end-to-end ones included (needs root).
 //! - `bench`: probe overhead from bpf_stats, agent RSS/CPU with 50 cgroups, criterion benchmarks.
 
 mod bench;
 mod bootstrap;
+mod demo;
 #[path = "../../agent/ebpf_build.rs"]
 mod ebpf_build;
 mod setup;
@@ -35,7 +37,8 @@ enum Task {
     Setup,
     /// Build the eBPF programs (agent-ebpf) for bpfel-unknown-none.
     BuildEbpf,
-    /// Build and run the agent on this machine (needs root); arguments after `--` go to `modelmeter run`.
+    /// Build and run the agent on this machine (needs root); arguments after `--` go to `modelmeter run`,
+    /// except `--demo`: a model server in a pod cgroup, with load, measured within seconds.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -142,68 +145,127 @@ fn build_ebpf() -> anyhow::Result<()> {
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {
+    let demo = args.iter().any(|a| a == "--demo");
+    let args: Vec<String> = args.iter().filter(|a| *a != "--demo").cloned().collect();
     require_root("run")?;
     setup::setup()?;
     cmd("cargo", &["build", "--release", "-p", "modelmeter"])?;
     let binary = root().join("target/release/modelmeter");
-    println!("\nStarting {} run {}", binary.display(), args.join(" "));
-    let mut child = Command::new(&binary).arg("run").args(args).spawn().context("starting modelmeter")?;
-    let listen = std::env::var("MODELMETER_LISTEN").unwrap_or_else(|_| "0.0.0.0:9464".to_owned());
-    let port = listen.rsplit(':').next().unwrap_or("9464");
-    let url = format!("http://127.0.0.1:{port}");
-    let ready = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(200));
-        e2e::http_get(&format!("{url}/readyz")).is_ok()
-    });
-    if ready {
-        // Past the agent's default min_collect_interval, so the scrape collects afresh.
-        std::thread::sleep(Duration::from_millis(1500));
-        if let Ok(text) = e2e::http_get(&format!("{url}/metrics")) {
-            print!("{}", summary(&e2e::Metrics::parse(&text)));
-        }
-        println!("\nMetrics: {url}/metrics   Health: {url}/healthz   Stop: Ctrl-C\n");
+    if demo {
+        return demo::demo(&binary, &args);
     }
-    let status = child.wait()?;
+    demo::catch_stop_signals();
+    println!("\nStarting {} run {}", binary.display(), args.join(" "));
+    let mut child = Command::new(&binary).arg("run").args(&args).spawn().context("starting modelmeter")?;
+    let url = format!("http://127.0.0.1:{}", listen_port(&args));
+    let mut ready = false;
+    for _ in 0..100 {
+        if !demo::sleep_unless_stopped(Duration::from_millis(200)) || child.try_wait()?.is_some() {
+            break;
+        }
+        if e2e::http_get(&format!("{url}/readyz")).is_ok() {
+            ready = true;
+            break;
+        }
+    }
+    if ready {
+        // Two snapshots past the agent's min_collect_interval: the second has rates (CPU cores).
+        let _ = demo::snapshot(&url);
+        if demo::sleep_unless_stopped(Duration::from_millis(1500)) {
+            match demo::snapshot(&url) {
+                Ok(snapshot) => print!("{}", summary(&binary, &url, &snapshot)),
+                Err(e) => println!("Reading the agent's snapshot failed: {e}"),
+            }
+            println!("\nMetrics: {url}/metrics   Snapshot: {url}/api/v1/snapshot   Stop: Ctrl-C\n");
+        }
+    }
+    // A terminal's Ctrl-C reaches the agent too; a signal sent to xtask alone is passed on.
+    while child.try_wait()?.is_none() && demo::sleep_unless_stopped(Duration::from_millis(200)) {}
+    let status = demo::stop_child(&mut child, libc::SIGTERM, Duration::from_secs(20))?;
     if !status.success() {
         bail!("modelmeter exited with {status}");
     }
     Ok(())
 }
 
-/// A short table of what the agent attributes, busiest first.
-fn summary(metrics: &e2e::Metrics) -> String {
-    let mut rows: Vec<(String, f64, f64)> = metrics
-        .select("container_cpu_time_seconds_total", &[])
-        .map(|s| {
-            let who = ["systemd_unit", "pod_uid", "container_id"]
-                .iter()
-                .filter_map(|k| s.labels.get(*k).map(|v| format!("{k}={}", v.chars().take(16).collect::<String>())))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let pairs: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let memory = metrics.get("container_memory_working_set_bytes", &pairs).unwrap_or(0.0);
-            (who, s.value, memory)
-        })
-        .collect();
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let family = metrics.select("modelmeter_build_info", &[]).next().map(|s| s.labels["probe_family"].clone());
-    let mut out = format!(
-        "\nmodelmeter attributes {} cgroups (scheduler probes: {}). Busiest:\n{:<60} {:>12} {:>14}\n",
-        rows.len(),
-        family.unwrap_or_else(|| "none".into()),
-        "WHO",
-        "CPU SECONDS",
-        "WORKING SET MiB"
-    );
-    for (who, cpu, memory) in rows.iter().take(15) {
-        out.push_str(&format!("{who:<60} {cpu:>12.3} {:>14.1}\n", memory / 1048576.0));
+/// The port the agent listens on: `MODELMETER_LISTEN`, else `listen:` in `--config FILE`, else 9464.
+fn listen_port(args: &[String]) -> String {
+    let config = args.iter().position(|a| a == "--config").and_then(|i| args.get(i + 1).cloned()).or_else(|| {
+        args.iter()
+            .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+            .or(std::env::var("MODELMETER_CONFIG").ok())
+    });
+    let from_config = config.and_then(|path| std::fs::read_to_string(path).ok()).and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("listen:").map(|v| v.split('#').next().unwrap_or("").trim().to_owned()))
+    });
+    let listen = std::env::var("MODELMETER_LISTEN").ok().or(from_config).unwrap_or_else(|| "0.0.0.0:9464".to_owned());
+    listen.trim_matches(['"', '\'']).rsplit(':').next().unwrap_or("9464").to_owned()
+}
+
+/// What the agent attributes: its own table (`modelmeter snapshot --table`) when it sees
+/// containers; else, or when no model is named, the busiest processes and how to name a model.
+fn summary(binary: &Path, url: &str, snapshot: &serde_json::Value) -> String {
+    let containers = snapshot["containers"].as_array().map_or(0, Vec::len);
+    let named =
+        snapshot["models"].as_array().into_iter().flatten().any(|m| m["name"].as_str().is_some_and(|n| !n.is_empty()));
+    let mut out = String::from("\n");
+    if containers > 0 {
+        let table = Command::new(binary).args(["snapshot", "--table", "--agent", url]).output();
+        match table {
+            Ok(output) if output.status.success() => out.push_str(&String::from_utf8_lossy(&output.stdout)),
+            _ => out.push_str(&format!(
+                "modelmeter attributes {containers} containers (`{} snapshot --agent {url}` lists them)\n",
+                binary.display()
+            )),
+        }
+        if named {
+            return out;
+        }
+    } else {
+        out.push_str("No containers, pods or systemd units here yet, so no model to attribute to.\n");
     }
-    if rows.is_empty() {
-        let outside = metrics.get("modelmeter_unattributed_cpu_time_seconds_total", &[]).unwrap_or(0.0);
-        out.push_str(&format!(
-            "(no pod, docker or systemd unit cgroups on this machine yet; {outside:.3} CPU seconds ran outside them)\n"
-        ));
+    let processes = snapshot["processes"].as_array();
+    let mut busiest = "my-server";
+    match processes {
+        Some(processes) if !processes.is_empty() => {
+            out.push_str(&format!(
+                "\nBusiest processes no rule names:\n{:>8} {:<16} {:>6} {:>10}  {}\n",
+                "PID", "NAME", "CPU", "MEMORY", "COMMAND"
+            ));
+            // Not xtask itself, which is busy fetching this.
+            let own = u64::from(std::process::id());
+            let processes: Vec<&serde_json::Value> = processes.iter().filter(|p| p["pid"] != own).take(10).collect();
+            for p in &processes {
+                let cmdline: String = p["cmdline"].as_str().unwrap_or_default().chars().take(70).collect();
+                let name: String = p["name"].as_str().unwrap_or_default().chars().take(16).collect();
+                out.push_str(&format!(
+                    "{:>8} {:<16} {:>6} {:>10}  {cmdline}\n",
+                    p["pid"].as_u64().unwrap_or(0),
+                    name,
+                    p["cpu_cores"].as_f64().map_or("-".to_owned(), |c| format!("{c:.2}")),
+                    p["memory_rss_bytes"].as_f64().map_or("-".to_owned(), |m| format!("{:.1} MiB", m / 1048576.0)),
+                ));
+            }
+            busiest = processes.first().and_then(|p| p["name"].as_str()).filter(|n| !n.is_empty()).unwrap_or(busiest);
+        }
+        Some(_) => out.push_str("No process outside containers is busy.\n"),
+        None => out.push_str("(This agent does not list processes outside containers.)\n"),
     }
+    out.push_str(&format!(
+        "\nTo name the model a process serves, add a rule to a config file and run `cargo xtask run -- --config FILE`
+(README, \"Standalone: processes and model rules\"):
+
+  standalone:
+    rules:
+      - name: my-model
+        exe: {busiest}
+        cmdline: '--model (\\S+)'   # a regex over the arguments; $1 is its first group
+        model: '$1'
+
+Or watch one being measured: `cargo xtask run -- --demo`.
+"
+    ));
     out
 }
 
@@ -253,4 +315,33 @@ fn cargo_test_counting(args: &[&str]) -> anyhow::Result<(u64, u64)> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok((passed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_without_containers_lists_processes_and_a_rule() {
+        let snapshot = serde_json::json!({
+            "containers": [], "models": [],
+            "processes": [{"pid": 42, "name": "llama-server", "cmdline": "llama-server --model /m/q.gguf",
+                           "cpu_cores": 1.5, "memory_rss_bytes": 1_073_741_824u64}],
+        });
+        let text = summary(Path::new("/nonexistent"), "http://127.0.0.1:1", &snapshot);
+        assert!(text.contains("No containers, pods or systemd units here yet"), "{text}");
+        assert!(text.contains("      42 llama-server       1.50 1024.0 MiB  llama-server --model /m/q.gguf"), "{text}");
+        assert!(text.contains("        exe: llama-server\n"), "{text}");
+        assert!(text.contains("Standalone: processes and model rules"), "{text}");
+    }
+
+    #[test]
+    fn listen_port_follows_the_config_file() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), "interval: 1s\nlisten: 127.0.0.1:9555  # local only\n").expect("write");
+        let args = ["--config".to_owned(), file.path().display().to_string()];
+        if std::env::var_os("MODELMETER_LISTEN").is_none() {
+            assert_eq!(listen_port(&args), "9555");
+        }
+    }
 }
