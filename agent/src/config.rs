@@ -148,6 +148,8 @@ pub enum SyscallHooks {
 pub struct AttributionConfig {
     /// Export docker containers outside Kubernetes. Default `true`.
     pub docker: bool,
+    /// Export podman containers (`libpod-<id>`). Default `true`.
+    pub podman: bool,
     /// Export systemd units (services and scopes) outside Kubernetes. Default `true`.
     pub systemd_units: bool,
     /// How deep below the cgroup root discovery looks. Default `12`.
@@ -210,7 +212,7 @@ impl Default for ProbesConfig {
 
 impl Default for AttributionConfig {
     fn default() -> Self {
-        Self { docker: true, systemd_units: true, max_cgroup_depth: 12 }
+        Self { docker: true, podman: true, systemd_units: true, max_cgroup_depth: 12 }
     }
 }
 

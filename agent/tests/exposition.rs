@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use modelmeter::{
     identity::{
-        Identity, identify,
+        Identity, Runtime, identify,
         model::{Model, ModelRule},
     },
     sinks::prometheus,
@@ -41,6 +41,8 @@ fn fixed_snapshot() -> Snapshot {
         owner: None,
         qos_class: Some("Burstable".into()),
         containers: [(CID.to_owned(), "server".to_owned())].into(),
+        // The cgroupfs path does not name the runtime; the pod's container status does.
+        runtimes: [(CID.to_owned(), Runtime::Containerd)].into(),
         model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
         ready: Some(true),
     };

@@ -47,7 +47,7 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
     let uid2 = pod_uid(2);
     let id2 = hex_id(22, 64);
     let pod2 = CgroupGuard::create(&format!("/kubepods/pod{uid2}/crio-{id2}"));
-    // Pod 3: burstable, cgroupfs driver, containerd, 64 MiB memory limit.
+    // Pod 3: burstable, cgroupfs driver (a bare id: containerd, docker or cri-dockerd), 64 MiB limit.
     let uid3 = pod_uid(3);
     let id3 = hex_id(33, 64);
     let pod3 = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid3}/{id3}"));
@@ -73,6 +73,8 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
     assert_eq!(s2.labels["qos_class"], "Guaranteed");
     assert_eq!(s2.labels["container_runtime"], "cri-o");
     assert_eq!(sample(&labels3).labels["qos_class"], "Burstable");
+    // Without the pod watch a bare id names no runtime: no guess.
+    assert_eq!(sample(&labels3).labels["container_runtime"], "unknown");
 
     // CPU: the agent's figure moves with the cgroup's own cpuacct over the same window.
     std::thread::sleep(Duration::from_secs(1));
@@ -187,4 +189,29 @@ fn prometheus_scrapes_the_agent() {
     // Prometheus accepted every series of the page (a malformed page fails the whole scrape).
     let up = prometheus.query("up{job=\"modelmeter\"}");
     assert_eq!(up[0]["value"][1], "1", "scrape not healthy: {up:?}\n{}", prometheus.log());
+}
+
+#[test]
+fn podman_containers_are_attributed_and_their_monitor_is_not() {
+    require_root();
+    // Podman's naming with the systemd driver (rootful, under machine.slice): the container's
+    // scope, and its conmon monitor's scope beside it.
+    let id = hex_id(55, 64);
+    let container = CgroupGuard::create(&format!("/machine.slice/libpod-{id}.scope"));
+    let conmon = CgroupGuard::create(&format!("/machine.slice/libpod-conmon-{id}.scope"));
+    let _worker = container.spawn_workload(&["burn"]);
+    let _monitor = conmon.spawn_workload(&["sleep"]);
+    let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\n");
+    let labels = [("container_id", id.as_str()), ("container_runtime", "podman")];
+    let cpu = wait_for(Duration::from_secs(20), "the podman container's CPU", || {
+        agent.metrics().get(CPU_TIME, &labels).filter(|cpu| *cpu > 0.1)
+    });
+    assert!(cpu > 0.1);
+    let metrics = agent.metrics();
+    let series: Vec<_> = metrics.select(CPU_TIME, &[("container_id", id.as_str())]).collect();
+    assert_eq!(series.len(), 1, "the container once; conmon is not a workload: {series:?}");
+    assert!(
+        metrics.select(CPU_TIME, &[]).all(|s| !s.labels.get("systemd_unit").is_some_and(|u| u.contains("conmon"))),
+        "conmon is not a systemd unit workload either"
+    );
 }

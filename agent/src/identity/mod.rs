@@ -31,12 +31,17 @@ impl QosClass {
     }
 }
 
-/// Container runtime that created a pod container's cgroup.
+/// Container runtime that created a container's cgroup, as far as its name tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Runtime {
     Containerd,
     CriO,
+    /// Docker, or cri-dockerd under the kubelet (both name scopes `docker-<id>.scope`).
     Docker,
+    Podman,
+    /// A bare 64-hex directory (the cgroupfs driver of containerd, docker and cri-dockerd alike):
+    /// the pod watch's container status says which, where it runs.
+    Unknown,
 }
 
 impl Runtime {
@@ -45,6 +50,18 @@ impl Runtime {
             Runtime::Containerd => "containerd",
             Runtime::CriO => "cri-o",
             Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
+            Runtime::Unknown => "unknown",
+        }
+    }
+
+    /// The runtime a pod's container status names in its id's scheme (`containerd://…`).
+    pub fn from_scheme(scheme: &str) -> Runtime {
+        match scheme {
+            "containerd" => Runtime::Containerd,
+            "cri-o" => Runtime::CriO,
+            "docker" => Runtime::Docker,
+            _ => Runtime::Unknown,
         }
     }
 }
@@ -57,8 +74,8 @@ pub enum Identity {
     PodContainer { pod_uid: Arc<str>, container_id: Arc<str>, runtime: Runtime, qos: QosClass },
     /// The pod's own cgroup (processes placed directly in it, e.g. a sandbox without its own cgroup).
     Pod { pod_uid: Arc<str>, qos: QosClass },
-    /// A Docker container outside Kubernetes.
-    Docker { container_id: Arc<str> },
+    /// A Docker or Podman container outside Kubernetes.
+    Container { runtime: Runtime, container_id: Arc<str> },
     /// A systemd unit (service or scope) outside Kubernetes.
     SystemdUnit { unit: Arc<str> },
     /// A process outside any attributed cgroup that a model rule names, with its children:
@@ -77,10 +94,12 @@ impl Identity {
         }
     }
 
-    /// The container id for pod containers and standalone Docker containers.
+    /// The container id for pod containers and standalone containers.
     pub fn container_id(&self) -> Option<&str> {
         match self {
-            Identity::PodContainer { container_id, .. } | Identity::Docker { container_id } => Some(container_id),
+            Identity::PodContainer { container_id, .. } | Identity::Container { container_id, .. } => {
+                Some(container_id)
+            }
             _ => None,
         }
     }
@@ -91,7 +110,7 @@ impl Identity {
 ///
 /// Pod UIDs are normalised to lowercase with dashes; 32-hex static-pod UIDs stay undashed because
 /// that is their real `metadata.uid`. Container ids are lowercased. Bare 64-hex container directories
-/// (cgroupfs driver) don't name their runtime; containerd, the dominant one, is assumed.
+/// (cgroupfs driver) don't name their runtime: it is `Unknown` here, and the pod watch tells.
 pub fn identify(cgroup_path: &str) -> Identity {
     let parts: Vec<&str> = cgroup_path.split('/').filter(|c| !c.is_empty()).collect();
     // Kubernetes first: a kind/minikube node is itself a Docker container, and the pod inside wins.
@@ -103,8 +122,12 @@ pub fn identify(cgroup_path: &str) -> Identity {
     if parts.iter().any(|c| is_kubepods(c)) {
         return Identity::Other;
     }
-    if let Some(container_id) = docker(&parts) {
-        return Identity::Docker { container_id: container_id.into() };
+    if let Some((runtime, container_id)) = standalone_container(&parts) {
+        return Identity::Container { runtime, container_id: container_id.into() };
+    }
+    // Podman's monitor, not the container (as CRI-O's conmon under the kubelet).
+    if parts.iter().any(|c| c.starts_with("libpod-conmon-")) {
+        return Identity::Other;
     }
     // The deepest unit, so that `user@1000.service/app.slice/foo.scope` reports the app, while
     // sub-cgroups a service creates (`foo.service/sub`) still count as the service.
@@ -178,7 +201,7 @@ fn pod_uid(s: &str) -> Option<String> {
 /// A pod container cgroup: a bare 64-hex id (cgroupfs) or `<runtime>-<id>[.scope]`.
 fn container(name: &str) -> Option<(Runtime, String)> {
     if is_container_id(name) {
-        return Some((Runtime::Containerd, name.to_ascii_lowercase()));
+        return Some((Runtime::Unknown, name.to_ascii_lowercase()));
     }
     let stem = name.strip_suffix(".scope").unwrap_or(name);
     // conmon is CRI-O's monitor process, not the container, even though it shares the prefix and id.
@@ -192,11 +215,21 @@ fn container(name: &str) -> Option<(Runtime, String)> {
     is_container_id(id).then(|| (runtime, id.to_ascii_lowercase()))
 }
 
-/// Standalone Docker: cgroupfs `docker/<id>` or systemd `docker-<id>.scope`, outermost first.
-fn docker(parts: &[&str]) -> Option<String> {
+/// Standalone containers, outermost first: Docker's cgroupfs `docker/<id>` or systemd
+/// `docker-<id>.scope`; Podman's `libpod-<id>.scope` (systemd, rootful under machine.slice or
+/// rootless under the user's slice) or `libpod_parent/libpod-<id>` (cgroupfs).
+fn standalone_container(parts: &[&str]) -> Option<(Runtime, String)> {
     parts.iter().enumerate().find_map(|(i, c)| {
-        let id = if *c == "docker" { parts.get(i + 1)? } else { c.strip_prefix("docker-")?.strip_suffix(".scope")? };
-        is_container_id(id).then(|| id.to_ascii_lowercase())
+        let (runtime, id) = if *c == "docker" {
+            (Runtime::Docker, *parts.get(i + 1)?)
+        } else if let Some(id) = c.strip_prefix("docker-") {
+            (Runtime::Docker, id.strip_suffix(".scope")?)
+        } else if let Some(id) = c.strip_prefix("libpod-") {
+            (Runtime::Podman, id.strip_suffix(".scope").unwrap_or(id))
+        } else {
+            return None;
+        };
+        is_container_id(id).then(|| (runtime, id.to_ascii_lowercase()))
     })
 }
 
@@ -216,6 +249,7 @@ fn is_unit(c: &str) -> bool {
     };
     !stem.is_empty()
         && !stem.starts_with("crio-conmon-")
+        && !stem.starts_with("libpod-conmon-")
         && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
@@ -256,9 +290,9 @@ mod tests {
         for (qos, dir, _) in QOS {
             let pod_dir = format!("/kubepods/{dir}pod{UID}");
             for (suffix, want) in [
-                (format!("/{ID}"), container(Runtime::Containerd, qos)),
+                (format!("/{ID}"), container(Runtime::Unknown, qos)),
                 (format!("/crio-{ID}"), container(Runtime::CriO, qos)),
-                (format!("/{ID}/sub/deeper"), container(Runtime::Containerd, qos)),
+                (format!("/{ID}/sub/deeper"), container(Runtime::Unknown, qos)),
                 (String::new(), pod(qos)),
                 ("/".into(), pod(qos)),
                 (format!("/crio-conmon-{ID}"), Identity::Other),
@@ -307,7 +341,7 @@ mod tests {
     #[test]
     fn nested_kind_style_paths() {
         let path = format!("/docker/{ID}/kubepods/burstable/pod{UID}/{ID}");
-        assert_eq!(identify(&path), container(Runtime::Containerd, QosClass::Burstable));
+        assert_eq!(identify(&path), container(Runtime::Unknown, QosClass::Burstable));
         let path = format!(
             "{}/cri-containerd-{ID}.scope",
             systemd_pod_dir("kubelet.slice/kubelet-kubepods", "kubelet-kubepods-burstable")
@@ -331,8 +365,21 @@ mod tests {
     }
 
     #[test]
+    fn standalone_podman_rootful_rootless_and_cgroupfs() {
+        let podman = Identity::Container { runtime: Runtime::Podman, container_id: ID.into() };
+        assert_eq!(identify(&format!("/machine.slice/libpod-{ID}.scope")), podman);
+        assert_eq!(identify(&format!("/machine.slice/libpod-{ID}.scope/container")), podman, "--cgroups=split");
+        let rootless = format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope");
+        assert_eq!(identify(&rootless), podman);
+        assert_eq!(identify(&format!("/libpod_parent/libpod-{ID}")), podman);
+        // conmon, podman's monitor, is not the container.
+        assert_eq!(identify(&format!("/machine.slice/libpod-conmon-{ID}.scope")), Identity::Other);
+        assert_eq!(identify(&format!("/libpod_parent/libpod-conmon-{ID}")), Identity::Other);
+    }
+
+    #[test]
     fn standalone_docker_both_drivers() {
-        let docker = Identity::Docker { container_id: ID.into() };
+        let docker = Identity::Container { runtime: Runtime::Docker, container_id: ID.into() };
         assert_eq!(identify(&format!("/docker/{ID}")), docker);
         assert_eq!(identify(&format!("/system.slice/docker-{ID}.scope")), docker);
         assert_eq!(identify(&format!("/docker/{ID}/system.slice/containerd.service")), docker);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{
-    Identity, identify,
+    Identity, Runtime, identify,
     model::{Model, ModelRule},
     rules::{ProcessFacts, Rules},
 };
@@ -112,6 +112,7 @@ pub struct Resolver {
     proc_root: PathBuf,
     max_depth: usize,
     export_docker: bool,
+    export_podman: bool,
     export_systemd: bool,
     pods: Option<Arc<PodCache>>,
     watch_set: WatchSet,
@@ -145,6 +146,7 @@ impl Resolver {
             proc_root: config.proc_root.clone(),
             max_depth: config.attribution.max_cgroup_depth,
             export_docker: config.attribution.docker,
+            export_podman: config.attribution.podman,
             export_systemd: config.attribution.systemd_units,
             watch_set: match config.requests.watch {
                 WatchSet::Auto if pods.is_some() => WatchSet::Models,
@@ -183,7 +185,8 @@ impl Resolver {
     fn wanted(&self, identity: &Identity) -> bool {
         match identity {
             Identity::PodContainer { .. } => true,
-            Identity::Docker { .. } => self.export_docker,
+            Identity::Container { runtime: Runtime::Podman, .. } => self.export_podman,
+            Identity::Container { .. } => self.export_docker,
             Identity::SystemdUnit { .. } => self.export_systemd,
             Identity::Process { .. } => true,
             Identity::Pod { .. } | Identity::Other => false,
@@ -342,6 +345,7 @@ impl Resolver {
                 owner: None,
                 qos_class: None,
                 containers: Default::default(),
+                runtimes: Default::default(),
                 model: None,
                 ready: None,
             },

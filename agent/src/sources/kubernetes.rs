@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     backoff::Jitter,
-    identity::model::{Model, ModelConfig, Owner, PodFacts, model_of},
+    identity::{
+        Runtime,
+        model::{Model, ModelConfig, Owner, PodFacts, model_of},
+    },
     telemetry::WatchErrorReason,
 };
 
@@ -109,6 +112,8 @@ pub struct PodMeta {
     pub qos_class: Option<String>,
     /// Container id (without the `containerd://` scheme) → container name.
     pub containers: HashMap<String, String>,
+    /// Container id → the runtime its scheme names.
+    pub runtimes: HashMap<String, Runtime>,
     pub model: Option<Model>,
     /// The pod's `Ready` condition; `None` before the kubelet has reported it.
     pub ready: Option<bool>,
@@ -129,14 +134,19 @@ impl PodMeta {
             .map(|o| Owner { kind: o.kind.clone(), name: o.name.clone() });
         let model = model_of(PodFacts { labels: &labels, annotations: &annotations, owner: owner.as_ref() }, models);
         let status = pod.status.as_ref();
-        let containers = status
+        let statuses: Vec<(String, Runtime, String)> = status
             .into_iter()
             .flat_map(|s| {
                 let all = [&s.container_statuses, &s.init_container_statuses, &s.ephemeral_container_statuses];
                 all.into_iter().flatten().flatten()
             })
-            .filter_map(|c| Some((strip_runtime_scheme(c.container_id.as_deref()?)?.to_owned(), c.name.clone())))
+            .filter_map(|c| {
+                let (scheme, id) = split_runtime_scheme(c.container_id.as_deref()?)?;
+                Some((id.to_owned(), Runtime::from_scheme(scheme), c.name.clone()))
+            })
             .collect();
+        let runtimes = statuses.iter().map(|(id, runtime, _)| (id.clone(), *runtime)).collect();
+        let containers = statuses.into_iter().map(|(id, _, name)| (id, name)).collect();
         Some(PodMeta {
             uid,
             namespace: metadata.namespace.clone().unwrap_or_default(),
@@ -146,6 +156,7 @@ impl PodMeta {
             owner,
             qos_class: status.and_then(|s| s.qos_class.clone()),
             containers,
+            runtimes,
             model,
             ready: status
                 .and_then(|s| s.conditions.as_ref())
@@ -160,10 +171,10 @@ impl PodMeta {
     }
 }
 
-/// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` → `<id>`.
-fn strip_runtime_scheme(container_id: &str) -> Option<&str> {
-    let (_, id) = container_id.split_once("://")?;
-    (!id.is_empty()).then_some(id)
+/// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` → (scheme, `<id>`).
+fn split_runtime_scheme(container_id: &str) -> Option<(&str, &str)> {
+    let (scheme, id) = container_id.split_once("://")?;
+    (!id.is_empty()).then_some((scheme, id))
 }
 
 /// Pods of this node by UID (and by mirror UID for static pods). The watch task is the only
@@ -602,6 +613,7 @@ mod tests {
         let meta = PodMeta::from_pod(&p, &ModelConfig::default()).unwrap();
         assert_eq!((meta.namespace.as_str(), meta.name.as_str()), ("ml", "bert-5d8f-x"));
         assert_eq!(meta.containers.get("abc123").map(String::as_str), Some("server"));
+        assert_eq!(meta.runtimes.get("abc123"), Some(&Runtime::Containerd), "from the id's scheme");
         assert_eq!(meta.qos_class.as_deref(), Some("Burstable"));
         assert_eq!(meta.model.unwrap().name, "bert");
         let mut no_uid = p.clone();
@@ -685,8 +697,8 @@ mod tests {
 
     #[test]
     fn runtime_schemes_are_stripped() {
-        assert_eq!(strip_runtime_scheme("cri-o://abc"), Some("abc"));
-        assert_eq!(strip_runtime_scheme("docker://"), None);
-        assert_eq!(strip_runtime_scheme("abc"), None);
+        assert_eq!(split_runtime_scheme("cri-o://abc"), Some(("cri-o", "abc")));
+        assert_eq!(split_runtime_scheme("docker://"), None);
+        assert_eq!(split_runtime_scheme("abc"), None);
     }
 }

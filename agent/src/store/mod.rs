@@ -27,7 +27,7 @@ use crate::{
     attributes::{self, Attr, Attributes},
     config::Config,
     identity::{
-        Identity,
+        Identity, Runtime,
         resolver::{Resolve, UnnamedProcess},
     },
     sources::{
@@ -710,14 +710,23 @@ pub fn identity_attributes(identity: &Identity, pod: Option<&PodMeta>, model: Op
             (Attr::ModelVersion, model_version),
             (Attr::PodUid, pod_uid.to_string()),
             (Attr::ContainerId, container_id.to_string()),
-            (Attr::ContainerRuntime, runtime.as_str().to_owned()),
+            // A bare cgroupfs id does not say; the pod's container status does.
+            (
+                Attr::ContainerRuntime,
+                match runtime {
+                    Runtime::Unknown => pod.and_then(|p| p.runtimes.get(&**container_id)).copied().unwrap_or(*runtime),
+                    known => *known,
+                }
+                .as_str()
+                .to_owned(),
+            ),
             (Attr::QosClass, qos.as_str().to_owned()),
         ],
         Identity::Pod { pod_uid, qos } => {
             vec![(Attr::PodUid, pod_uid.to_string()), (Attr::QosClass, qos.as_str().to_owned())]
         }
-        Identity::Docker { container_id } => {
-            vec![(Attr::ContainerId, container_id.to_string()), (Attr::ContainerRuntime, "docker".to_owned())]
+        Identity::Container { runtime, container_id } => {
+            vec![(Attr::ContainerId, container_id.to_string()), (Attr::ContainerRuntime, runtime.as_str().to_owned())]
         }
         Identity::SystemdUnit { unit } => vec![(Attr::SystemdUnit, unit.to_string())],
         // A request may name another model than the rule's (Ollama serves many): the request's wins.

@@ -222,6 +222,7 @@ fn bert_pod(container: &Identity) -> PodMeta {
         owner: None,
         qos_class: None,
         containers: [(container.container_id().unwrap().to_owned(), "server".to_owned())].into(),
+        runtimes: Default::default(),
         model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
         ready: Some(true),
     }
