@@ -520,7 +520,7 @@ impl Collector {
             .map(|(identity, path)| CgroupReading {
                 identity: identity.clone(),
                 path: path.clone(),
-                read: read_cgroup(layout, path, &self.telemetry),
+                read: read_cgroup(layout, identity, path, &self.proc_root, &self.telemetry),
             })
             .collect();
         let processes = self.resolver.processes();
@@ -611,14 +611,40 @@ fn process_reading(identity: &Identity, pid: u32, workload: &ProcessWorkload) ->
     }
 }
 
-fn read_cgroup(layout: &Layout, path: &str, telemetry: &Telemetry) -> CgroupRead {
+fn read_cgroup(
+    layout: &Layout,
+    identity: &Identity,
+    path: &str,
+    proc_root: &std::path::Path,
+    telemetry: &Telemetry,
+) -> CgroupRead {
     match layout.read_stats(path) {
         Ok(stats) => return CgroupRead::Stats(stats),
         // Removed while being read: said by `Gone` below, not an error.
         Err(e) if e.is_not_found() => {}
         Err(e) => CollectionFailed { stage: Stage::CgroupRead, error: &e }.emit(telemetry),
     }
-    if layout.cgroup_exists(path) { CgroupRead::NoFiles } else { CgroupRead::Gone }
+    if !layout.cgroup_exists(path) {
+        return CgroupRead::Gone;
+    }
+    // On a hybrid host the v1 controllers may hold the container at other paths: its processes
+    // say where, and those paths must name the same container (a v2-only unit's processes sit
+    // in some shared v1 cgroup, which is not theirs to report).
+    if layout.v1_roots().is_some()
+        && let Some(pid) = layout.first_process(path)
+    {
+        let cgroups = procfs::read_proc_cgroup(proc_root, pid).unwrap_or_default();
+        let same = |rel: &&str| crate::identity::identify(rel) == *identity;
+        if let (Some(memory), Some(cpu)) =
+            (cgroups.v1_memory.as_deref().filter(same), cgroups.v1_cpu.as_deref().filter(same))
+        {
+            match layout.read_v1_stats_at(memory, cpu) {
+                Ok(stats) => return CgroupRead::Stats(stats),
+                Err(e) => CollectionFailed { stage: Stage::CgroupRead, error: &e }.emit(telemetry),
+            }
+        }
+    }
+    CgroupRead::NoFiles
 }
 
 fn probe_health(probes: &Probes) -> ProbeHealth {

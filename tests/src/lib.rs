@@ -110,8 +110,17 @@ pub struct CgroupGuard {
 
 impl CgroupGuard {
     pub fn create(rel: &str) -> CgroupGuard {
-        let roots = hierarchy_roots(Path::new("/sys/fs/cgroup"));
-        assert!(!roots.is_empty(), "no cgroup hierarchy under /sys/fs/cgroup");
+        Self::create_in(rel, &["v2", "cpu", "cpuacct", "memory"])
+    }
+
+    /// As [`CgroupGuard::create`], in these hierarchies only (`v2`, `cpu`, `cpuacct`, `memory`):
+    /// a container whose path differs between hierarchies is two guards.
+    pub fn create_in(rel: &str, hierarchies: &[&str]) -> CgroupGuard {
+        let roots: Vec<(&'static str, PathBuf)> = hierarchy_roots(Path::new("/sys/fs/cgroup"))
+            .into_iter()
+            .filter(|(name, _)| hierarchies.contains(name))
+            .collect();
+        assert!(!roots.is_empty(), "none of the hierarchies {hierarchies:?} under /sys/fs/cgroup");
         let mut guard = CgroupGuard { rel: rel.to_owned(), roots, created: Vec::new() };
         for (_, root) in guard.roots.clone() {
             let mut dir = root.clone();

@@ -215,3 +215,41 @@ fn podman_containers_are_attributed_and_their_monitor_is_not() {
         "conmon is not a systemd unit workload either"
     );
 }
+
+#[test]
+fn a_container_at_other_v1_paths_than_its_v2_path_keeps_its_memory() {
+    require_root();
+    let hybrid = e2e::hierarchy_roots(std::path::Path::new("/sys/fs/cgroup"));
+    assert!(
+        hybrid.iter().any(|(name, _)| *name == "v2") && hybrid.iter().any(|(name, _)| *name == "memory"),
+        "this test needs a hybrid cgroup host (v2 beside v1 controllers), found {hybrid:?}"
+    );
+    // Docker with a relative --cgroup-parent on a hybrid host: the v1 controllers nest the
+    // container below dockerd's own cgroup, the v2 tree does not.
+    let uid = pod_uid(6);
+    let id = hex_id(66, 64);
+    let rel = format!("/kubepods/burstable/pod{uid}/{id}");
+    let v2 = CgroupGuard::create_in(&rel, &["v2"]);
+    let v1 = CgroupGuard::create_in(&format!("/system.slice/docker.service{rel}"), &["cpu", "cpuacct", "memory"]);
+    let mut command = std::process::Command::new(e2e::workload_bin());
+    for file in v2.procs_files().into_iter().chain(v1.procs_files()) {
+        command.arg("--join").arg(file);
+    }
+    let mut child = command.args(["hold", "64"]).stdout(std::process::Stdio::piped()).spawn().expect("mm-workload");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+        .expect("reading mm-workload");
+    let _holder = e2e::ChildGuard(child);
+    assert_eq!(line.trim(), "ready");
+    let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\n");
+    let labels = [("pod_uid", uid.as_str()), ("container_id", id.as_str())];
+    let working_set = wait_for(Duration::from_secs(20), "the container's memory from its v1 paths", || {
+        agent.metrics().get("container_memory_working_set_bytes", &labels)
+    });
+    let own = v1.read_keyed("memory", "memory.stat", "total_rss") as f64;
+    assert!(working_set >= 60.0 * 1048576.0, "64 MiB held: {working_set}");
+    assert!(within(agent.metrics().get("container_memory_rss_bytes", &labels).unwrap_or(0.0), own, 0.1), "{own}");
+    // The counter appears with its first error.
+    let errors = agent.metrics().get("modelmeter_collection_errors_total", &[("stage", "cgroup_read")]).unwrap_or(0.0);
+    assert_eq!(errors, 0.0, "read from the right paths, no error");
+}

@@ -119,6 +119,33 @@ impl Layout {
         }
     }
 
+    /// The v1 stats of a cgroup whose v1 paths differ from its v2 path (docker with a relative
+    /// `--cgroup-parent` on a hybrid host nests it below dockerd's own v1 cgroups): each
+    /// controller's path as one of its processes sees it in `/proc/<pid>/cgroup`.
+    pub fn read_v1_stats_at(&self, memory_rel: &str, cpu_rel: &str) -> Result<CgroupStats, CgroupError> {
+        let Some(v1) = self.v1_roots() else {
+            let source = io::Error::new(io::ErrorKind::Unsupported, "no cgroup v1 hierarchy");
+            return Err(read_error(Path::new(memory_rel))(source));
+        };
+        let Some(memory_root) = &v1.memory else {
+            let source = io::Error::new(io::ErrorKind::Unsupported, "no cgroup v1 memory controller mounted");
+            return Err(read_error(Path::new(memory_rel))(source));
+        };
+        let cpu_sub = cpu_rel.trim_start_matches('/');
+        let cpu = v1.cpu.as_ref().map(|root| root.join(cpu_sub));
+        let cpuacct = v1.cpuacct.as_ref().map(|root| root.join(cpu_sub));
+        Ok(CgroupStats {
+            memory: read_memory_v1(&memory_root.join(memory_rel.trim_start_matches('/')))?,
+            cpu: read_cpu_v1(cpu.as_deref(), cpuacct.as_deref())?,
+        })
+    }
+
+    /// A process of the v2 cgroup at `rel`, for finding its other hierarchies' paths.
+    pub fn first_process(&self, rel: &str) -> Option<u32> {
+        let procs = fs::read_to_string(self.v2_root()?.join(rel.trim_start_matches('/')).join("cgroup.procs")).ok()?;
+        procs.lines().find_map(|line| line.trim().parse().ok())
+    }
+
     /// Reads memory and CPU stats of the cgroup at `rel` (like "/kubepods/burstable/pod.../abc").
     pub fn read_stats(&self, rel: &str) -> Result<CgroupStats, CgroupError> {
         // `rel` looks absolute; Path::join with an absolute path would discard the root.
