@@ -353,6 +353,7 @@ fn load_probes(config: &Config) -> Result<Option<Probes>, RunError> {
              grant them, or set probes.enabled: false"
         )));
     }
+    raise_memlock();
     let probes = Probes::load(&config.probes).context("loading the eBPF probes").map_err(RunError::Usage)?;
     tracing::info!(family = probes.family().as_str(), programs = probes.attached().len(), "Probes attached");
     Ok(Some(probes))
@@ -593,6 +594,35 @@ fn read_cpu(probes: &mut Probes, proc_root: &std::path::Path, telemetry: &Teleme
 }
 
 /// Reads one cgroup's files; a cgroup whose directory is gone is `Gone`.
+/// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK, often 64 KiB or 8 MiB: the limit is
+/// raised when CAP_SYS_RESOURCE allows (the old-kernel overlay). Later kernels charge the cgroup.
+fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return;
+    }
+    let error = std::io::Error::last_os_error();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if kernel_before(release.trim(), (5, 11)) {
+        tracing::warn!(
+            %error,
+            kernel = release.trim(),
+            "Cannot raise RLIMIT_MEMLOCK, which this kernel charges eBPF maps to: loading may fail; grant \
+             CAP_SYS_RESOURCE (daemonset/overlays/old-kernel)"
+        );
+    }
+}
+
+/// Whether a kernel release (`5.10.0-28-amd64`) is older than `(major, minor)`; an unreadable one is not.
+fn kernel_before(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) < (major, minor),
+        _ => false,
+    }
+}
+
 /// A standalone workload read like a cgroup: its processes' CPU time and resident memory from
 /// /proc (no limit, no throttling: it has no cgroup of its own).
 fn process_reading(identity: &Identity, pid: u32, workload: &ProcessWorkload) -> CgroupReading {
@@ -664,5 +694,19 @@ fn probe_health(probes: &Probes) -> ProbeHealth {
         has_oom_probe: probes.has_oom_probe(),
         requests_traced: probes.has_request_tracing(),
         watched_cgroups: probes.watched_cgroups(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_before;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(kernel_before("5.10.0-28-amd64", (5, 11)));
+        assert!(kernel_before("4.19.0", (5, 11)));
+        assert!(!kernel_before("5.11.0", (5, 11)));
+        assert!(!kernel_before("6.18.44-fc-v669", (5, 11)));
+        assert!(!kernel_before("", (5, 11)), "unknown is not old");
     }
 }

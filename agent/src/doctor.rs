@@ -177,8 +177,9 @@ fn privileges_fix(has_bpf: bool, has_perfmon: bool, kernel_knows_cap_bpf: bool) 
 /// The fix for a seccomp profile that blocks bpf(2).
 fn seccomp_fix() -> String {
     format!(
-        "set {CONTAINER}.securityContext.seccompProfile to {{type: Unconfined}}, or to {{type: Localhost}} \
-         with a profile that allows bpf ({DAEMONSET})"
+        "install daemonset/seccomp/modelmeter.json on the node and apply daemonset/overlays/seccomp-localhost \
+         ({CONTAINER}.securityContext.seccompProfile: {{type: Localhost, localhostProfile: modelmeter.json}}), \
+         or another profile that allows bpf ({DAEMONSET})"
     )
 }
 
@@ -218,7 +219,8 @@ fn explain_bpf_failure(
             ),
             format!(
                 "allow bpf for the container in the node's SELinux or AppArmor policy \
-                 ({CONTAINER}.securityContext.seLinuxOptions or appArmorProfile); before Linux 5.11 raise RLIMIT_MEMLOCK"
+                 ({CONTAINER}.securityContext.seLinuxOptions or appArmorProfile); before Linux 5.11 add \
+                 CAP_SYS_RESOURCE so the agent raises RLIMIT_MEMLOCK (daemonset/overlays/old-kernel)"
             ),
         ),
         libc::EPERM | libc::EACCES => (
