@@ -657,3 +657,32 @@ fn prometheus_operator_overlay_adds_a_pod_monitor_for_the_metrics_port() {
         spec.pod_metrics_endpoints
     );
 }
+
+#[test]
+fn the_local_image_root_holds_a_runnable_agent() {
+    e2e::require_root();
+    let out = tempfile::tempdir().expect("temp dir");
+    let root = out.path().join("image-root");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["xtask", "image-root", "--profile", "debug", "--out"])
+        .arg(&root)
+        .current_dir(workspace_root())
+        .status()
+        .expect("running cargo xtask image-root");
+    assert!(status.success(), "cargo xtask image-root failed");
+    // Nothing but the binary, its libraries and two empty directories: it runs in the staged root
+    // alone, as it will in a `FROM scratch` image.
+    let output = std::process::Command::new("chroot")
+        .arg(&root)
+        .args(["/usr/local/bin/modelmeter", "--version"])
+        .output()
+        .expect("running chroot");
+    assert!(output.status.success(), "the staged agent does not run: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("modelmeter "));
+    let containerfile = std::fs::read_to_string(workspace_root().join("daemonset/Containerfile.local")).expect("file");
+    assert!(containerfile.lines().any(|l| l.trim() == "FROM scratch"), "no registry needed");
+    let registry = std::fs::read_to_string(workspace_root().join("daemonset/Containerfile")).expect("Containerfile");
+    for from in registry.lines().filter(|l| l.starts_with("FROM ")) {
+        assert!(from.contains("docker.io/library/"), "base images are named in full (podman): {from}");
+    }
+}

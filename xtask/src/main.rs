@@ -7,12 +7,14 @@
 //!   it attributes; `run -- --demo` adds a model server in a pod cgroup with load (see `demo`).
 //! - `test`: formatting, clippy, and every test, end-to-end ones included (needs root).
 //! - `bench`: probe overhead from bpf_stats, agent RSS/CPU with 50 cgroups, criterion benchmarks.
+//! - `image-root`: the agent's container root filesystem for `daemonset/Containerfile.local` (no registry).
 
 mod bench;
 mod bootstrap;
 mod demo;
 #[path = "../../agent/ebpf_build.rs"]
 mod ebpf_build;
+mod image;
 mod setup;
 
 use std::{
@@ -49,6 +51,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Stage the agent's container root filesystem (binary and linked libraries) for
+    /// daemonset/Containerfile.local, which builds without a registry.
+    ImageRoot {
+        /// `release`, or `debug` (the build the tests use).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Where to stage it.
+        #[arg(long, default_value = "target/image-root")]
+        out: PathBuf,
+    },
     /// Measure probe overhead, agent footprint and userspace hot paths (needs root).
     Bench {
         /// Seconds of context-switch load for the probe overhead figure.
@@ -76,6 +88,10 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
+        Task::ImageRoot { profile, out } => {
+            setup::setup()?;
+            image::image_root(&profile, &root().join(out))
+        }
         Task::Bench { load_seconds, idle_seconds, no_criterion, only } => bench::bench(
             Duration::from_secs(load_seconds),
             Duration::from_secs(idle_seconds),
