@@ -12,6 +12,7 @@ use std::{
 };
 
 pub mod apiserver;
+pub mod containers;
 pub mod receivers;
 pub mod schema;
 

@@ -10,9 +10,19 @@ use crate::{cmd, is_root};
 /// Debian packages: LLVM 22 to build bpf-linker against the nightly's LLVM, the real Prometheus
 /// server the end-to-end tests scrape with, bpftool, with which they read the kernel's list of
 /// loaded programs, and busybox's httpd, a real server that reads and writes on `dup2` copies of
-/// its socket and sends files with sendfile, and tmux, the real terminal `modelmeter top` is tested in.
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "prometheus", "bpftool", "busybox-static", "tmux"];
+/// its socket and sends files with sendfile, tmux, the real terminal `modelmeter top` is tested in,
+/// and containerd with runc, which run the tests' real containers.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "prometheus",
+    "bpftool",
+    "busybox-static",
+    "tmux",
+    "containerd",
+    "runc",
+];
 /// The official OpenAI Python client, pinned, in a virtual environment of the end-to-end tests
 /// (`target/e2e-python`): its requests are what a model server really receives.
 const PYTHON_PACKAGES: &[&str] = &["openai==3.57.0"];

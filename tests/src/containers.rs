@@ -1,0 +1,265 @@
+//! Real containers for the end-to-end tests: Debian's containerd and runc, started on a private
+//! socket and state directory, running the test workloads from a root filesystem staged here
+//! (the binaries and the libraries they link: no image, no registry). Everything started is
+//! stopped on drop, also while a failing test unwinds.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Copies each binary to `/<file name>` under `root`, and the shared objects it links (as `ldd`
+/// names them, with the dynamic loader) to their own paths, so it runs in `root` alone.
+pub fn stage_root(binaries: &[(&Path, &str)], root: &Path) -> Result<(), String> {
+    for (binary, at) in binaries {
+        copy_into(binary, root, Path::new(at))?;
+        for library in linked_libraries(binary)? {
+            copy_into(&library, root, &library)?;
+        }
+    }
+    Ok(())
+}
+
+/// The absolute paths of the shared objects `binary` loads, its dynamic loader included.
+pub fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>, String> {
+    let output = Command::new("ldd").arg(binary).output().map_err(|e| format!("running ldd (libc-bin): {e}"))?;
+    // A static binary: ldd says so and exits 1; it needs nothing.
+    if !output.status.success() {
+        return Ok(Vec::new());
+    }
+    Ok(parse_ldd(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` and `/lib64/ld-linux-x86-64.so.2 (0x…)`
+/// lines; the vDSO has no file.
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, target)) => target.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Copies `source` to `root/<at>` (an absolute path inside the root), following symlinks.
+pub fn copy_into(source: &Path, root: &Path, at: &Path) -> Result<(), String> {
+    let target = root.join(at.strip_prefix("/").unwrap_or(at));
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    std::fs::copy(source, &target)
+        .map(|_| ())
+        .map_err(|e| format!("copying {} to {}: {e}", source.display(), target.display()))
+}
+
+/// A containerd of the test's own: its root, state and socket in a temporary directory.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+    pub socket: PathBuf,
+    /// Cgroup directories runc will create (in every hierarchy, the ones the tests' guards do
+    /// not know too) and leave behind: removed, deepest first, when containerd goes.
+    cgroup_dirs: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+impl Containerd {
+    /// Starts containerd (Debian's, installed by `cargo xtask setup`) and waits for its socket.
+    pub fn start() -> Containerd {
+        for tool in ["containerd", "ctr", "runc"] {
+            let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+            assert!(
+                found.is_ok_and(|o| o.status.success()),
+                "{tool} is missing: `cargo xtask setup` installs Debian's containerd and runc"
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("mm-containerd-").tempdir().expect("temp dir");
+        let root = dir.path();
+        let socket = root.join("containerd.sock");
+        // The CRI plugin would want a CNI setup; ctr needs none of it.
+        let config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{0}/containerd.sock\"\n[ttrpc]\n  address = \"{0}/containerd.sock.ttrpc\"\n\
+             [debug]\n  address = \"{0}/debug.sock\"\n",
+            root.display()
+        );
+        std::fs::write(root.join("config.toml"), config).expect("writing containerd's config");
+        let log = std::fs::File::create(root.join("containerd.log")).expect("containerd log");
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(root.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd");
+        let containerd = Containerd { dir, daemon, socket, cgroup_dirs: Default::default() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !containerd.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not answer within 30 s:\n{}", containerd.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        containerd
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr").arg("--address").arg(&self.socket).args(args).output().expect("running ctr")
+    }
+
+    /// A directory for a container's root filesystem, removed with this containerd.
+    pub fn rootfs_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join("rootfs").join(name);
+        std::fs::create_dir_all(&dir).expect("rootfs dir");
+        dir
+    }
+
+    /// Starts a container from `rootfs` in the cgroup at `cgroup` (cgroupfs naming, as the
+    /// kubelet's), on the host's network, running `args`.
+    pub fn run(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        cgroup: &str,
+        memory_limit: Option<u64>,
+        args: &[&str],
+    ) -> RealContainer<'_> {
+        self.note_new_cgroup_dirs(cgroup);
+        let rootfs = rootfs.to_string_lossy();
+        let limit = memory_limit.map(|l| l.to_string());
+        let mut ctr_args = vec!["run", "--detach", "--net-host", "--rootfs", "--cgroup", cgroup];
+        if let Some(limit) = &limit {
+            ctr_args.extend(["--memory-limit", limit]);
+        }
+        ctr_args.extend([rootfs.as_ref(), id]);
+        ctr_args.extend(args);
+        let output = self.ctr(&ctr_args);
+        assert!(output.status.success(), "ctr run {id}: {}\n{}", String::from_utf8_lossy(&output.stderr), self.log());
+        RealContainer { containerd: self, id: id.to_owned() }
+    }
+}
+
+impl Containerd {
+    /// Notes the directories of `cgroup` and its ancestors that do not exist yet in any mounted
+    /// hierarchy (runc creates them in all of them, v1 `pids`, `blkio`, … included).
+    fn note_new_cgroup_dirs(&self, cgroup: &str) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+        let mut dirs = self.cgroup_dirs.borrow_mut();
+        for hierarchy in hierarchies.flatten().map(|entry| entry.path()) {
+            let mut dir = hierarchy.clone();
+            for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+                dir.push(part);
+                if !dir.exists() && !dirs.contains(&dir) {
+                    dirs.push(dir.clone());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Containers still there (a test that failed before dropping them) go first.
+        let listed = self.ctr(&["containers", "list", "--quiet"]);
+        for id in String::from_utf8_lossy(&listed.stdout).lines() {
+            remove_container(self, id.trim());
+        }
+        let mut dirs = self.cgroup_dirs.take();
+        dirs.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+        for dir in dirs {
+            // Empty once its container is deleted; a guard of the test may have removed it already.
+            for _ in 0..50 {
+                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // containerd mounts its state (shm, rootfs) under the directory: unmount before removal.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+                self.dir.path().display()
+            ))
+            .status();
+    }
+}
+
+fn remove_container(containerd: &Containerd, id: &str) {
+    let _ = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !containerd.ctr(&["task", "delete", id]).status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = containerd.ctr(&["containers", "delete", id]);
+}
+
+/// A running container; killed and deleted on drop.
+pub struct RealContainer<'a> {
+    containerd: &'a Containerd,
+    pub id: String,
+}
+
+impl RealContainer<'_> {
+    /// The host pid of its first process.
+    pub fn pid(&self) -> u32 {
+        let output = self.containerd.ctr(&["task", "list"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(self.id.as_str())).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no task for container {}", self.id))
+    }
+
+    /// The exit status, once the task stops (`None` while it runs).
+    pub fn status(&self) -> Option<String> {
+        let output = self.containerd.ctr(&["task", "list"]);
+        String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.first() == Some(&self.id.as_str()) && fields.get(2) == Some(&"STOPPED")).then(|| line.to_owned())
+        })
+    }
+}
+
+impl Drop for RealContainer<'_> {
+    fn drop(&mut self) {
+        remove_container(self.containerd, &self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_lines_give_the_files_and_skip_the_vdso() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x7f)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+}
