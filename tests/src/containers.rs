@@ -131,13 +131,23 @@ impl Containerd {
         memory_limit: Option<u64>,
         args: &[&str],
     ) -> RealContainer<'_> {
+        let limit = memory_limit.map(|l| vec!["--memory-limit".to_owned(), l.to_string()]).unwrap_or_default();
+        self.run_with(id, rootfs, cgroup, &limit, args)
+    }
+
+    /// [`Containerd::run`] with more `ctr run` options (capabilities, mounts, namespaces, a log).
+    pub fn run_with(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        cgroup: &str,
+        options: &[String],
+        args: &[&str],
+    ) -> RealContainer<'_> {
         self.note_new_cgroup_dirs(cgroup);
         let rootfs = rootfs.to_string_lossy();
-        let limit = memory_limit.map(|l| l.to_string());
         let mut ctr_args = vec!["run", "--detach", "--net-host", "--rootfs", "--cgroup", cgroup];
-        if let Some(limit) = &limit {
-            ctr_args.extend(["--memory-limit", limit]);
-        }
+        ctr_args.extend(options.iter().map(String::as_str));
         ctr_args.extend([rootfs.as_ref(), id]);
         ctr_args.extend(args);
         let output = self.ctr(&ctr_args);
@@ -147,6 +157,17 @@ impl Containerd {
 }
 
 impl Containerd {
+    /// Runs a container to its end (removed after) and returns its exit status and output.
+    pub fn run_to_end(&self, id: &str, rootfs: &Path, cgroup: &str, options: &[String], args: &[&str]) -> Output {
+        self.note_new_cgroup_dirs(cgroup);
+        let rootfs = rootfs.to_string_lossy();
+        let mut ctr_args = vec!["run", "--rm", "--net-host", "--rootfs", "--cgroup", cgroup];
+        ctr_args.extend(options.iter().map(String::as_str));
+        ctr_args.extend([rootfs.as_ref(), id]);
+        ctr_args.extend(args);
+        self.ctr(&ctr_args)
+    }
+
     /// Notes the directories of `cgroup` and its ancestors that do not exist yet in any mounted
     /// hierarchy (runc creates them in all of them, v1 `pids`, `blkio`, … included).
     fn note_new_cgroup_dirs(&self, cgroup: &str) {

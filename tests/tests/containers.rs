@@ -126,3 +126,157 @@ fn containerd_containers_get_cpu_memory_oom_and_requests() {
     drop((burner, holder, server, victim));
     drop(pods);
 }
+
+/// Capabilities containerd's default spec grants, all dropped so that only the DaemonSet's remain.
+const CONTAINERD_DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Capability numbers (include/uapi/linux/capability.h) of the ones the DaemonSet may name.
+fn capability_bit(name: &str) -> u32 {
+    match name {
+        "DAC_READ_SEARCH" => 2,
+        "SYS_PTRACE" => 19,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("capability {other} is not known to this test"),
+    }
+}
+
+/// The base DaemonSet's agent container as `ctr run` options: its capabilities (and no others),
+/// read-only root, seccomp profile, hostPID and hostPath mounts; the config directory is `config`.
+/// `without` leaves one capability out.
+fn daemonset_options(config: &Path, without: Option<&str>) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(e2e::workspace_root().join("daemonset/base/daemonset.yaml")).expect("DaemonSet");
+    let daemon_set: serde_json::Value = serde_yaml_ng::from_str(&text).expect("the DaemonSet is YAML");
+    let pod = &daemon_set["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    let mut options = Vec::new();
+    let added: Vec<String> = security["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .filter(|c| Some(c.as_str()) != without)
+        .collect();
+    assert_eq!(security["capabilities"]["drop"][0], "ALL", "the DaemonSet drops every other capability");
+    for cap in CONTAINERD_DEFAULT_CAPS {
+        options.extend(["--cap-drop".to_owned(), cap.to_owned()]);
+    }
+    for cap in &added {
+        options.extend(["--cap-add".to_owned(), format!("CAP_{cap}")]);
+    }
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    options.push("--read-only".to_owned());
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault", "the runtime's default seccomp profile");
+    options.push("--seccomp".to_owned());
+    assert_eq!(pod["hostPID"], true);
+    // The host's PID namespace: this test's own (pid 1's links may be unreadable in a sandbox).
+    options.extend(["--with-ns".to_owned(), format!("pid:/proc/{}/ns/pid", std::process::id())]);
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    for mount in container["volumeMounts"].as_array().expect("volumeMounts") {
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).expect("the mount's volume");
+        let source = match volume["hostPath"]["path"].as_str() {
+            Some(path) => path.to_owned(),
+            None => config.display().to_string(),
+        };
+        let mode = if mount["readOnly"] == true { "ro" } else { "rw" };
+        let target = mount["mountPath"].as_str().expect("mountPath");
+        options.extend(["--mount".to_owned(), format!("type=bind,src={source},dst={target},options=rbind:{mode}")]);
+    }
+    (options, added)
+}
+
+#[test]
+fn the_agent_runs_in_a_container_with_the_daemonsets_security_context() {
+    require_root();
+    let containerd = Containerd::start();
+    let agent_root = containerd.rootfs_dir("agent");
+    e2e::containers::stage_root(&[(&e2e::modelmeter_bin(), "/usr/local/bin/modelmeter")], &agent_root)
+        .expect("staging the agent");
+    for dir in ["etc/modelmeter", "tmp", "host/proc", "sys/kernel/tracing", "sys/kernel/btf", "sys/fs/cgroup"] {
+        std::fs::create_dir_all(agent_root.join(dir)).expect("mount points");
+    }
+    let workloads = containerd.rootfs_dir("workloads");
+    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], &workloads).expect("staging the workload");
+    let config = tempfile::tempdir().expect("config dir");
+    let port = e2e::free_port();
+    std::fs::write(
+        config.path().join("config.yaml"),
+        format!(
+            "listen: 127.0.0.1:{port}\nproc_root: /host/proc\ninterval: 1s\nmin_collect_interval: 0s\n\
+             kubernetes:\n  watch: never\n"
+        ),
+    )
+    .expect("writing the config");
+    let (options, capabilities) = daemonset_options(config.path(), None);
+
+    // The agent, and a neighbour pod's container to attribute.
+    let agent_id = format!("mm-agent-{}", std::process::id());
+    let agent = containerd.run_with(
+        &agent_id,
+        &agent_root,
+        &format!("/{agent_id}"),
+        &options,
+        &["/usr/local/bin/modelmeter", "run", "--config", "/etc/modelmeter/config.yaml"],
+    );
+    let uid = pod_uid(75);
+    let id = hex_id(75, 64);
+    let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}"));
+    let burner = containerd.run(&id, &workloads, &format!("{}/{id}", pod.rel), None, &["/mm-workload", "burn"]);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for(Duration::from_secs(60), "the containerised agent to be ready", || {
+        e2e::http_get_any(&format!("{url}/readyz")).ok().filter(|(status, _)| *status == 200)
+    });
+    // It runs with exactly the DaemonSet's capabilities.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("the agent's status");
+    let effective = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff").trim();
+    let effective = u64::from_str_radix(effective, 16).expect("hex mask");
+    let expected = capabilities.iter().fold(0u64, |mask, cap| mask | 1 << capability_bit(cap));
+    assert_eq!(effective, expected, "CapEff {effective:#x}: exactly {capabilities:?}");
+    // Probes loaded, and the neighbour's CPU attributed.
+    let labels = [("pod_uid", uid.as_str()), ("container_id", id.as_str())];
+    let cpu = wait_for(Duration::from_secs(30), "the neighbour's CPU from the containerised agent", || {
+        let metrics = e2e::Metrics::parse(&e2e::http_get(&format!("{url}/metrics")).ok()?);
+        metrics.get(CPU_TIME, &labels).filter(|cpu| *cpu > 0.5)
+    });
+    assert!(cpu > 0.5);
+    let metrics = e2e::Metrics::parse(&e2e::http_get(&format!("{url}/metrics")).expect("metrics"));
+    let build = metrics.select("modelmeter_build_info", &[]).next().expect("build info").labels.clone();
+    assert!(["tp_btf", "raw_tracepoint", "tracepoint"].contains(&build["probe_family"].as_str()), "{build:?}");
+    drop(burner);
+    drop(agent);
+
+    // One capability fewer: doctor in the same container names it and fails.
+    let (fewer, _) = daemonset_options(config.path(), Some("PERFMON"));
+    let output = containerd.run_to_end(
+        &format!("{agent_id}-doctor"),
+        &agent_root,
+        &format!("/{agent_id}-doctor"),
+        &fewer,
+        &["/usr/local/bin/modelmeter", "doctor", "--config", "/etc/modelmeter/config.yaml"],
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "doctor fails without PERFMON:\n{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let privileges = lines.iter().position(|l| l.starts_with("privileges ")).expect("a privileges check");
+    assert!(lines[privileges].contains("missing"), "{text}");
+    assert!(lines[privileges + 1].contains("fix:") && lines[privileges + 1].contains("PERFMON"), "{text}");
+    drop(pod);
+}
