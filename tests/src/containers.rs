@@ -168,20 +168,114 @@ impl Containerd {
         self.ctr(&ctr_args)
     }
 
-    /// Notes the directories of `cgroup` and its ancestors that do not exist yet in any mounted
-    /// hierarchy (runc creates them in all of them, v1 `pids`, `blkio`, … included).
     fn note_new_cgroup_dirs(&self, cgroup: &str) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-        let mut dirs = self.cgroup_dirs.borrow_mut();
-        for hierarchy in hierarchies.flatten().map(|entry| entry.path()) {
-            let mut dir = hierarchy.clone();
-            for part in cgroup.split('/').filter(|p| !p.is_empty()) {
-                dir.push(part);
-                if !dir.exists() && !dirs.contains(&dir) {
-                    dirs.push(dir.clone());
-                }
+        note_new_cgroup_dirs(&mut self.cgroup_dirs.borrow_mut(), cgroup);
+    }
+}
+
+/// Notes the directories of `cgroup` and its ancestors that do not exist yet in any mounted
+/// hierarchy (runc creates them in all of them, v1 `pids`, `blkio`, … included).
+fn note_new_cgroup_dirs(dirs: &mut Vec<PathBuf>, cgroup: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for hierarchy in hierarchies.flatten().map(|entry| entry.path()) {
+        let mut dir = hierarchy.clone();
+        for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() && !dirs.contains(&dir) {
+                dirs.push(dir.clone());
             }
         }
+    }
+}
+
+/// Removes the noted directories, deepest first (each empty once its container is gone).
+fn remove_cgroup_dirs(mut dirs: Vec<PathBuf>) {
+    dirs.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+    for dir in dirs {
+        // A guard of the test may have removed it already.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Podman (Debian's) with its own storage, the cgroupfs manager (`/libpod_parent/libpod-<id>`)
+/// and runc; images are imported from a staged root filesystem.
+pub struct Podman {
+    dir: tempfile::TempDir,
+    containers: std::cell::RefCell<Vec<String>>,
+    cgroup_dirs: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+impl Podman {
+    pub fn new() -> Podman {
+        let found = Command::new("podman").arg("--version").output();
+        assert!(found.is_ok_and(|o| o.status.success()), "podman is missing: `cargo xtask setup` installs Debian's");
+        Podman {
+            dir: tempfile::Builder::new().prefix("mm-podman-").tempdir().expect("temp dir"),
+            containers: Default::default(),
+            cgroup_dirs: Default::default(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command
+            .arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc"]);
+        command
+    }
+
+    /// Imports `rootfs` as the image `name`.
+    pub fn import(&self, rootfs: &Path, name: &str) {
+        let tar = self.dir.path().join("rootfs.tar");
+        let status = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().expect("tar");
+        assert!(status.success(), "packing the root filesystem");
+        let output = self.command().arg("import").arg(&tar).arg(name).output().expect("podman import");
+        assert!(output.status.success(), "podman import: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Starts a detached container of `image` on the host's network; returns its full id.
+    pub fn run(&self, image: &str, args: &[&str]) -> String {
+        // Its containers go below /libpod_parent, their conmon monitors into /libpod_parent/conmon.
+        note_new_cgroup_dirs(&mut self.cgroup_dirs.borrow_mut(), "/libpod_parent/conmon");
+        // Podman asks for the host's hard open-file and process limits, which a sandbox may not grant.
+        let output = self
+            .command()
+            .args([
+                "run",
+                "--detach",
+                "--network",
+                "host",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
+            .arg(image)
+            .args(args)
+            .output()
+            .expect("podman run");
+        assert!(output.status.success(), "podman run: {}", String::from_utf8_lossy(&output.stderr));
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        self.containers.borrow_mut().push(id.clone());
+        id
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for id in self.containers.take() {
+            let _ = self.command().args(["rm", "--force", "--time", "0", &id]).output();
+        }
+        let _ = self.command().args(["system", "reset", "--force"]).output();
+        remove_cgroup_dirs(self.cgroup_dirs.take());
     }
 }
 
@@ -192,17 +286,7 @@ impl Drop for Containerd {
         for id in String::from_utf8_lossy(&listed.stdout).lines() {
             remove_container(self, id.trim());
         }
-        let mut dirs = self.cgroup_dirs.take();
-        dirs.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
-        for dir in dirs {
-            // Empty once its container is deleted; a guard of the test may have removed it already.
-            for _ in 0..50 {
-                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        remove_cgroup_dirs(self.cgroup_dirs.take());
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -280,3 +280,39 @@ fn the_agent_runs_in_a_container_with_the_daemonsets_security_context() {
     assert!(lines[privileges + 1].contains("fix:") && lines[privileges + 1].contains("PERFMON"), "{text}");
     drop(pod);
 }
+
+#[test]
+fn podman_containers_are_attributed_with_their_runtime() {
+    require_root();
+    let podman = e2e::containers::Podman::new();
+    let rootfs = tempfile::tempdir().expect("rootfs dir");
+    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], rootfs.path()).expect("staging");
+    podman.import(rootfs.path(), "localhost/mm-workloads:test");
+    let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n");
+    let burner = podman.run("localhost/mm-workloads:test", &["/mm-workload", "burn"]);
+    let holder = podman.run("localhost/mm-workloads:test", &["/mm-workload", "hold", "64"]);
+    let burner_labels = [("container_id", burner.as_str()), ("container_runtime", "podman")];
+    let holder_labels = [("container_id", holder.as_str()), ("container_runtime", "podman")];
+    wait_for(Duration::from_secs(30), "the podman containers' series", || {
+        agent.metrics().get("container_memory_working_set_bytes", &holder_labels).filter(|m| *m >= 60.0 * 1048576.0)
+    });
+    let cgroup = format!("/libpod_parent/libpod-{burner}");
+    let agent_start = agent.metrics().get(CPU_TIME, &burner_labels).expect("burner CPU");
+    let own_start = own_cpu_seconds(&cgroup);
+    std::thread::sleep(Duration::from_secs(4));
+    let own_end = own_cpu_seconds(&cgroup);
+    let agent_end = agent.metrics().get(CPU_TIME, &burner_labels).expect("burner CPU");
+    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
+    assert!(own_delta > 1.5, "the burner used {own_delta:.2} s of CPU in 4 s");
+    assert!(
+        (agent_delta - own_delta).abs() <= 0.1 * own_delta,
+        "podman burner CPU: agent {agent_delta:.3} s vs its cgroup {own_delta:.3} s"
+    );
+    // Only the containers: podman's conmon monitors are not workloads.
+    let containers: std::collections::BTreeSet<String> = agent
+        .metrics()
+        .select(CPU_TIME, &[("container_runtime", "podman")])
+        .map(|s| s.labels["container_id"].clone())
+        .collect();
+    assert_eq!(containers, [burner.clone(), holder.clone()].into_iter().collect());
+}
