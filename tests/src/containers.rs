@@ -211,7 +211,8 @@ pub struct Podman {
 }
 
 impl Podman {
-    pub fn new() -> Podman {
+    /// Checks that podman is installed; storage is made on first use.
+    pub fn start() -> Podman {
         let found = Command::new("podman").arg("--version").output();
         assert!(found.is_ok_and(|o| o.status.success()), "podman is missing: `cargo xtask setup` installs Debian's");
         Podman {

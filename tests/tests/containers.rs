@@ -284,7 +284,7 @@ fn the_agent_runs_in_a_container_with_the_daemonsets_security_context() {
 #[test]
 fn podman_containers_are_attributed_with_their_runtime() {
     require_root();
-    let podman = e2e::containers::Podman::new();
+    let podman = e2e::containers::Podman::start();
     let rootfs = tempfile::tempdir().expect("rootfs dir");
     e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], rootfs.path()).expect("staging");
     podman.import(rootfs.path(), "localhost/mm-workloads:test");
