@@ -202,6 +202,116 @@ fn remove_cgroup_dirs(mut dirs: Vec<PathBuf>) {
     }
 }
 
+/// A dockerd of the test's own (Debian's docker.io): its data, exec root, socket and containerd
+/// namespace private, no bridge or iptables changes; images imported from a staged root.
+pub struct Docker {
+    dir: tempfile::TempDir,
+    daemon: Child,
+    cgroup_dirs: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+impl Docker {
+    pub fn start() -> Docker {
+        let found = Command::new("dockerd").arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "dockerd is missing: `cargo xtask setup` installs Debian's docker.io"
+        );
+        let dir = tempfile::Builder::new().prefix("mm-docker-").tempdir().expect("temp dir");
+        let root = dir.path();
+        let log = std::fs::File::create(root.join("dockerd.log")).expect("dockerd log");
+        let namespace = format!("mm-test-{}", std::process::id());
+        let daemon = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(root.join("data"))
+            .arg("--exec-root")
+            .arg(root.join("exec"))
+            .arg("--host")
+            .arg(format!("unix://{}", root.join("docker.sock").display()))
+            .arg("--pidfile")
+            .arg(root.join("docker.pid"))
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"])
+            .args(["--containerd-namespace", &namespace, "--containerd-plugins-namespace", &format!("{namespace}-p")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting dockerd");
+        let docker = Docker { dir, daemon, cgroup_dirs: Default::default() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !docker.docker(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "dockerd did not answer within 60 s:\n{}", docker.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        docker
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// Runs the docker CLI of the same package against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("/usr/bin/docker")
+            .arg("--host")
+            .arg(format!("unix://{}", self.dir.path().join("docker.sock").display()))
+            .args(args)
+            .output()
+            .expect("running docker")
+    }
+
+    /// Imports `rootfs` as the image `name`.
+    pub fn import(&self, rootfs: &Path, name: &str) {
+        let tar = self.dir.path().join("rootfs.tar");
+        let status = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().expect("tar");
+        assert!(status.success(), "packing the root filesystem");
+        let output = self.docker(&["import", &tar.to_string_lossy(), name]);
+        assert!(output.status.success(), "docker import: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Starts a detached container on the host's network, under `cgroup_parent` when given
+    /// (else docker's own `/docker`); returns its full id.
+    pub fn run(&self, image: &str, cgroup_parent: Option<&str>, args: &[&str]) -> String {
+        let parent = cgroup_parent.unwrap_or("/docker");
+        note_new_cgroup_dirs(&mut self.cgroup_dirs.borrow_mut(), parent);
+        let mut docker_args = vec!["run", "--detach", "--network", "host"];
+        if let Some(parent) = cgroup_parent {
+            docker_args.extend(["--cgroup-parent", parent]);
+        }
+        docker_args.push(image);
+        docker_args.extend(args);
+        let output = self.docker(&docker_args);
+        assert!(output.status.success(), "docker run: {}\n{}", String::from_utf8_lossy(&output.stderr), self.log());
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        let listed = self.docker(&["ps", "--all", "--quiet", "--no-trunc"]);
+        for id in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = self.docker(&["rm", "--force", id.trim()]);
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        unmount_below(self.dir.path());
+        remove_cgroup_dirs(self.cgroup_dirs.take());
+    }
+}
+
+/// Unmounts whatever a daemon left mounted below `dir` (overlays, shm), deepest first.
+fn unmount_below(dir: &Path) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("grep -o ' {}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l", dir.display()))
+        .status();
+}
+
 /// Podman (Debian's) with its own storage, the cgroupfs manager (`/libpod_parent/libpod-<id>`)
 /// and runc; images are imported from a staged root filesystem.
 pub struct Podman {
@@ -297,13 +407,7 @@ impl Drop for Containerd {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         // containerd mounts its state (shm, rootfs) under the directory: unmount before removal.
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
-                self.dir.path().display()
-            ))
-            .status();
+        unmount_below(self.dir.path());
     }
 }
 

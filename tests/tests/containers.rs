@@ -316,3 +316,46 @@ fn podman_containers_are_attributed_with_their_runtime() {
         .collect();
     assert_eq!(containers, [burner.clone(), holder.clone()].into_iter().collect());
 }
+
+#[test]
+fn docker_containers_standalone_and_under_a_kubelet_parent() {
+    require_root();
+    let docker = e2e::containers::Docker::start();
+    let rootfs = tempfile::tempdir().expect("rootfs dir");
+    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], rootfs.path()).expect("staging");
+    docker.import(rootfs.path(), "mm-workloads:test");
+    let uid = pod_uid(76);
+    let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}"));
+    let standalone = docker.run("mm-workloads:test", None, &["/mm-workload", "burn"]);
+    let in_pod = docker.run("mm-workloads:test", Some(&pod.rel), &["/mm-workload", "hold", "48"]);
+    let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n");
+    // docker's own naming: a docker container with its runtime.
+    let standalone_labels = [("container_id", standalone.as_str()), ("container_runtime", "docker")];
+    wait_for(Duration::from_secs(30), "the standalone docker container's CPU", || {
+        agent.metrics().get(CPU_TIME, &standalone_labels).filter(|cpu| *cpu > 0.5)
+    });
+    let cgroup = format!("/docker/{standalone}");
+    let agent_start = agent.metrics().get(CPU_TIME, &standalone_labels).expect("CPU");
+    let own_start = own_cpu_seconds(&cgroup);
+    std::thread::sleep(Duration::from_secs(4));
+    let own_end = own_cpu_seconds(&cgroup);
+    let agent_end = agent.metrics().get(CPU_TIME, &standalone_labels).expect("CPU");
+    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
+    assert!(own_delta > 1.5, "the burner used {own_delta:.2} s of CPU in 4 s");
+    assert!(
+        (agent_delta - own_delta).abs() <= 0.1 * own_delta,
+        "docker burner CPU: agent {agent_delta:.3} s vs its cgroup {own_delta:.3} s"
+    );
+    // Under a kubelet-style parent the id is bare: the pod's container, runtime unknown (a bare id
+    // could be containerd's as well), memory attributed.
+    let pod_labels = [("pod_uid", uid.as_str()), ("container_id", in_pod.as_str())];
+    let working_set = wait_for(Duration::from_secs(30), "the pod container's memory", || {
+        agent.metrics().get("container_memory_working_set_bytes", &pod_labels).filter(|m| *m >= 45.0 * 1048576.0)
+    });
+    assert!(working_set < 150.0 * 1048576.0, "{working_set}");
+    let series = agent.metrics().select(CPU_TIME, &pod_labels).next().cloned().expect("the pod container's series");
+    assert_eq!(series.labels["container_runtime"], "unknown", "not labelled containerd: {:?}", series.labels);
+    drop(agent);
+    drop(docker);
+    drop(pod);
+}

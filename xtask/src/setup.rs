@@ -11,7 +11,7 @@ use crate::{cmd, is_root};
 /// server the end-to-end tests scrape with, bpftool, with which they read the kernel's list of
 /// loaded programs, and busybox's httpd, a real server that reads and writes on `dup2` copies of
 /// its socket and sends files with sendfile, tmux, the real terminal `modelmeter top` is tested in,
-/// and containerd, runc and podman, which run the tests' real containers.
+/// and containerd, runc, podman and docker.io, which run the tests' real containers.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "podman",
+    "docker.io",
 ];
 /// The official OpenAI Python client, pinned, in a virtual environment of the end-to-end tests
 /// (`target/e2e-python`): its requests are what a model server really receives.
