@@ -359,3 +359,35 @@ fn docker_containers_standalone_and_under_a_kubelet_parent() {
     drop(docker);
     drop(pod);
 }
+
+#[test]
+fn containerd_containers_at_the_systemd_drivers_paths() {
+    require_root();
+    // The systemd driver's names, made by runc's cgroupfs manager: no systemd runs on these
+    // machines, and the agent sees only the paths.
+    let containerd = Containerd::start();
+    let rootfs = containerd.rootfs_dir("workloads");
+    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], &rootfs).expect("staging");
+    let uid = pod_uid(77);
+    let id = hex_id(77, 64);
+    let pod = CgroupGuard::create(e2e::systemd_container_path("burstable", &uid, "").trim_end_matches('/'));
+    let cgroup = format!("{}/cri-containerd-{id}.scope", pod.rel);
+    let burner = containerd.run(&id, &rootfs, &cgroup, None, &["/mm-workload", "burn"]);
+    let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n");
+    let labels = [("pod_uid", uid.as_str()), ("container_id", id.as_str()), ("container_runtime", "containerd")];
+    wait_for(Duration::from_secs(30), "the container at the systemd driver's path", || {
+        agent.metrics().get(CPU_TIME, &labels).filter(|cpu| *cpu > 0.5)
+    });
+    let agent_start = agent.metrics().get(CPU_TIME, &labels).expect("CPU");
+    let own_start = own_cpu_seconds(&cgroup);
+    std::thread::sleep(Duration::from_secs(4));
+    let own_end = own_cpu_seconds(&cgroup);
+    let agent_end = agent.metrics().get(CPU_TIME, &labels).expect("CPU");
+    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
+    assert!(own_delta > 1.5, "the burner used {own_delta:.2} s of CPU in 4 s");
+    assert!((agent_delta - own_delta).abs() <= 0.1 * own_delta, "agent {agent_delta:.3} s vs cgroup {own_delta:.3} s");
+    let qos = agent.metrics().select(CPU_TIME, &labels).next().expect("series").labels["qos_class"].clone();
+    assert_eq!(qos, "Burstable");
+    drop(burner);
+    drop(pod);
+}
