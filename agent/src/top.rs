@@ -100,7 +100,8 @@ impl Column {
         }
     }
 
-    const SORTABLE: [Column; 10] = [
+    /// Display order; every column but the trend sorts.
+    const ALL: [Column; 11] = [
         Column::Name,
         Column::Pods,
         Column::Cpu,
@@ -111,7 +112,12 @@ impl Column {
         Column::P50,
         Column::P99,
         Column::Errors,
+        Column::Trend,
     ];
+
+    fn sortable() -> impl Iterator<Item = Column> {
+        Column::ALL.into_iter().filter(|c| c.key().is_some())
+    }
 }
 
 /// The columns that fit in `width`, most useful first, in display order. GPU columns only when
@@ -131,20 +137,7 @@ pub fn columns_for(width: u16, gpus: bool) -> Vec<Column> {
             chosen.push(column);
         }
     }
-    let order = [
-        Column::Name,
-        Column::Pods,
-        Column::Cpu,
-        Column::Memory,
-        Column::GpuUtilization,
-        Column::GpuMemory,
-        Column::RequestRate,
-        Column::P50,
-        Column::P99,
-        Column::Errors,
-        Column::Trend,
-    ];
-    order.into_iter().filter(|c| chosen.contains(c)).collect()
+    Column::ALL.into_iter().filter(|c| chosen.contains(c)).collect()
 }
 
 /// A row's figures; `None` shows as `-` and sorts last.
@@ -625,7 +618,7 @@ impl Top {
             KeyCode::Char('<') | KeyCode::Left => self.step_sort(-1),
             KeyCode::Char('>') | KeyCode::Right => self.step_sort(1),
             KeyCode::Char(c) => {
-                if let Some(column) = Column::SORTABLE.into_iter().find(|col| col.key() == Some(c)) {
+                if let Some(column) = Column::sortable().find(|col| col.key() == Some(c)) {
                     self.sort_by(column);
                 }
             }
@@ -645,9 +638,10 @@ impl Top {
     }
 
     fn step_sort(&mut self, step: isize) {
-        let at = Column::SORTABLE.iter().position(|c| *c == self.sort).unwrap_or(0) as isize;
-        let next = (at + step).rem_euclid(Column::SORTABLE.len() as isize) as usize;
-        self.sort_by(Column::SORTABLE[next]);
+        let sortable: Vec<Column> = Column::sortable().collect();
+        let at = sortable.iter().position(|c| *c == self.sort).unwrap_or(0) as isize;
+        let next = (at + step).rem_euclid(sortable.len() as isize) as usize;
+        self.sort_by(sortable[next]);
     }
 
     fn header(&self, width: usize) -> Vec<Line<'static>> {

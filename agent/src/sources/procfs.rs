@@ -57,6 +57,11 @@ fn from_lines<'a>(lines: impl Iterator<Item = (bool, Vec<&'a str>, &'a str)>) ->
 /// Reads `/proc/<pid>/cgroup` under `proc_root`; `None` when the process is gone or unreadable.
 pub fn read_proc_cgroup(proc_root: &Path, pid: u32) -> Option<ProcCgroups> {
     let process = procfs::process::Process::new_with_root(proc_dir(proc_root, pid)).ok()?;
+    cgroups_of(&process)
+}
+
+/// The cgroup paths of an open process, per hierarchy.
+fn cgroups_of(process: &procfs::process::Process) -> Option<ProcCgroups> {
     let cgroups = process.cgroups().ok()?;
     Some(from_lines(
         cgroups
@@ -143,7 +148,7 @@ pub fn read_process(proc_root: &Path, tgid: u32, ticks: f64, page: u64) -> Optio
         ppid: u32::try_from(stat.ppid).unwrap_or(0),
         exe,
         cmdline: process.cmdline().unwrap_or_default(),
-        cgroups: read_proc_cgroup(proc_root, tgid).unwrap_or_default(),
+        cgroups: cgroups_of(&process).unwrap_or_default(),
         cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
         rss_bytes: stat.rss.saturating_mul(page),
     })
