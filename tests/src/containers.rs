@@ -271,12 +271,18 @@ impl Docker {
     /// Starts a detached container on the host's network, under `cgroup_parent` when given
     /// (else docker's own `/docker`); returns its full id.
     pub fn run(&self, image: &str, cgroup_parent: Option<&str>, args: &[&str]) -> String {
+        self.run_with(image, cgroup_parent, &[], args)
+    }
+
+    /// [`Docker::run`] with more `docker run` options (`--memory`, `--volume`).
+    pub fn run_with(&self, image: &str, cgroup_parent: Option<&str>, options: &[&str], args: &[&str]) -> String {
         let parent = cgroup_parent.unwrap_or("/docker");
         note_new_cgroup_dirs(&mut self.cgroup_dirs.borrow_mut(), parent);
         let mut docker_args = vec!["run", "--detach", "--network", "host"];
         if let Some(parent) = cgroup_parent {
             docker_args.extend(["--cgroup-parent", parent]);
         }
+        docker_args.extend(options);
         docker_args.push(image);
         docker_args.extend(args);
         let output = self.docker(&docker_args);
@@ -354,6 +360,11 @@ impl Podman {
 
     /// Starts a detached container of `image` on the host's network; returns its full id.
     pub fn run(&self, image: &str, args: &[&str]) -> String {
+        self.run_with(image, &[], args)
+    }
+
+    /// [`Podman::run`] with more `podman run` options (`--memory`, `--volume`).
+    pub fn run_with(&self, image: &str, options: &[&str], args: &[&str]) -> String {
         // Its containers go below /libpod_parent, their conmon monitors into /libpod_parent/conmon.
         note_new_cgroup_dirs(&mut self.cgroup_dirs.borrow_mut(), "/libpod_parent/conmon");
         // Podman asks for the host's hard open-file and process limits, which a sandbox may not grant.
@@ -369,6 +380,7 @@ impl Podman {
                 "--ulimit",
                 "nproc=4096:4096",
             ])
+            .args(options)
             .arg(image)
             .args(args)
             .output()

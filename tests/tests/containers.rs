@@ -23,6 +23,33 @@ fn own_cpu_seconds(rel: &str) -> f64 {
     usec.trim().parse::<f64>().expect("usage_usec") / 1e6
 }
 
+/// The OOM and request checks of a runtime: a container `oom_id` that outgrew its 32 MiB limit
+/// is counted once, and 20 requests to the server whose port is in `port_file` are counted
+/// exactly on their route, both found by their container id.
+fn check_oom_and_requests(agent: &Agent, runtime: &str, oom_id: &str, server_id: &str, port_file: &Path) {
+    let oom_labels = [("container_id", oom_id), ("container_runtime", runtime)];
+    let kills = wait_for(Duration::from_secs(30), "the OOM kill", || {
+        agent.metrics().get("container_oom_kills_total", &oom_labels).filter(|k| *k >= 1.0)
+    });
+    assert_eq!(kills, 1.0, "{runtime}: one OOM kill");
+    let port = port_from_file(port_file);
+    // Discovered, then handed to the probes' watch list at the same collection: one more
+    // interval (1 s) leaves room for that.
+    wait_for(Duration::from_secs(20), "the server's container to be discovered", || {
+        agent.metrics().get(CPU_TIME, &[("container_id", server_id)])
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..20 {
+        let (status, _) = http_request(port, "GET /items HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+        assert_eq!(status, 200);
+    }
+    let labels = [("container_id", server_id), ("http_route", "/items")];
+    let count = wait_for(Duration::from_secs(20), "20 requests", || {
+        agent.metrics().get("http_server_request_duration_seconds_count", &labels).filter(|c| *c >= 20.0)
+    });
+    assert_eq!(count, 20.0, "{runtime}: exactly the requests sent");
+}
+
 #[test]
 fn containerd_containers_get_cpu_memory_oom_and_requests() {
     require_root();
@@ -101,11 +128,18 @@ fn containerd_containers_get_cpu_memory_oom_and_requests() {
         Some(32 << 20),
         &["/mm-workload", "oom", "1024"],
     );
+    assert!(wait_for(Duration::from_secs(20), "the victim to stop", || victim.status()).contains("STOPPED"));
+    // The kubelet's CRI deletes a stopped task at once, and its cgroup with it: the kill must
+    // still be reported, whether or not a collection saw the container alive.
+    drop(victim);
+    assert!(
+        pods[2].procs_files().iter().all(|procs| !procs.with_file_name(&victim_id).exists()),
+        "its cgroups are gone"
+    );
     let kills = wait_for(Duration::from_secs(20), "the container's OOM kill", || {
         get("container_oom_kills_total", &victim_labels).filter(|k| *k >= 1.0)
     });
     assert_eq!(kills, 1.0);
-    assert!(wait_for(Duration::from_secs(10), "the victim to stop", || victim.status()).contains("STOPPED"));
 
     // Requests to the server in its container: counted exactly, per route.
     let server_labels =
@@ -123,7 +157,7 @@ fn containerd_containers_get_cpu_memory_oom_and_requests() {
     });
     assert_eq!(count, 30.0);
 
-    drop((burner, holder, server, victim));
+    drop((burner, holder, server));
     drop(pods);
 }
 
@@ -286,8 +320,11 @@ fn podman_containers_are_attributed_with_their_runtime() {
     require_root();
     let podman = e2e::containers::Podman::start();
     let rootfs = tempfile::tempdir().expect("rootfs dir");
-    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], rootfs.path()).expect("staging");
+    let httpd = workspace_bin("MM_HTTPD_BIN", "mm-httpd");
+    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload"), (&httpd, "/mm-httpd")], rootfs.path())
+        .expect("staging");
     podman.import(rootfs.path(), "localhost/mm-workloads:test");
+    // Without the Kubernetes API, requests of every container are traced by default.
     let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n");
     let burner = podman.run("localhost/mm-workloads:test", &["/mm-workload", "burn"]);
     let holder = podman.run("localhost/mm-workloads:test", &["/mm-workload", "hold", "64"]);
@@ -315,6 +352,16 @@ fn podman_containers_are_attributed_with_their_runtime() {
         .map(|s| s.labels["container_id"].clone())
         .collect();
     assert_eq!(containers, [burner.clone(), holder.clone()].into_iter().collect());
+
+    let out = tempfile::tempdir().expect("out dir");
+    let volume = format!("{}:/out", out.path().display());
+    let victim = podman.run_with("localhost/mm-workloads:test", &["--memory", "32m"], &["/mm-workload", "oom", "1024"]);
+    let server = podman.run_with(
+        "localhost/mm-workloads:test",
+        &["--volume", &volume],
+        &["/mm-httpd", "/out/port", "/out/stats.json"],
+    );
+    check_oom_and_requests(&agent, "podman", &victim, &server, &out.path().join("port"));
 }
 
 #[test]
@@ -322,7 +369,9 @@ fn docker_containers_standalone_and_under_a_kubelet_parent() {
     require_root();
     let docker = e2e::containers::Docker::start();
     let rootfs = tempfile::tempdir().expect("rootfs dir");
-    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], rootfs.path()).expect("staging");
+    let httpd = workspace_bin("MM_HTTPD_BIN", "mm-httpd");
+    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload"), (&httpd, "/mm-httpd")], rootfs.path())
+        .expect("staging");
     docker.import(rootfs.path(), "mm-workloads:test");
     let uid = pod_uid(76);
     let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}"));
@@ -355,6 +404,17 @@ fn docker_containers_standalone_and_under_a_kubelet_parent() {
     assert!(working_set < 150.0 * 1048576.0, "{working_set}");
     let series = agent.metrics().select(CPU_TIME, &pod_labels).next().cloned().expect("the pod container's series");
     assert_eq!(series.labels["container_runtime"], "unknown", "not labelled containerd: {:?}", series.labels);
+
+    let out = tempfile::tempdir().expect("out dir");
+    let volume = format!("{}:/out", out.path().display());
+    let victim = docker.run_with("mm-workloads:test", None, &["--memory", "32m"], &["/mm-workload", "oom", "1024"]);
+    let server = docker.run_with(
+        "mm-workloads:test",
+        None,
+        &["--volume", &volume],
+        &["/mm-httpd", "/out/port", "/out/stats.json"],
+    );
+    check_oom_and_requests(&agent, "docker", &victim, &server, &out.path().join("port"));
     drop(agent);
     drop(docker);
     drop(pod);
@@ -367,7 +427,11 @@ fn containerd_containers_at_the_systemd_drivers_paths() {
     // machines, and the agent sees only the paths.
     let containerd = Containerd::start();
     let rootfs = containerd.rootfs_dir("workloads");
-    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload")], &rootfs).expect("staging");
+    e2e::containers::stage_root(
+        &[(&workload_bin(), "/mm-workload"), (&workspace_bin("MM_HTTPD_BIN", "mm-httpd"), "/mm-httpd")],
+        &rootfs,
+    )
+    .expect("staging");
     let uid = pod_uid(77);
     let id = hex_id(77, 64);
     let pod = CgroupGuard::create(e2e::systemd_container_path("burstable", &uid, "").trim_end_matches('/'));
@@ -388,6 +452,26 @@ fn containerd_containers_at_the_systemd_drivers_paths() {
     assert!((agent_delta - own_delta).abs() <= 0.1 * own_delta, "agent {agent_delta:.3} s vs cgroup {own_delta:.3} s");
     let qos = agent.metrics().select(CPU_TIME, &labels).next().expect("series").labels["qos_class"].clone();
     assert_eq!(qos, "Burstable");
-    drop(burner);
+
+    // An OOM kill and requests in containers of the same pod.
+    let (victim_id, server_id) = (hex_id(78, 64), hex_id(79, 64));
+    let victim = containerd.run(
+        &victim_id,
+        &rootfs,
+        &format!("{}/cri-containerd-{victim_id}.scope", pod.rel),
+        Some(32 << 20),
+        &["/mm-workload", "oom", "1024"],
+    );
+    let server = containerd.run(
+        &server_id,
+        &rootfs,
+        &format!("{}/cri-containerd-{server_id}.scope", pod.rel),
+        None,
+        &["/mm-httpd", "/port", "/stats.json"],
+    );
+    wait_for(Duration::from_secs(20), "the victim to stop", || victim.status());
+    drop(victim);
+    check_oom_and_requests(&agent, "containerd", &victim_id, &server_id, &rootfs.join("port"));
+    drop((burner, server));
     drop(pod);
 }

@@ -150,7 +150,7 @@ impl Resolver {
             export_systemd: config.attribution.systemd_units,
             watch_set: match config.requests.watch {
                 WatchSet::Auto if pods.is_some() => WatchSet::Models,
-                WatchSet::Auto => WatchSet::Pods,
+                WatchSet::Auto => WatchSet::Containers,
                 other => other,
             },
             pods,
@@ -390,7 +390,10 @@ impl Resolver {
             .by_cgroup_id
             .iter()
             .filter(|(_, identity)| match self.watch_set {
-                WatchSet::Pods | WatchSet::Auto => matches!(identity, Identity::PodContainer { .. }),
+                WatchSet::Pods => matches!(identity, Identity::PodContainer { .. }),
+                WatchSet::Containers | WatchSet::Auto => {
+                    matches!(identity, Identity::PodContainer { .. } | Identity::Container { .. })
+                }
                 WatchSet::Models => matches!(identity, Identity::PodContainer { .. }) && has_explicit_model(identity),
                 WatchSet::All | WatchSet::None => false,
             })

@@ -73,7 +73,9 @@ fn decode(bytes: &[u8], proc_root: &std::path::Path, exit_cgroups: bool) -> Opti
                 victim_tgid: event.pid,
                 current_cgroup_id: event.cgroup_id,
                 victim_is_current,
-                victim_cgroups: if victim_is_current { None } else { procfs::read_proc_cgroup(proc_root, event.pid) },
+                // Read even for a victim that killed itself: its container's cgroup may be gone
+                // before the resolver ever saw it (runtimes remove a killed container's at once).
+                victim_cgroups: procfs::read_proc_cgroup(proc_root, event.pid),
             })))
         }
         _ => None,

@@ -53,7 +53,8 @@ pub struct OomKill {
     /// (`victim_is_current`), as it usually does in a memcg OOM.
     pub current_cgroup_id: u64,
     pub victim_is_current: bool,
-    /// The victim's cgroups, read from /proc while it was being killed (when it was not current).
+    /// The victim's cgroups, read from /proc while it was being killed (`None` when it was
+    /// already gone).
     pub victim_cgroups: Option<procfs::ProcCgroups>,
 }
 

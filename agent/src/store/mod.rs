@@ -4,7 +4,8 @@
 //!
 //! What it guarantees: a container's CPU counter never goes back (exited processes are folded into
 //! it, the cgroup's life before the agent is carried, a failed map read repeats the last figures);
-//! a cgroup that is gone, or a pod the API deleted, has no series from the next fold; request
+//! a cgroup that is gone, or a pod the API deleted, has no series from the next fold (but a
+//! container with an OOM kill to report keeps them for [`OOM_LINGER`], even one never discovered); request
 //! routes and request-named models are budgeted (overflow goes to `_other`, counted).
 
 use std::{
@@ -116,7 +117,16 @@ struct Tracked {
     last_periods: Option<(u64, u64)>,
     /// Collections in a row with at least `THROTTLED_SHARE` of periods throttled.
     throttled_streak: u32,
+    /// Its cgroup, relative to the hierarchy roots, for the rows it has after its cgroup went.
+    cgroup: String,
+    /// When its cgroup was first seen gone, while it lingers to report an OOM kill.
+    departed_at: Option<SystemTime>,
 }
+
+/// How long a container whose process the OOM killer killed keeps its series after its cgroup
+/// goes. Runtimes remove a killed container's cgroup within a second, long before a scrape or a
+/// collection; without this its kill would never reach a sink.
+const OOM_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A collection interval counts as throttled when this share of its CFS periods was.
 const THROTTLED_SHARE: f64 = 0.25;
@@ -127,6 +137,9 @@ pub struct Store {
     tracked: HashMap<Identity, Tracked>,
     /// OOM kills seen before their cgroup was discovered.
     oom_by_cgroup_id: HashMap<u64, u64>,
+    /// v2 cgroup ids of containers first met through an OOM kill (never discovered: they came
+    /// and went between collections), so that the probes' CPU of their processes lands there.
+    oom_only_ids: HashMap<u64, Identity>,
     requests: RequestStore,
     event_ids: EventIds,
     gpu: gpu::GpuStore,
@@ -145,6 +158,7 @@ impl Store {
         Store {
             tracked: HashMap::new(),
             oom_by_cgroup_id: HashMap::new(),
+            oom_only_ids: HashMap::new(),
             requests: RequestStore::new(config.requests.clone()),
             event_ids: EventIds::new(),
             gpu: gpu::GpuStore::default(),
@@ -191,21 +205,42 @@ impl Store {
     }
 
     fn apply_oom(&mut self, kill: &OomKill, resolver: &mut impl Resolve) {
-        if kill.victim_is_current {
-            match resolver.by_cgroup_id(kill.current_cgroup_id).and_then(|id| self.tracked.get_mut(&id)) {
-                Some(tracked) => tracked.oom_kills += 1,
-                None => *self.oom_by_cgroup_id.entry(kill.current_cgroup_id).or_default() += 1,
+        let by_id = kill.victim_is_current.then(|| resolver.by_cgroup_id(kill.current_cgroup_id)).flatten();
+        let by_path = || {
+            let cgroups = kill.victim_cgroups.as_ref()?;
+            let identity = resolver.by_paths(cgroups)?;
+            let path = cgroups.paths().find(|p| crate::identity::identify(p) == identity)?.to_owned();
+            Some((identity, path))
+        };
+        let found = match by_id {
+            Some(identity) => Some((identity, None)),
+            None => by_path().map(|(identity, path)| (identity, Some(path))),
+        };
+        let found = found.or_else(|| {
+            if kill.victim_is_current {
+                return None;
+            }
+            resolver.by_tgid(kill.victim_tgid).map(|identity| (identity, None))
+        });
+        let Some((identity, path)) = found else {
+            if kill.victim_is_current {
+                // Its cgroup may be discovered by the next fold.
+                *self.oom_by_cgroup_id.entry(kill.current_cgroup_id).or_default() += 1;
+            } else {
+                EventsDropped { reason: DropReason::OomVictimUnattributed, count: 1 }.emit(&self.telemetry);
             }
             return;
-        }
-        let identity = kill
-            .victim_cgroups
-            .as_ref()
-            .and_then(|cgroups| resolver.by_paths(cgroups))
-            .or_else(|| resolver.by_tgid(kill.victim_tgid));
-        match identity.and_then(|id| self.tracked.get_mut(&id)) {
-            Some(tracked) => tracked.oom_kills += 1,
-            None => EventsDropped { reason: DropReason::OomVictimUnattributed, count: 1 }.emit(&self.telemetry),
+        };
+        // A container not tracked yet (it may be gone by the fold) is tracked from its kill on.
+        let tracked = self.tracked.entry(identity.clone()).or_default();
+        tracked.oom_kills += 1;
+        if tracked.cgroup.is_empty()
+            && let Some(path) = path
+        {
+            tracked.cgroup = path;
+            if kill.victim_is_current {
+                self.oom_only_ids.insert(kill.current_cgroup_id, identity);
+            }
         }
     }
 
@@ -258,9 +293,28 @@ impl Store {
         // Forget cgroups the resolver no longer knows, or that vanished since.
         let present: HashMap<&Identity, &CgroupReading> =
             readings.cgroups.iter().filter(|c| c.read != CgroupRead::Gone).map(|c| (&c.identity, c)).collect();
-        self.tracked.retain(|identity, _| present.contains_key(identity));
-        for identity in present.keys() {
-            self.tracked.entry((*identity).clone()).or_default();
+        let oom_from_probe = readings.probes.as_ref().is_some_and(|p| p.has_oom_probe);
+        // A gone container lingers while it has an OOM kill to report (see OOM_LINGER).
+        self.tracked.retain(|identity, tracked| {
+            if present.contains_key(identity) {
+                return true;
+            }
+            match tracked.departed_at {
+                Some(at) => taken_at.duration_since(at).unwrap_or_default() < OOM_LINGER,
+                None if oom_from_probe && tracked.oom_kills > tracked.oom_kills_announced => {
+                    tracked.departed_at = Some(taken_at);
+                    true
+                }
+                None => false,
+            }
+        });
+        let tracked = &self.tracked;
+        self.oom_only_ids.retain(|_, identity| tracked.contains_key(identity));
+        for (identity, reading) in &present {
+            let tracked = self.tracked.entry((*identity).clone()).or_default();
+            if tracked.cgroup.is_empty() {
+                tracked.cgroup = reading.path.clone();
+            }
         }
         // OOM kills that arrived before their cgroup was known.
         for (id, kills) in std::mem::take(&mut self.oom_by_cgroup_id) {
@@ -286,8 +340,7 @@ impl Store {
                 (live, self.last_unattributed_live_ns)
             }
         };
-        let oom_from_probe = readings.probes.as_ref().is_some_and(|p| p.has_oom_probe);
-        let mut containers = Vec::with_capacity(present.len());
+        let mut containers = Vec::with_capacity(self.tracked.len());
         for (identity, reading) in &present {
             let Some(tracked) = self.tracked.get_mut(*identity) else { continue };
             let stats = match reading.read {
@@ -344,8 +397,33 @@ impl Store {
                 pod_ready: pod.as_ref().and_then(|p| p.ready),
             });
         }
+        // Containers gone since, lingering with an OOM kill: their last CPU figure and the kills.
+        let mut departed = HashMap::new();
+        for (identity, tracked) in self.tracked.iter_mut().filter(|(_, t)| t.departed_at.is_some()) {
+            let mut total = tracked.retired;
+            if let Some(value) = live.get(identity) {
+                kernel::add_task_cpu(&mut total, value);
+            }
+            let estimate = (total.on_cpu_ns as i64).saturating_add(tracked.cpu_offset_ns.unwrap_or(0)).max(0) as u64;
+            tracked.last_cpu_ns = tracked.last_cpu_ns.max(estimate);
+            let pod = match resolver.pod(identity) {
+                PodLookup::Known(meta) => Some(meta),
+                PodLookup::Deleted | PodLookup::Unknown => None,
+            };
+            containers.push(ContainerRow {
+                attributes: identity_attributes(identity, pod.as_deref(), None),
+                cgroup: tracked.cgroup.clone(),
+                cpu_seconds: tracked.last_cpu_ns as f64 / 1e9,
+                runqueue_delay: None,
+                throttling: None,
+                memory: None,
+                oom_kills: tracked.oom_kills,
+                pod_ready: None,
+            });
+            departed.insert(tracked.cgroup.clone(), identity.clone());
+        }
         containers.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
-        self.container_events(&present, &containers, taken_at);
+        self.container_events(&present, &departed, &containers, taken_at);
         let requests = self.request_rows(resolver);
         self.gpu.retain(|identity| self.tracked.contains_key(identity));
         let gpus = self.gpu.device_rows();
@@ -445,6 +523,7 @@ impl Store {
     fn container_events(
         &mut self,
         present: &HashMap<&Identity, &CgroupReading>,
+        departed: &HashMap<String, Identity>,
         rows: &[ContainerRow],
         now: SystemTime,
     ) {
@@ -466,7 +545,8 @@ impl Store {
                 let version = attributes::get(&row.attributes, Attr::ModelVersion).unwrap_or_default();
                 models.insert((model.to_owned(), version.to_owned()));
             }
-            let Some(tracked) = by_cgroup.get(row.cgroup.as_str()).and_then(|id| self.tracked.get_mut(*id)) else {
+            let identity = by_cgroup.get(row.cgroup.as_str()).copied().or_else(|| departed.get(&row.cgroup));
+            let Some(tracked) = identity.and_then(|id| self.tracked.get_mut(id)) else {
                 continue;
             };
             let new_kills = row.oom_kills.saturating_sub(tracked.oom_kills_announced);
@@ -538,7 +618,10 @@ impl Store {
         let mut live: HashMap<Identity, TaskCpu> = HashMap::new();
         let mut unattributed = 0;
         for entry in entries {
-            let identity = resolver.by_cgroup_id(entry.cgroup_id).or_else(|| resolver.by_tgid(entry.tgid));
+            let identity = resolver
+                .by_cgroup_id(entry.cgroup_id)
+                .or_else(|| self.oom_only_ids.get(&entry.cgroup_id).cloned())
+                .or_else(|| resolver.by_tgid(entry.tgid));
             let tracked = identity.as_ref().and_then(|i| self.tracked.get_mut(i));
             match (entry.alive, tracked) {
                 (true, Some(_)) => kernel::add_task_cpu(

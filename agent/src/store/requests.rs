@@ -33,10 +33,12 @@ const FINE_PER_OCTAVE: f64 = 64.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchSet {
-    /// Pods that have a model when the Kubernetes API is configured; every pod container otherwise.
+    /// Pods that have a model when the Kubernetes API is configured; every container otherwise.
     Auto,
     /// Every pod container.
     Pods,
+    /// Every container: pod containers and the runtimes' own (docker, podman) outside pods.
+    Containers,
     /// Pods with a model (from the Kubernetes API).
     Models,
     /// Every process on the machine but the agent (standalone use).

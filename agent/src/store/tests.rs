@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::*;
@@ -320,6 +320,70 @@ fn oom_kills_land_in_their_container_or_are_counted() {
     let second = store.fold(with_probes, &mut resolver, SystemTime::now());
     assert_eq!(second.containers[0].oom_kills, 2);
     assert_eq!(telemetry.dropped_for(DropReason::OomVictimUnattributed), 1);
+}
+
+#[test]
+fn a_container_killed_and_removed_between_collections_keeps_its_kill_for_a_while() {
+    let (mut store, _) = store();
+    let with_probes = |cgroups: &[(Identity, String, CgroupRead)], entries: Vec<CpuEntry>| {
+        let mut readings = readings(cgroups, Some(Ok(entries)));
+        readings.probes = Some(ProbeHealth { has_oom_probe: true, family: "tracepoint", ..ProbeHealth::default() });
+        readings
+    };
+    let oom_rows = |snapshot: &Snapshot| -> Vec<(String, u64, f64)> {
+        let mut rows: Vec<_> = snapshot
+            .containers
+            .iter()
+            .map(|c| {
+                (attributes::get(&c.attributes, Attr::ContainerId).unwrap_or("").to_owned(), c.oom_kills, c.cpu_seconds)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    };
+    let (known, known_path) = container(9);
+    let (unseen, unseen_path) = container(10);
+    let mut resolver = FakeResolver::default();
+    resolver.cgroups.insert(90, known.clone());
+    let start = SystemTime::now();
+    store.fold(with_probes(&[(known.clone(), known_path.clone(), stats(Some(0)))], vec![]), &mut resolver, start);
+    // The known container's process kills itself and its runtime removes the cgroup; another
+    // container is created, killed and removed before any discovery (its id unknown, its path
+    // read from /proc while it was being killed).
+    store.apply(
+        Observation::OomKill(Box::new(OomKill {
+            victim_tgid: 5,
+            current_cgroup_id: 90,
+            victim_is_current: true,
+            victim_cgroups: None,
+        })),
+        &mut resolver,
+        Instant::now(),
+        &mut Vec::new(),
+    );
+    resolver.cgroups.clear();
+    let unseen_kill = OomKill {
+        victim_tgid: 6,
+        current_cgroup_id: 100,
+        victim_is_current: true,
+        victim_cgroups: Some(ProcCgroups { v2: Some(unseen_path), ..ProcCgroups::default() }),
+    };
+    store.apply(Observation::OomKill(Box::new(unseen_kill)), &mut resolver, Instant::now(), &mut Vec::new());
+    // Both report their kill, with the CPU their processes had (the unseen one's by its id).
+    let later = start + Duration::from_secs(1);
+    let gone = store.fold(with_probes(&[], vec![entry(100, 6, 250_000_000, false)]), &mut resolver, later);
+    let (known_id, unseen_id) = (known.container_id().unwrap(), unseen.container_id().unwrap());
+    assert_eq!(oom_rows(&gone), [(known_id.to_owned(), 1, 0.0), (unseen_id.to_owned(), 1, 0.25)]);
+    assert!(gone.containers.iter().all(|c| c.memory.is_none()), "no memory for a gone cgroup");
+    let events = store.take_events();
+    let kills: Vec<_> = events.iter().filter(|e| e.name == EventName::OomKill).collect();
+    assert_eq!(kills.len(), 2, "{events:?}");
+    // They stay for OOM_LINGER, then go; the kill is announced once.
+    let still = store.fold(with_probes(&[], vec![]), &mut resolver, later + OOM_LINGER - Duration::from_secs(1));
+    assert_eq!(oom_rows(&still).len(), 2);
+    assert!(store.take_events().iter().all(|e| e.name != EventName::OomKill));
+    let after = store.fold(with_probes(&[], vec![]), &mut resolver, later + OOM_LINGER);
+    assert!(after.containers.is_empty(), "{:?}", oom_rows(&after));
 }
 
 #[test]
