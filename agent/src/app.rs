@@ -354,7 +354,11 @@ fn load_probes(config: &Config) -> Result<Option<Probes>, RunError> {
         )));
     }
     raise_memlock();
-    let probes = Probes::load(&config.probes).context("loading the eBPF probes").map_err(RunError::Usage)?;
+    // Attached syscall probes cost every process on the node (each hooked syscall then takes the
+    // kernel's tracing path), so with nothing to watch they stay off.
+    let mut probes_config = config.probes.clone();
+    probes_config.request_tracing &= config.requests.watch != crate::store::requests::WatchSet::None;
+    let probes = Probes::load(&probes_config).context("loading the eBPF probes").map_err(RunError::Usage)?;
     tracing::info!(family = probes.family().as_str(), programs = probes.attached().len(), "Probes attached");
     Ok(Some(probes))
 }

@@ -57,6 +57,24 @@ fn assert_syscall_hooks(agent: &Agent, exit_only: bool) {
 }
 
 #[test]
+fn watching_nothing_attaches_no_syscall_probe() {
+    require_root();
+    // Each attached syscall probe sends every process's syscalls through the kernel's tracing
+    // path: with `requests.watch: none` there must be none, while the scheduler probes run.
+    let agent = Agent::start(agent_config!("requests:\n  watch: none\n"));
+    let probes: Vec<String> = wait_for(Duration::from_secs(20), "the probes' figures", || {
+        let metrics = agent.metrics();
+        let probes: Vec<String> =
+            metrics.select("modelmeter_probe_runs_total", &[]).map(|s| s.labels["probe"].clone()).collect();
+        probes.iter().any(|p| p.starts_with("sched_switch")).then_some(probes)
+    });
+    let syscall_probes: Vec<&String> =
+        probes.iter().filter(|p| p.starts_with("exit_") || p.starts_with("pair_") || p.starts_with("enter_")).collect();
+    assert!(syscall_probes.is_empty(), "attached with nothing to watch: {syscall_probes:?}");
+    assert_eq!(agent.metrics().get("modelmeter_http_watched_cgroups", &[]), None, "{probes:?}");
+}
+
+#[test]
 fn latency_per_route_matches_the_servers_own_figures() {
     latency_per_route(301, AGENT_CONFIG);
 }
