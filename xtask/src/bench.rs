@@ -411,6 +411,62 @@ fn interleaved_pairs(port: u16, path: &'static str, rounds: usize, load: Duratio
     Ok(pairs)
 }
 
+/// Medians of (a)'s ratio with the agent's scheduler probes alone (`requests.watch: none`) and
+/// with its request probes attached but watching nothing (`models` without the Kubernetes API):
+/// what the kernel's syscall tracing path costs before any request is followed.
+fn floor_pairs(port: u16, rounds: usize, load: Duration) -> anyhow::Result<(f64, f64)> {
+    let (mut sched_only, mut unwatched) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let bare = drive(port, "/item", 4, load, None).requests.max(1) as f64;
+        for (ratios, watch) in [(&mut sched_only, "none"), (&mut unwatched, "models")] {
+            let agent = Agent::start(&format!(
+                "min_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  bpf_stats: false\nrequests:\n  watch: {watch}\n"
+            ));
+            std::thread::sleep(Duration::from_secs(2));
+            ratios.push(drive(port, "/item", 4, load, None).requests as f64 / bare);
+            drop(agent);
+        }
+    }
+    Ok((median(&mut sched_only), median(&mut unwatched)))
+}
+
+/// Wall-clock ns per syscall of this (unwatched) process over about `syscalls` of them on a file: half
+/// reads and writes (hooked), half lseeks (not).
+fn file_syscall_ns(file: &mut std::fs::File, syscalls: u64) -> anyhow::Result<f64> {
+    use std::io::Seek;
+    let block = [7u8; 4096];
+    let mut read_back = [0u8; 4096];
+    let started = Instant::now();
+    let rounds = syscalls / 4;
+    for _ in 0..rounds {
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.write_all(&block)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.read_exact(&mut read_back)?;
+    }
+    Ok(started.elapsed().as_nanos() as f64 / (rounds * 4) as f64)
+}
+
+/// (d) by the clock: an unwatched process's read/write with and without the agent, interleaved;
+/// beyond the probe's own run (bpf_stats), each hooked syscall takes the kernel's tracing path.
+fn unwatched_wall_cost(file: &mut std::fs::File) -> anyhow::Result<()> {
+    const SYSCALLS: u64 = 200_000;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        without.push(file_syscall_ns(file, SYSCALLS)?);
+        let agent = traced_agent(false, false);
+        with.push(file_syscall_ns(file, SYSCALLS)?);
+        drop(agent);
+    }
+    let (without, with) = (median(&mut without), median(&mut with));
+    println!(
+        "    by the clock (read/write/lseek loop, medians of 5 pairs): {without:.0} ns per syscall without the agent, \
+         {with:.0} ns with it (+{:.0} ns)",
+        with - without
+    );
+    Ok(())
+}
+
 /// The request probes' run time per request, from bpf_stats, under the load of (a).
 fn probe_ns_per_request(port: u16, load: Duration) -> f64 {
     let agent = traced_agent(false, true);
@@ -448,6 +504,12 @@ fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
         median(&mut at_once.ratios.clone()),
         at_once.ratios
     );
+    // Where (a)'s cost lies: the same pairs with parts of the agent only.
+    let floor = floor_pairs(server.port, ROUNDS, load)?;
+    println!(
+        "    floor: scheduler probes alone {:.3}; request probes attached but nothing watched {:.3} (medians, same pairs)",
+        floor.0, floor.1
+    );
     // (b) A 2 ms handler: what a model server's requests look like.
     let mut handler = interleaved_pairs(server.port, "/fast", ROUNDS, load)?;
     println!(
@@ -482,18 +544,8 @@ fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
         ["exit_read", "exit_write", "pair_enter_read", "pair_exit_read", "pair_enter_write", "pair_exit_write"];
     let raw = ["calibrate_raw_sys_enter", "calibrate_raw_sys_exit"];
     let before = probe_stats(&agent.metrics());
-    let block = [7u8; 4096];
-    let mut read_back = [0u8; 4096];
     let syscalls = 200_000u64;
-    for i in 0..syscalls / 2 {
-        if i % 2 == 0 {
-            file.write_all(&block)?;
-        } else {
-            use std::io::Seek;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            file.read_exact(&mut read_back)?;
-        }
-    }
+    file_syscall_ns(&mut file, syscalls)?;
     let after = probe_stats(&agent.metrics());
     let (time, runs) = probe_delta(&before, &after, &file_probes);
     println!(
@@ -506,6 +558,9 @@ fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
         "    raw_tracepoint sys_enter/sys_exit alternative over the same time: {} — on every syscall of every process",
         per_run(raw_time, raw_runs)
     );
+    drop(agent);
+    unwatched_wall_cost(&mut file)?;
+    let agent = traced_agent(true, true);
 
     let before = probe_stats(&agent.metrics());
     let requests = drive(port, "/item", 4, load, None).requests.max(1) as f64;
