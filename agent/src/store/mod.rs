@@ -137,9 +137,10 @@ pub struct Store {
     tracked: HashMap<Identity, Tracked>,
     /// OOM kills seen before their cgroup was discovered.
     oom_by_cgroup_id: HashMap<u64, u64>,
-    /// v2 cgroup ids of containers first met through an OOM kill (never discovered: they came
-    /// and went between collections), so that the probes' CPU of their processes lands there.
-    oom_only_ids: HashMap<u64, Identity>,
+    /// v2 cgroup ids of containers with an OOM kill, kept while they are tracked: the resolver
+    /// forgets a gone cgroup (or never saw one that came and went between collections), and the
+    /// probes' CPU of its processes must still land there.
+    oom_victim_ids: HashMap<u64, Identity>,
     requests: RequestStore,
     event_ids: EventIds,
     gpu: gpu::GpuStore,
@@ -158,7 +159,7 @@ impl Store {
         Store {
             tracked: HashMap::new(),
             oom_by_cgroup_id: HashMap::new(),
-            oom_only_ids: HashMap::new(),
+            oom_victim_ids: HashMap::new(),
             requests: RequestStore::new(config.requests.clone()),
             event_ids: EventIds::new(),
             gpu: gpu::GpuStore::default(),
@@ -205,24 +206,14 @@ impl Store {
     }
 
     fn apply_oom(&mut self, kill: &OomKill, resolver: &mut impl Resolve) {
-        let by_id = kill.victim_is_current.then(|| resolver.by_cgroup_id(kill.current_cgroup_id)).flatten();
-        let by_path = || {
-            let cgroups = kill.victim_cgroups.as_ref()?;
-            let identity = resolver.by_paths(cgroups)?;
-            let path = cgroups.paths().find(|p| crate::identity::identify(p) == identity)?.to_owned();
-            Some((identity, path))
-        };
-        let found = match by_id {
-            Some(identity) => Some((identity, None)),
-            None => by_path().map(|(identity, path)| (identity, Some(path))),
-        };
-        let found = found.or_else(|| {
-            if kill.victim_is_current {
-                return None;
-            }
-            resolver.by_tgid(kill.victim_tgid).map(|identity| (identity, None))
-        });
-        let Some((identity, path)) = found else {
+        let victim_cgroups = kill.victim_cgroups.as_ref();
+        let found = kill
+            .victim_is_current
+            .then(|| resolver.by_cgroup_id(kill.current_cgroup_id))
+            .flatten()
+            .or_else(|| victim_cgroups.and_then(|cgroups| resolver.by_paths(cgroups)))
+            .or_else(|| if kill.victim_is_current { None } else { resolver.by_tgid(kill.victim_tgid) });
+        let Some(identity) = found else {
             if kill.victim_is_current {
                 // Its cgroup may be discovered by the next fold.
                 *self.oom_by_cgroup_id.entry(kill.current_cgroup_id).or_default() += 1;
@@ -231,16 +222,18 @@ impl Store {
             }
             return;
         };
-        // A container not tracked yet (it may be gone by the fold) is tracked from its kill on.
+        // A container not tracked yet (it may be gone by the fold) is tracked from its kill on,
+        // with the cgroup path read as its process died.
         let tracked = self.tracked.entry(identity.clone()).or_default();
         tracked.oom_kills += 1;
         if tracked.cgroup.is_empty()
-            && let Some(path) = path
+            && let Some(path) =
+                victim_cgroups.and_then(|c| c.paths().find(|p| crate::identity::identify(p) == identity))
         {
-            tracked.cgroup = path;
-            if kill.victim_is_current {
-                self.oom_only_ids.insert(kill.current_cgroup_id, identity);
-            }
+            tracked.cgroup = path.to_owned();
+        }
+        if kill.victim_is_current {
+            self.oom_victim_ids.insert(kill.current_cgroup_id, identity);
         }
     }
 
@@ -297,6 +290,7 @@ impl Store {
         // A gone container lingers while it has an OOM kill to report (see OOM_LINGER).
         self.tracked.retain(|identity, tracked| {
             if present.contains_key(identity) {
+                tracked.departed_at = None;
                 return true;
             }
             match tracked.departed_at {
@@ -309,7 +303,7 @@ impl Store {
             }
         });
         let tracked = &self.tracked;
-        self.oom_only_ids.retain(|_, identity| tracked.contains_key(identity));
+        self.oom_victim_ids.retain(|_, identity| tracked.contains_key(identity));
         for (identity, reading) in &present {
             let tracked = self.tracked.entry((*identity).clone()).or_default();
             if tracked.cgroup.is_empty() {
@@ -620,7 +614,7 @@ impl Store {
         for entry in entries {
             let identity = resolver
                 .by_cgroup_id(entry.cgroup_id)
-                .or_else(|| self.oom_only_ids.get(&entry.cgroup_id).cloned())
+                .or_else(|| self.oom_victim_ids.get(&entry.cgroup_id).cloned())
                 .or_else(|| resolver.by_tgid(entry.tgid));
             let tracked = identity.as_ref().and_then(|i| self.tracked.get_mut(i));
             match (entry.alive, tracked) {
