@@ -146,8 +146,19 @@ fn exit_line(line: &str) -> bool {
     line.contains("top-exit=") && !line.contains("echo")
 }
 
+/// Rows of named models: not the groups of what no model names, `(no model)` (systemd units and
+/// pods of the machine itself) and `(other processes)`.
+fn named_model_rows(screen: &str) -> Vec<&str> {
+    table_rows(screen)
+        .into_iter()
+        .filter(|l| {
+            (l.starts_with('▾') || l.starts_with('▸')) && !l.split_whitespace().nth(1).unwrap_or("(").starts_with('(')
+        })
+        .collect()
+}
+
 fn first_model_row(screen: &str) -> String {
-    table_rows(screen).into_iter().find(|l| l.starts_with('▾') || l.starts_with('▸')).unwrap_or_default().to_owned()
+    named_model_rows(screen).first().copied().unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -249,9 +260,8 @@ fn top_shows_the_pods_sorts_filters_and_quits_cleanly_in_a_real_terminal() {
     // `n` sorts by name: chat:1, chat:2, embed.
     tmux.press("n");
     let screen = tmux.wait_screen("rows sorted by name", |s| first_model_row(s).contains("chat:1"));
-    let models: Vec<String> = table_rows(&screen)
+    let models: Vec<String> = named_model_rows(&screen)
         .into_iter()
-        .filter(|l| (l.starts_with('▾') || l.starts_with('▸')) && !l.contains("(other processes)"))
         .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
         .collect();
     assert_eq!(models, ["chat:1", "chat:2", "embed"], "{screen}");
