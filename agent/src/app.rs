@@ -597,7 +597,6 @@ fn read_cpu(probes: &mut Probes, proc_root: &std::path::Path, telemetry: &Teleme
     Ok(entries)
 }
 
-/// Reads one cgroup's files; a cgroup whose directory is gone is `Gone`.
 /// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK, often 64 KiB or 8 MiB: the limit is
 /// raised when CAP_SYS_RESOURCE allows (the old-kernel overlay). Later kernels charge the cgroup.
 fn raise_memlock() {
@@ -645,6 +644,7 @@ fn process_reading(identity: &Identity, pid: u32, workload: &ProcessWorkload) ->
     }
 }
 
+/// Reads one cgroup's files; a cgroup whose directory is gone is `Gone`.
 fn read_cgroup(
     layout: &Layout,
     identity: &Identity,

@@ -10,7 +10,7 @@ use modelmeter::{
         model::{Model, ModelRule},
     },
     sinks::prometheus,
-    sources::kubernetes::{PodMeta, WatchStatus},
+    sources::kubernetes::{PodContainerStatus, PodMeta, WatchStatus},
     store::{
         AgentRow, ContainerRow, Histogram, Memory, ProbeRow, RequestRow, Snapshot, Throttling, identity_attributes,
     },
@@ -40,9 +40,9 @@ fn fixed_snapshot() -> Snapshot {
         annotations: Default::default(),
         owner: None,
         qos_class: Some("Burstable".into()),
-        containers: [(CID.to_owned(), "server".to_owned())].into(),
         // The cgroupfs path does not name the runtime; the pod's container status does.
-        runtimes: [(CID.to_owned(), Runtime::Containerd)].into(),
+        containers: [(CID.to_owned(), PodContainerStatus { name: "server".to_owned(), runtime: Runtime::Containerd })]
+            .into(),
         model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
         ready: Some(true),
     };

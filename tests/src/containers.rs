@@ -70,13 +70,7 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd (Debian's, installed by `cargo xtask setup`) and waits for its socket.
     pub fn start() -> Containerd {
-        for tool in ["containerd", "ctr", "runc"] {
-            let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
-            assert!(
-                found.is_ok_and(|o| o.status.success()),
-                "{tool} is missing: `cargo xtask setup` installs Debian's containerd and runc"
-            );
-        }
+        require_tools(&["containerd", "ctr", "runc"], "containerd and runc");
         let dir = tempfile::Builder::new().prefix("mm-containerd-").tempdir().expect("temp dir");
         let root = dir.path();
         let socket = root.join("containerd.sock");
@@ -97,11 +91,12 @@ impl Containerd {
             .spawn()
             .expect("starting containerd");
         let containerd = Containerd { dir, daemon, socket, cgroup_dirs: Default::default() };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !containerd.ctr(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "containerd did not answer within 30 s:\n{}", containerd.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_answering(
+            "containerd",
+            Duration::from_secs(30),
+            || containerd.ctr(&["version"]).status.success(),
+            || containerd.log(),
+        );
         containerd
     }
 
@@ -144,24 +139,21 @@ impl Containerd {
         options: &[String],
         args: &[&str],
     ) -> RealContainer<'_> {
-        self.note_new_cgroup_dirs(cgroup);
-        let rootfs = rootfs.to_string_lossy();
-        let mut ctr_args = vec!["run", "--detach", "--net-host", "--rootfs", "--cgroup", cgroup];
-        ctr_args.extend(options.iter().map(String::as_str));
-        ctr_args.extend([rootfs.as_ref(), id]);
-        ctr_args.extend(args);
-        let output = self.ctr(&ctr_args);
+        let output = self.ctr_run("--detach", id, rootfs, cgroup, options, args);
         assert!(output.status.success(), "ctr run {id}: {}\n{}", String::from_utf8_lossy(&output.stderr), self.log());
         RealContainer { containerd: self, id: id.to_owned() }
     }
-}
 
-impl Containerd {
     /// Runs a container to its end (removed after) and returns its exit status and output.
     pub fn run_to_end(&self, id: &str, rootfs: &Path, cgroup: &str, options: &[String], args: &[&str]) -> Output {
+        self.ctr_run("--rm", id, rootfs, cgroup, options, args)
+    }
+
+    /// `ctr run <mode>` of a container on the host's network, its cgroup noted for removal.
+    fn ctr_run(&self, mode: &str, id: &str, rootfs: &Path, cgroup: &str, options: &[String], args: &[&str]) -> Output {
         self.note_new_cgroup_dirs(cgroup);
         let rootfs = rootfs.to_string_lossy();
-        let mut ctr_args = vec!["run", "--rm", "--net-host", "--rootfs", "--cgroup", cgroup];
+        let mut ctr_args = vec!["run", mode, "--net-host", "--rootfs", "--cgroup", cgroup];
         ctr_args.extend(options.iter().map(String::as_str));
         ctr_args.extend([rootfs.as_ref(), id]);
         ctr_args.extend(args);
@@ -212,11 +204,7 @@ pub struct Docker {
 
 impl Docker {
     pub fn start() -> Docker {
-        let found = Command::new("dockerd").arg("--version").output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "dockerd is missing: `cargo xtask setup` installs Debian's docker.io"
-        );
+        require_tools(&["dockerd"], "docker.io");
         let dir = tempfile::Builder::new().prefix("mm-docker-").tempdir().expect("temp dir");
         let root = dir.path();
         let log = std::fs::File::create(root.join("dockerd.log")).expect("dockerd log");
@@ -237,11 +225,12 @@ impl Docker {
             .spawn()
             .expect("starting dockerd");
         let docker = Docker { dir, daemon, cgroup_dirs: Default::default() };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !docker.docker(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "dockerd did not answer within 60 s:\n{}", docker.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_answering(
+            "dockerd",
+            Duration::from_secs(60),
+            || docker.docker(&["version"]).status.success(),
+            || docker.log(),
+        );
         docker
     }
 
@@ -261,9 +250,7 @@ impl Docker {
 
     /// Imports `rootfs` as the image `name`.
     pub fn import(&self, rootfs: &Path, name: &str) {
-        let tar = self.dir.path().join("rootfs.tar");
-        let status = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().expect("tar");
-        assert!(status.success(), "packing the root filesystem");
+        let tar = pack_root(rootfs, self.dir.path());
         let output = self.docker(&["import", &tar.to_string_lossy(), name]);
         assert!(output.status.success(), "docker import: {}", String::from_utf8_lossy(&output.stderr));
     }
@@ -297,17 +284,50 @@ impl Drop for Docker {
         for id in String::from_utf8_lossy(&listed.stdout).lines() {
             let _ = self.docker(&["rm", "--force", id.trim()]);
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        stop_daemon(&mut self.daemon, Duration::from_secs(20));
         unmount_below(self.dir.path());
         remove_cgroup_dirs(self.cgroup_dirs.take());
     }
+}
+
+/// Fails the test, naming the Debian package, when one of `tools` is not installed.
+fn require_tools(tools: &[&str], package: &str) {
+    for tool in tools {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "{tool} is missing: `cargo xtask setup` installs Debian's {package}"
+        );
+    }
+}
+
+/// Waits until a daemon answers (`answers`), or fails the test with its log after `timeout`.
+fn wait_answering(daemon: &str, timeout: Duration, mut answers: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !answers() {
+        assert!(Instant::now() < deadline, "{daemon} did not answer within {timeout:?}:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Packs the staged root filesystem `rootfs` into `dir/rootfs.tar`, for an image import.
+fn pack_root(rootfs: &Path, dir: &Path) -> PathBuf {
+    let tar = dir.join("rootfs.tar");
+    let status = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().expect("tar");
+    assert!(status.success(), "packing the root filesystem");
+    tar
+}
+
+/// SIGTERM to a daemon we started, SIGKILL after `grace`, and reaped.
+fn stop_daemon(daemon: &mut Child, grace: Duration) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }
 
 /// Unmounts whatever a daemon left mounted below `dir` (overlays, shm), deepest first.
@@ -329,8 +349,7 @@ pub struct Podman {
 impl Podman {
     /// Checks that podman is installed; storage is made on first use.
     pub fn start() -> Podman {
-        let found = Command::new("podman").arg("--version").output();
-        assert!(found.is_ok_and(|o| o.status.success()), "podman is missing: `cargo xtask setup` installs Debian's");
+        require_tools(&["podman"], "podman");
         Podman {
             dir: tempfile::Builder::new().prefix("mm-podman-").tempdir().expect("temp dir"),
             containers: Default::default(),
@@ -351,9 +370,7 @@ impl Podman {
 
     /// Imports `rootfs` as the image `name`.
     pub fn import(&self, rootfs: &Path, name: &str) {
-        let tar = self.dir.path().join("rootfs.tar");
-        let status = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().expect("tar");
-        assert!(status.success(), "packing the root filesystem");
+        let tar = pack_root(rootfs, self.dir.path());
         let output = self.command().arg("import").arg(&tar).arg(name).output().expect("podman import");
         assert!(output.status.success(), "podman import: {}", String::from_utf8_lossy(&output.stderr));
     }
@@ -410,14 +427,7 @@ impl Drop for Containerd {
             remove_container(self, id.trim());
         }
         remove_cgroup_dirs(self.cgroup_dirs.take());
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        stop_daemon(&mut self.daemon, Duration::from_secs(10));
         // containerd mounts its state (shm, rootfs) under the directory: unmount before removal.
         unmount_below(self.dir.path());
     }

@@ -212,17 +212,23 @@ impl CgroupGuard {
 
     /// Starts `mm-workload <args>` inside this cgroup and waits until it says it is ready.
     pub fn spawn_workload(&self, args: &[&str]) -> ChildGuard {
-        let mut command = Command::new(workload_bin());
-        for file in self.procs_files() {
-            command.arg("--join").arg(file);
-        }
-        let mut child = command.args(args).stdout(Stdio::piped()).spawn().expect("starting mm-workload");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reading mm-workload's stdout");
-        assert_eq!(line.trim(), "ready", "mm-workload {args:?} did not start (status {:?})", child.try_wait());
-        ChildGuard(child)
+        spawn_workload_joining(&self.procs_files(), args)
     }
+}
+
+/// Starts `mm-workload <args>` after it joins these `cgroup.procs` files, and waits until it says
+/// it is ready.
+pub fn spawn_workload_joining(procs_files: &[PathBuf], args: &[&str]) -> ChildGuard {
+    let mut command = Command::new(workload_bin());
+    for file in procs_files {
+        command.arg("--join").arg(file);
+    }
+    let mut child = command.args(args).stdout(Stdio::piped()).spawn().expect("starting mm-workload");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("reading mm-workload's stdout");
+    assert_eq!(line.trim(), "ready", "mm-workload {args:?} did not start (status {:?})", child.try_wait());
+    ChildGuard(child)
 }
 
 impl Drop for CgroupGuard {

@@ -231,16 +231,8 @@ fn a_container_at_other_v1_paths_than_its_v2_path_keeps_its_memory() {
     let rel = format!("/kubepods/burstable/pod{uid}/{id}");
     let v2 = CgroupGuard::create_in(&rel, &["v2"]);
     let v1 = CgroupGuard::create_in(&format!("/system.slice/docker.service{rel}"), &["cpu", "cpuacct", "memory"]);
-    let mut command = std::process::Command::new(e2e::workload_bin());
-    for file in v2.procs_files().into_iter().chain(v1.procs_files()) {
-        command.arg("--join").arg(file);
-    }
-    let mut child = command.args(["hold", "64"]).stdout(std::process::Stdio::piped()).spawn().expect("mm-workload");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
-        .expect("reading mm-workload");
-    let _holder = e2e::ChildGuard(child);
-    assert_eq!(line.trim(), "ready");
+    let procs_files: Vec<_> = v2.procs_files().into_iter().chain(v1.procs_files()).collect();
+    let _holder = e2e::spawn_workload_joining(&procs_files, &["hold", "64"]);
     let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\n");
     let labels = [("pod_uid", uid.as_str()), ("container_id", id.as_str())];
     let working_set = wait_for(Duration::from_secs(20), "the container's memory from its v1 paths", || {

@@ -23,6 +23,30 @@ fn own_cpu_seconds(rel: &str) -> f64 {
     usec.trim().parse::<f64>().expect("usage_usec") / 1e6
 }
 
+/// Stages the test workloads (mm-workload, mm-httpd) into a container root filesystem.
+fn stage_workloads(root: &Path) {
+    e2e::containers::stage_root(
+        &[(&workload_bin(), "/mm-workload"), (&workspace_bin("MM_HTTPD_BIN", "mm-httpd"), "/mm-httpd")],
+        root,
+    )
+    .expect("staging the workloads' root filesystem");
+}
+
+/// Over `window`, the agent's CPU figure for `labels` moves with the cgroup `rel`'s own usage
+/// (within 10%), which grows by more than `min_own` seconds (a burner is running).
+fn assert_cpu_follows_cgroup(agent: &Agent, labels: &[(&str, &str)], rel: &str, window: Duration, min_own: f64) {
+    let agent_cpu = || agent.metrics().get(CPU_TIME, labels).expect("the container's CPU series");
+    let (agent_start, own_start) = (agent_cpu(), own_cpu_seconds(rel));
+    std::thread::sleep(window);
+    let (own_end, agent_end) = (own_cpu_seconds(rel), agent_cpu());
+    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
+    assert!(own_delta > min_own, "{rel}: the burner used {own_delta:.2} s of CPU in {window:?}");
+    assert!(
+        (agent_delta - own_delta).abs() <= 0.1 * own_delta,
+        "{rel}: agent {agent_delta:.3} s vs its cgroup {own_delta:.3} s"
+    );
+}
+
 /// The OOM and request checks of a runtime: a container `oom_id` that outgrew its 32 MiB limit
 /// is counted once, and 20 requests to the server whose port is in `port_file` are counted
 /// exactly on their route, both found by their container id.
@@ -55,11 +79,7 @@ fn containerd_containers_get_cpu_memory_oom_and_requests() {
     require_root();
     let containerd = Containerd::start();
     let rootfs = containerd.rootfs_dir("workloads");
-    e2e::containers::stage_root(
-        &[(&workload_bin(), "/mm-workload"), (&workspace_bin("MM_HTTPD_BIN", "mm-httpd"), "/mm-httpd")],
-        &rootfs,
-    )
-    .expect("staging the workloads' root filesystem");
+    stage_workloads(&rootfs);
 
     // Three pods of the kubelet's cgroupfs layout; runc makes each container's own cgroup.
     let (burner_uid, holder_uid, victim_uid, server_uid) = (pod_uid(71), pod_uid(72), pod_uid(73), pod_uid(74));
@@ -97,17 +117,7 @@ fn containerd_containers_get_cpu_memory_oom_and_requests() {
     wait_for(Duration::from_secs(30), "the containers' series", || get(CPU_TIME, &burner_labels));
 
     // CPU: the agent's figure moves with the container cgroup's own over the same window.
-    let agent_start = get(CPU_TIME, &burner_labels).expect("burner CPU");
-    let own_start = own_cpu_seconds(&burner_cgroup);
-    std::thread::sleep(Duration::from_secs(5));
-    let own_end = own_cpu_seconds(&burner_cgroup);
-    let agent_end = get(CPU_TIME, &burner_labels).expect("burner CPU");
-    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
-    assert!(own_delta > 2.0, "the burner used {own_delta:.2} s of CPU in 5 s");
-    assert!(
-        (agent_delta - own_delta).abs() <= 0.1 * own_delta,
-        "burner CPU: agent {agent_delta:.3} s vs its cgroup {own_delta:.3} s"
-    );
+    assert_cpu_follows_cgroup(&agent, &burner_labels, &burner_cgroup, Duration::from_secs(5), 2.0);
     let runtime =
         agent.metrics().select(CPU_TIME, &burner_labels).next().expect("series").labels["container_runtime"].clone();
     assert_eq!(runtime, "unknown", "a cgroupfs id does not say which runtime, and there is no pod watch");
@@ -320,9 +330,7 @@ fn podman_containers_are_attributed_with_their_runtime() {
     require_root();
     let podman = e2e::containers::Podman::start();
     let rootfs = tempfile::tempdir().expect("rootfs dir");
-    let httpd = workspace_bin("MM_HTTPD_BIN", "mm-httpd");
-    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload"), (&httpd, "/mm-httpd")], rootfs.path())
-        .expect("staging");
+    stage_workloads(rootfs.path());
     podman.import(rootfs.path(), "localhost/mm-workloads:test");
     // Without the Kubernetes API, requests of every container are traced by default.
     let agent = Agent::start("interval: 1s\nmin_collect_interval: 0s\nkubernetes:\n  watch: never\n");
@@ -334,17 +342,7 @@ fn podman_containers_are_attributed_with_their_runtime() {
         agent.metrics().get("container_memory_working_set_bytes", &holder_labels).filter(|m| *m >= 60.0 * 1048576.0)
     });
     let cgroup = format!("/libpod_parent/libpod-{burner}");
-    let agent_start = agent.metrics().get(CPU_TIME, &burner_labels).expect("burner CPU");
-    let own_start = own_cpu_seconds(&cgroup);
-    std::thread::sleep(Duration::from_secs(4));
-    let own_end = own_cpu_seconds(&cgroup);
-    let agent_end = agent.metrics().get(CPU_TIME, &burner_labels).expect("burner CPU");
-    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
-    assert!(own_delta > 1.5, "the burner used {own_delta:.2} s of CPU in 4 s");
-    assert!(
-        (agent_delta - own_delta).abs() <= 0.1 * own_delta,
-        "podman burner CPU: agent {agent_delta:.3} s vs its cgroup {own_delta:.3} s"
-    );
+    assert_cpu_follows_cgroup(&agent, &burner_labels, &cgroup, Duration::from_secs(4), 1.5);
     // Only the containers: podman's conmon monitors are not workloads.
     let containers: std::collections::BTreeSet<String> = agent
         .metrics()
@@ -369,9 +367,7 @@ fn docker_containers_standalone_and_under_a_kubelet_parent() {
     require_root();
     let docker = e2e::containers::Docker::start();
     let rootfs = tempfile::tempdir().expect("rootfs dir");
-    let httpd = workspace_bin("MM_HTTPD_BIN", "mm-httpd");
-    e2e::containers::stage_root(&[(&workload_bin(), "/mm-workload"), (&httpd, "/mm-httpd")], rootfs.path())
-        .expect("staging");
+    stage_workloads(rootfs.path());
     docker.import(rootfs.path(), "mm-workloads:test");
     let uid = pod_uid(76);
     let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}"));
@@ -384,17 +380,7 @@ fn docker_containers_standalone_and_under_a_kubelet_parent() {
         agent.metrics().get(CPU_TIME, &standalone_labels).filter(|cpu| *cpu > 0.5)
     });
     let cgroup = format!("/docker/{standalone}");
-    let agent_start = agent.metrics().get(CPU_TIME, &standalone_labels).expect("CPU");
-    let own_start = own_cpu_seconds(&cgroup);
-    std::thread::sleep(Duration::from_secs(4));
-    let own_end = own_cpu_seconds(&cgroup);
-    let agent_end = agent.metrics().get(CPU_TIME, &standalone_labels).expect("CPU");
-    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
-    assert!(own_delta > 1.5, "the burner used {own_delta:.2} s of CPU in 4 s");
-    assert!(
-        (agent_delta - own_delta).abs() <= 0.1 * own_delta,
-        "docker burner CPU: agent {agent_delta:.3} s vs its cgroup {own_delta:.3} s"
-    );
+    assert_cpu_follows_cgroup(&agent, &standalone_labels, &cgroup, Duration::from_secs(4), 1.5);
     // Under a kubelet-style parent the id is bare: the pod's container, runtime unknown (a bare id
     // could be containerd's as well), memory attributed.
     let pod_labels = [("pod_uid", uid.as_str()), ("container_id", in_pod.as_str())];
@@ -427,11 +413,7 @@ fn containerd_containers_at_the_systemd_drivers_paths() {
     // machines, and the agent sees only the paths.
     let containerd = Containerd::start();
     let rootfs = containerd.rootfs_dir("workloads");
-    e2e::containers::stage_root(
-        &[(&workload_bin(), "/mm-workload"), (&workspace_bin("MM_HTTPD_BIN", "mm-httpd"), "/mm-httpd")],
-        &rootfs,
-    )
-    .expect("staging");
+    stage_workloads(&rootfs);
     let uid = pod_uid(77);
     let id = hex_id(77, 64);
     let pod = CgroupGuard::create(e2e::systemd_container_path("burstable", &uid, "").trim_end_matches('/'));
@@ -442,14 +424,7 @@ fn containerd_containers_at_the_systemd_drivers_paths() {
     wait_for(Duration::from_secs(30), "the container at the systemd driver's path", || {
         agent.metrics().get(CPU_TIME, &labels).filter(|cpu| *cpu > 0.5)
     });
-    let agent_start = agent.metrics().get(CPU_TIME, &labels).expect("CPU");
-    let own_start = own_cpu_seconds(&cgroup);
-    std::thread::sleep(Duration::from_secs(4));
-    let own_end = own_cpu_seconds(&cgroup);
-    let agent_end = agent.metrics().get(CPU_TIME, &labels).expect("CPU");
-    let (agent_delta, own_delta) = (agent_end - agent_start, own_end - own_start);
-    assert!(own_delta > 1.5, "the burner used {own_delta:.2} s of CPU in 4 s");
-    assert!((agent_delta - own_delta).abs() <= 0.1 * own_delta, "agent {agent_delta:.3} s vs cgroup {own_delta:.3} s");
+    assert_cpu_follows_cgroup(&agent, &labels, &cgroup, Duration::from_secs(4), 1.5);
     let qos = agent.metrics().select(CPU_TIME, &labels).next().expect("series").labels["qos_class"].clone();
     assert_eq!(qos, "Burstable");
 

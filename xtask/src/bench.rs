@@ -376,10 +376,15 @@ fn median(values: &mut [f64]) -> f64 {
 /// DaemonSet's base has them off (they need CAP_SYS_ADMIN). `MM_SYSCALL_HOOKS` (`exit_only`,
 /// `enter_exit`) benches that way of following syscalls.
 fn traced_agent(calibration: bool, bpf_stats: bool) -> Agent {
+    bench_agent(calibration, bpf_stats, "")
+}
+
+/// [`traced_agent`], followed by `extra` config (top-level keys after `probes`).
+fn bench_agent(calibration: bool, bpf_stats: bool, extra: &str) -> Agent {
     // Only when asked: an older build in MM_AGENT_BIN does not know the setting.
     let hooks = std::env::var("MM_SYSCALL_HOOKS").map(|h| format!("  syscall_hooks: {h}\n")).unwrap_or_default();
     let agent = Agent::start(&format!(
-        "min_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  calibration: {calibration}\n  bpf_stats: {bpf_stats}\n{hooks}"
+        "min_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  calibration: {calibration}\n  bpf_stats: {bpf_stats}\n{hooks}{extra}"
     ));
     // Discovery puts the pod's cgroup in the watched set at the first collection.
     std::thread::sleep(Duration::from_secs(2));
@@ -419,10 +424,7 @@ fn floor_pairs(port: u16, rounds: usize, load: Duration) -> anyhow::Result<(f64,
     for _ in 0..rounds {
         let bare = drive(port, "/item", 4, load, None).requests.max(1) as f64;
         for (ratios, watch) in [(&mut sched_only, "none"), (&mut unwatched, "models")] {
-            let agent = Agent::start(&format!(
-                "min_collect_interval: 0s\nkubernetes:\n  watch: never\nprobes:\n  bpf_stats: false\nrequests:\n  watch: {watch}\n"
-            ));
-            std::thread::sleep(Duration::from_secs(2));
+            let agent = bench_agent(false, false, &format!("requests:\n  watch: {watch}\n"));
             ratios.push(drive(port, "/item", 4, load, None).requests as f64 / bare);
             drop(agent);
         }
@@ -449,7 +451,8 @@ fn file_syscall_ns(file: &mut std::fs::File, syscalls: u64) -> anyhow::Result<f6
 
 /// (d) by the clock: an unwatched process's read/write with and without the agent, interleaved;
 /// beyond the probe's own run (bpf_stats), each hooked syscall takes the kernel's tracing path.
-fn unwatched_wall_cost(file: &mut std::fs::File) -> anyhow::Result<()> {
+/// Medians (without, with), in ns per syscall.
+fn unwatched_wall_cost(file: &mut std::fs::File) -> anyhow::Result<(f64, f64)> {
     const SYSCALLS: u64 = 200_000;
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -458,13 +461,7 @@ fn unwatched_wall_cost(file: &mut std::fs::File) -> anyhow::Result<()> {
         with.push(file_syscall_ns(file, SYSCALLS)?);
         drop(agent);
     }
-    let (without, with) = (median(&mut without), median(&mut with));
-    println!(
-        "    by the clock (read/write/lseek loop, medians of 5 pairs): {without:.0} ns per syscall without the agent, \
-         {with:.0} ns with it (+{:.0} ns)",
-        with - without
-    );
-    Ok(())
+    Ok((median(&mut without), median(&mut with)))
 }
 
 /// The request probes' run time per request, from bpf_stats, under the load of (a).
@@ -507,7 +504,7 @@ fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
     // Where (a)'s cost lies: the same pairs with parts of the agent only.
     let floor = floor_pairs(server.port, ROUNDS, load)?;
     println!(
-        "    floor: scheduler probes alone {:.3}; request probes attached but nothing watched {:.3} (medians, same pairs)",
+        "    floor: scheduler probes alone {:.3}; request probes attached but nothing watched {:.3} (medians of {ROUNDS} interleaved rounds)",
         floor.0, floor.1
     );
     // (b) A 2 ms handler: what a model server's requests look like.
@@ -536,10 +533,12 @@ fn request_tracing(load: Duration, calibrate: bool) -> anyhow::Result<()> {
 
 /// (d) and (e): the calibration programs beside the probes.
 fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
-    let agent = traced_agent(true, true);
     let dir = tempfile_dir()?;
     let path = dir.join("io");
     let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    // By the clock first, with agents of its own: the calibration programs would weigh on it.
+    let (without, with) = unwatched_wall_cost(&mut file)?;
+    let agent = traced_agent(true, true);
     let file_probes =
         ["exit_read", "exit_write", "pair_enter_read", "pair_exit_read", "pair_enter_write", "pair_exit_write"];
     let raw = ["calibrate_raw_sys_enter", "calibrate_raw_sys_exit"];
@@ -558,9 +557,11 @@ fn unwatched_and_floor_costs(port: u16, load: Duration) -> anyhow::Result<()> {
         "    raw_tracepoint sys_enter/sys_exit alternative over the same time: {} — on every syscall of every process",
         per_run(raw_time, raw_runs)
     );
-    drop(agent);
-    unwatched_wall_cost(&mut file)?;
-    let agent = traced_agent(true, true);
+    println!(
+        "    by the clock (read/write/lseek loop, medians of 5 pairs): {without:.0} ns per syscall without the agent, \
+         {with:.0} ns with it (+{:.0} ns)",
+        with - without
+    );
 
     let before = probe_stats(&agent.metrics());
     let requests = drive(port, "/item", 4, load, None).requests.max(1) as f64;

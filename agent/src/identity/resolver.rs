@@ -345,7 +345,6 @@ impl Resolver {
                 owner: None,
                 qos_class: None,
                 containers: Default::default(),
-                runtimes: Default::default(),
                 model: None,
                 ready: None,
             },

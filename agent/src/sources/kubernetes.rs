@@ -110,10 +110,8 @@ pub struct PodMeta {
     pub annotations: BTreeMap<String, String>,
     pub owner: Option<Owner>,
     pub qos_class: Option<String>,
-    /// Container id (without the `containerd://` scheme) → container name.
-    pub containers: HashMap<String, String>,
-    /// Container id → the runtime its scheme names.
-    pub runtimes: HashMap<String, Runtime>,
+    /// Container id (without the `containerd://` scheme) → what its status says.
+    pub containers: HashMap<String, PodContainerStatus>,
     pub model: Option<Model>,
     /// The pod's `Ready` condition; `None` before the kubelet has reported it.
     pub ready: Option<bool>,
@@ -134,7 +132,7 @@ impl PodMeta {
             .map(|o| Owner { kind: o.kind.clone(), name: o.name.clone() });
         let model = model_of(PodFacts { labels: &labels, annotations: &annotations, owner: owner.as_ref() }, models);
         let status = pod.status.as_ref();
-        let statuses: Vec<(String, Runtime, String)> = status
+        let containers = status
             .into_iter()
             .flat_map(|s| {
                 let all = [&s.container_statuses, &s.init_container_statuses, &s.ephemeral_container_statuses];
@@ -142,11 +140,12 @@ impl PodMeta {
             })
             .filter_map(|c| {
                 let (scheme, id) = split_runtime_scheme(c.container_id.as_deref()?)?;
-                Some((id.to_owned(), Runtime::from_scheme(scheme), c.name.clone()))
+                Some((
+                    id.to_owned(),
+                    PodContainerStatus { name: c.name.clone(), runtime: Runtime::from_scheme(scheme) },
+                ))
             })
             .collect();
-        let runtimes = statuses.iter().map(|(id, runtime, _)| (id.clone(), *runtime)).collect();
-        let containers = statuses.into_iter().map(|(id, _, name)| (id, name)).collect();
         Some(PodMeta {
             uid,
             namespace: metadata.namespace.clone().unwrap_or_default(),
@@ -156,7 +155,6 @@ impl PodMeta {
             owner,
             qos_class: status.and_then(|s| s.qos_class.clone()),
             containers,
-            runtimes,
             model,
             ready: status
                 .and_then(|s| s.conditions.as_ref())
@@ -169,6 +167,14 @@ impl PodMeta {
     fn cgroup_uid(pod: &Pod) -> Option<String> {
         pod.metadata.annotations.as_ref()?.get(MIRROR_ANNOTATION).filter(|v| !v.is_empty()).cloned()
     }
+}
+
+/// What a pod's status says of one of its containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodContainerStatus {
+    pub name: String,
+    /// The runtime its id's scheme names.
+    pub runtime: Runtime,
 }
 
 /// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` → (scheme, `<id>`).
@@ -224,6 +230,16 @@ pub enum PodLookup {
     Deleted,
     /// Not (yet) known: attribute by UID.
     Unknown,
+}
+
+impl PodLookup {
+    /// The pod's metadata, when the API server has it.
+    pub fn known(self) -> Option<Arc<PodMeta>> {
+        match self {
+            PodLookup::Known(meta) => Some(meta),
+            PodLookup::Deleted | PodLookup::Unknown => None,
+        }
+    }
 }
 
 impl PodCache {
@@ -612,8 +628,8 @@ mod tests {
         let p = pod("u1", "bert-5d8f-x", &[("pod-template-hash", "5d8f"), ("app.kubernetes.io/name", "bert")], &[]);
         let meta = PodMeta::from_pod(&p, &ModelConfig::default()).unwrap();
         assert_eq!((meta.namespace.as_str(), meta.name.as_str()), ("ml", "bert-5d8f-x"));
-        assert_eq!(meta.containers.get("abc123").map(String::as_str), Some("server"));
-        assert_eq!(meta.runtimes.get("abc123"), Some(&Runtime::Containerd), "from the id's scheme");
+        let status = PodContainerStatus { name: "server".into(), runtime: Runtime::Containerd };
+        assert_eq!(meta.containers.get("abc123"), Some(&status), "the runtime from the id's scheme");
         assert_eq!(meta.qos_class.as_deref(), Some("Burstable"));
         assert_eq!(meta.model.unwrap().name, "bert");
         let mut no_uid = p.clone();

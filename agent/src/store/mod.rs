@@ -123,6 +123,22 @@ struct Tracked {
     departed_at: Option<SystemTime>,
 }
 
+impl Tracked {
+    /// What the probes saw of it: its exited processes' CPU and its live ones'.
+    fn probe_total(&self, live: Option<&TaskCpu>) -> TaskCpu {
+        let mut total = self.retired;
+        if let Some(value) = live {
+            kernel::add_task_cpu(&mut total, value);
+        }
+        total
+    }
+
+    /// Its CPU counter from the probes' total, with the cgroup's life before the agent.
+    fn cpu_from_probes(&self, total: &TaskCpu) -> u64 {
+        (total.on_cpu_ns as i64).saturating_add(self.cpu_offset_ns.unwrap_or(0)).max(0) as u64
+    }
+}
+
 /// How long a container whose process the OOM killer killed keeps its series after its cgroup
 /// goes. Runtimes remove a killed container's cgroup within a second, long before a scrape or a
 /// collection; without this its kill would never reach a sink.
@@ -244,10 +260,7 @@ impl Store {
         resolver: &impl Resolve,
         now: Instant,
     ) -> Option<LogRecord> {
-        let pod = || match resolver.pod(&identity) {
-            PodLookup::Known(meta) => Some(meta),
-            PodLookup::Deleted | PodLookup::Unknown => None,
-        };
+        let pod = || resolver.pod(&identity).known();
         let event = self.requests.record(&identity, || series_budget_of(&identity, pod().as_deref()), exchange, now)?;
         let pod = pod();
         let model = event.model.clone().or_else(|| pod.as_ref()?.model.as_ref().map(|m| m.name.clone()));
@@ -343,10 +356,7 @@ impl Store {
             };
             let usage_ns = stats.and_then(|s| s.cpu.usage_ns);
             let (cpu_ns, runq) = if has_probes {
-                let mut total = tracked.retired;
-                if let Some(value) = live.get(*identity) {
-                    kernel::add_task_cpu(&mut total, value);
-                }
+                let total = tracked.probe_total(live.get(*identity));
                 // The cgroup's life before the agent: its own usage minus what the probes saw.
                 // The files are read after the probe map, so a busy cgroup's usage already holds
                 // time the map did not (a fork storm's map read takes tens of ms): every estimate
@@ -356,8 +366,7 @@ impl Store {
                     let estimate = usage as i64 - total.on_cpu_ns as i64;
                     tracked.cpu_offset_ns = Some(tracked.cpu_offset_ns.map_or(estimate, |o| o.min(estimate)));
                 }
-                let offset = tracked.cpu_offset_ns.unwrap_or(0);
-                ((total.on_cpu_ns as i64).saturating_add(offset).max(0) as u64, Some(total))
+                (tracked.cpu_from_probes(&total), Some(total))
             } else {
                 (usage_ns.unwrap_or(0), None)
             };
@@ -394,16 +403,9 @@ impl Store {
         // Containers gone since, lingering with an OOM kill: their last CPU figure and the kills.
         let mut departed = HashMap::new();
         for (identity, tracked) in self.tracked.iter_mut().filter(|(_, t)| t.departed_at.is_some()) {
-            let mut total = tracked.retired;
-            if let Some(value) = live.get(identity) {
-                kernel::add_task_cpu(&mut total, value);
-            }
-            let estimate = (total.on_cpu_ns as i64).saturating_add(tracked.cpu_offset_ns.unwrap_or(0)).max(0) as u64;
-            tracked.last_cpu_ns = tracked.last_cpu_ns.max(estimate);
-            let pod = match resolver.pod(identity) {
-                PodLookup::Known(meta) => Some(meta),
-                PodLookup::Deleted | PodLookup::Unknown => None,
-            };
+            let total = tracked.probe_total(live.get(identity));
+            tracked.last_cpu_ns = tracked.last_cpu_ns.max(tracked.cpu_from_probes(&total));
+            let pod = resolver.pod(identity).known();
             containers.push(ContainerRow {
                 attributes: identity_attributes(identity, pod.as_deref(), None),
                 cgroup: tracked.cgroup.clone(),
@@ -426,10 +428,7 @@ impl Store {
             .container_rows()
             .into_iter()
             .map(|row| {
-                let pod = match resolver.pod(&row.identity) {
-                    PodLookup::Known(meta) => Some(meta),
-                    PodLookup::Deleted | PodLookup::Unknown => None,
-                };
+                let pod = resolver.pod(&row.identity).known();
                 let mut attributes = identity_attributes(&row.identity, pod.as_deref(), None);
                 attributes.push((Attr::HwId, row.device));
                 GpuUseRow {
@@ -454,10 +453,7 @@ impl Store {
         identities
             .iter()
             .map(|identity| {
-                let pod = match resolver.pod(identity) {
-                    PodLookup::Known(meta) => Some(meta),
-                    PodLookup::Deleted | PodLookup::Unknown => None,
-                };
+                let pod = resolver.pod(identity).known();
                 let mut attributes = identity_attributes(identity, pod.as_deref(), None);
                 attributes.retain(|(_, v)| !v.is_empty());
                 attributes.push((Attr::HwId, on_device.device.clone()));
@@ -779,26 +775,29 @@ pub fn identity_attributes(identity: &Identity, pod: Option<&PodMeta>, model: Op
     let model = model.or_else(|| pod?.model.as_ref().map(|m| (m.name.as_str(), m.version.as_str())));
     let (model_name, model_version) = model.map(|(n, v)| (n.to_owned(), v.to_owned())).unwrap_or_default();
     match identity {
-        Identity::PodContainer { pod_uid, container_id, runtime, qos } => vec![
-            (Attr::Namespace, pod.map(|p| p.namespace.clone()).unwrap_or_default()),
-            (Attr::PodName, pod.map(|p| p.name.clone()).unwrap_or_default()),
-            (Attr::ContainerName, pod.and_then(|p| p.containers.get(&**container_id)).cloned().unwrap_or_default()),
-            (Attr::ModelName, model_name),
-            (Attr::ModelVersion, model_version),
-            (Attr::PodUid, pod_uid.to_string()),
-            (Attr::ContainerId, container_id.to_string()),
-            // A bare cgroupfs id does not say; the pod's container status does.
-            (
-                Attr::ContainerRuntime,
-                match runtime {
-                    Runtime::Unknown => pod.and_then(|p| p.runtimes.get(&**container_id)).copied().unwrap_or(*runtime),
-                    known => *known,
-                }
-                .as_str()
-                .to_owned(),
-            ),
-            (Attr::QosClass, qos.as_str().to_owned()),
-        ],
+        Identity::PodContainer { pod_uid, container_id, runtime, qos } => {
+            let status = pod.and_then(|p| p.containers.get(&**container_id));
+            vec![
+                (Attr::Namespace, pod.map(|p| p.namespace.clone()).unwrap_or_default()),
+                (Attr::PodName, pod.map(|p| p.name.clone()).unwrap_or_default()),
+                (Attr::ContainerName, status.map(|s| s.name.clone()).unwrap_or_default()),
+                (Attr::ModelName, model_name),
+                (Attr::ModelVersion, model_version),
+                (Attr::PodUid, pod_uid.to_string()),
+                (Attr::ContainerId, container_id.to_string()),
+                // A bare cgroupfs id does not say; the pod's container status does.
+                (
+                    Attr::ContainerRuntime,
+                    match runtime {
+                        Runtime::Unknown => status.map_or(*runtime, |s| s.runtime),
+                        known => *known,
+                    }
+                    .as_str()
+                    .to_owned(),
+                ),
+                (Attr::QosClass, qos.as_str().to_owned()),
+            ]
+        }
         Identity::Pod { pod_uid, qos } => {
             vec![(Attr::PodUid, pod_uid.to_string()), (Attr::QosClass, qos.as_str().to_owned())]
         }

@@ -15,6 +15,7 @@ use crate::{
     },
     sources::{
         cgroup::{CgroupStats, CpuStats, MemoryStats},
+        kubernetes::PodContainerStatus,
         procfs::ProcCgroups,
     },
 };
@@ -221,8 +222,12 @@ fn bert_pod(container: &Identity) -> PodMeta {
         annotations: Default::default(),
         owner: None,
         qos_class: None,
-        containers: [(container.container_id().unwrap().to_owned(), "server".to_owned())].into(),
-        runtimes: Default::default(),
+        containers: [(
+            container.container_id().unwrap().to_owned(),
+            // A status without a scheme this agent knows: the cgroup's bare id says no runtime either.
+            PodContainerStatus { name: "server".to_owned(), runtime: Runtime::Unknown },
+        )]
+        .into(),
         model: Some(Model { name: "bert".into(), version: "2".into(), rule: ModelRule::Annotation }),
         ready: Some(true),
     }
@@ -290,6 +295,24 @@ fn request_routes_overflow_to_other_and_vanish_with_their_container() {
     assert!(gone.requests.is_empty(), "a gone container's request series go with it");
 }
 
+/// An OOM kill of process `tgid` by the task in cgroup `current_cgroup_id` (itself when
+/// `victim_is_current`), with the victim's v2 path as read from /proc, if it was still there.
+fn oom_kill(tgid: u32, current_cgroup_id: u64, victim_is_current: bool, victim_path: Option<&str>) -> Observation {
+    Observation::OomKill(Box::new(OomKill {
+        victim_tgid: tgid,
+        current_cgroup_id,
+        victim_is_current,
+        victim_cgroups: victim_path.map(|path| ProcCgroups { v2: Some(path.to_owned()), ..ProcCgroups::default() }),
+    }))
+}
+
+/// Readings with the OOM probe attached and these probe CPU entries.
+fn readings_with_oom_probe(cgroups: &[(Identity, String, CgroupRead)], entries: Vec<CpuEntry>) -> Readings {
+    let mut readings = readings(cgroups, Some(Ok(entries)));
+    readings.probes = Some(ProbeHealth { has_oom_probe: true, family: "tracepoint", ..ProbeHealth::default() });
+    readings
+}
+
 #[test]
 fn oom_kills_land_in_their_container_or_are_counted() {
     let (mut store, telemetry) = store();
@@ -298,25 +321,14 @@ fn oom_kills_land_in_their_container_or_are_counted() {
     resolver.cgroups.insert(80, id.clone());
     let cgroups = [(id.clone(), path.clone(), stats(Some(0)))];
     // Before discovery: kept by cgroup id, applied at the fold.
-    let own_kill = OomKill { victim_tgid: 5, current_cgroup_id: 80, victim_is_current: true, victim_cgroups: None };
-    store.apply(Observation::OomKill(Box::new(own_kill)), &mut resolver, Instant::now(), &mut Vec::new());
-    let mut probes = ProbeHealth { has_oom_probe: true, ..ProbeHealth::default() };
-    probes.family = "tracepoint";
-    let mut with_probes = readings(&cgroups, Some(Ok(Vec::new())));
-    with_probes.probes = Some(probes);
+    store.apply(oom_kill(5, 80, true, None), &mut resolver, Instant::now(), &mut Vec::new());
+    let with_probes = readings_with_oom_probe(&cgroups, Vec::new());
     let first = store.fold(with_probes.clone(), &mut resolver, SystemTime::now());
     assert_eq!(first.containers[0].oom_kills, 1);
     // A victim killed by another task: found by the cgroups read while it was killed.
-    let other = OomKill {
-        victim_tgid: 6,
-        current_cgroup_id: 1,
-        victim_is_current: false,
-        victim_cgroups: Some(ProcCgroups { v2: Some(path), ..ProcCgroups::default() }),
-    };
-    store.apply(Observation::OomKill(Box::new(other)), &mut resolver, Instant::now(), &mut Vec::new());
+    store.apply(oom_kill(6, 1, false, Some(&path)), &mut resolver, Instant::now(), &mut Vec::new());
     // And one that belongs to nothing attributed.
-    let nowhere = OomKill { victim_tgid: 7, current_cgroup_id: 1, victim_is_current: false, victim_cgroups: None };
-    store.apply(Observation::OomKill(Box::new(nowhere)), &mut resolver, Instant::now(), &mut Vec::new());
+    store.apply(oom_kill(7, 1, false, None), &mut resolver, Instant::now(), &mut Vec::new());
     let second = store.fold(with_probes, &mut resolver, SystemTime::now());
     assert_eq!(second.containers[0].oom_kills, 2);
     assert_eq!(telemetry.dropped_for(DropReason::OomVictimUnattributed), 1);
@@ -325,11 +337,7 @@ fn oom_kills_land_in_their_container_or_are_counted() {
 #[test]
 fn a_container_killed_and_removed_between_collections_keeps_its_kill_for_a_while() {
     let (mut store, _) = store();
-    let with_probes = |cgroups: &[(Identity, String, CgroupRead)], entries: Vec<CpuEntry>| {
-        let mut readings = readings(cgroups, Some(Ok(entries)));
-        readings.probes = Some(ProbeHealth { has_oom_probe: true, family: "tracepoint", ..ProbeHealth::default() });
-        readings
-    };
+    let with_probes = readings_with_oom_probe;
     let oom_rows = |snapshot: &Snapshot| -> Vec<(String, u64, f64)> {
         let mut rows: Vec<_> = snapshot
             .containers
@@ -350,25 +358,9 @@ fn a_container_killed_and_removed_between_collections_keeps_its_kill_for_a_while
     // The known container's process kills itself and its runtime removes the cgroup; another
     // container is created, killed and removed before any discovery (its id unknown, its path
     // read from /proc while it was being killed).
-    store.apply(
-        Observation::OomKill(Box::new(OomKill {
-            victim_tgid: 5,
-            current_cgroup_id: 90,
-            victim_is_current: true,
-            victim_cgroups: None,
-        })),
-        &mut resolver,
-        Instant::now(),
-        &mut Vec::new(),
-    );
+    store.apply(oom_kill(5, 90, true, None), &mut resolver, Instant::now(), &mut Vec::new());
     resolver.cgroups.clear();
-    let unseen_kill = OomKill {
-        victim_tgid: 6,
-        current_cgroup_id: 100,
-        victim_is_current: true,
-        victim_cgroups: Some(ProcCgroups { v2: Some(unseen_path), ..ProcCgroups::default() }),
-    };
-    store.apply(Observation::OomKill(Box::new(unseen_kill)), &mut resolver, Instant::now(), &mut Vec::new());
+    store.apply(oom_kill(6, 100, true, Some(&unseen_path)), &mut resolver, Instant::now(), &mut Vec::new());
     // Both report their kill, with the CPU their processes had (the unseen one's by its id).
     let later = start + Duration::from_secs(1);
     let gone = store.fold(with_probes(&[], vec![entry(100, 6, 250_000_000, false)]), &mut resolver, later);
