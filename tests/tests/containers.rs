@@ -74,6 +74,16 @@ fn check_oom_and_requests(agent: &Agent, runtime: &str, oom_id: &str, server_id:
     assert_eq!(count, 20.0, "{runtime}: exactly the requests sent");
 }
 
+/// [`check_oom_and_requests`] for a runtime whose CLI starts containers: `run(options, args)`
+/// starts one (given `--memory` and `--volume` options) and returns its id.
+fn check_oom_and_requests_of(agent: &Agent, runtime: &str, run: impl Fn(&[&str], &[&str]) -> String) {
+    let out = tempfile::tempdir().expect("out dir");
+    let volume = format!("{}:/out", out.path().display());
+    let victim = run(&["--memory", "32m"], &["/mm-workload", "oom", "1024"]);
+    let server = run(&["--volume", &volume], &["/mm-httpd", "/out/port", "/out/stats.json"]);
+    check_oom_and_requests(agent, runtime, &victim, &server, &out.path().join("port"));
+}
+
 #[test]
 fn containerd_containers_get_cpu_memory_oom_and_requests() {
     require_root();
@@ -351,15 +361,9 @@ fn podman_containers_are_attributed_with_their_runtime() {
         .collect();
     assert_eq!(containers, [burner.clone(), holder.clone()].into_iter().collect());
 
-    let out = tempfile::tempdir().expect("out dir");
-    let volume = format!("{}:/out", out.path().display());
-    let victim = podman.run_with("localhost/mm-workloads:test", &["--memory", "32m"], &["/mm-workload", "oom", "1024"]);
-    let server = podman.run_with(
-        "localhost/mm-workloads:test",
-        &["--volume", &volume],
-        &["/mm-httpd", "/out/port", "/out/stats.json"],
-    );
-    check_oom_and_requests(&agent, "podman", &victim, &server, &out.path().join("port"));
+    check_oom_and_requests_of(&agent, "podman", |options, args| {
+        podman.run_with("localhost/mm-workloads:test", options, args)
+    });
 }
 
 #[test]
@@ -391,16 +395,9 @@ fn docker_containers_standalone_and_under_a_kubelet_parent() {
     let series = agent.metrics().select(CPU_TIME, &pod_labels).next().cloned().expect("the pod container's series");
     assert_eq!(series.labels["container_runtime"], "unknown", "not labelled containerd: {:?}", series.labels);
 
-    let out = tempfile::tempdir().expect("out dir");
-    let volume = format!("{}:/out", out.path().display());
-    let victim = docker.run_with("mm-workloads:test", None, &["--memory", "32m"], &["/mm-workload", "oom", "1024"]);
-    let server = docker.run_with(
-        "mm-workloads:test",
-        None,
-        &["--volume", &volume],
-        &["/mm-httpd", "/out/port", "/out/stats.json"],
-    );
-    check_oom_and_requests(&agent, "docker", &victim, &server, &out.path().join("port"));
+    check_oom_and_requests_of(&agent, "docker", |options, args| {
+        docker.run_with("mm-workloads:test", None, options, args)
+    });
     drop(agent);
     drop(docker);
     drop(pod);

@@ -90,6 +90,12 @@ pub trait Resolve {
     fn by_tgid(&mut self, tgid: u32) -> Option<Identity>;
     /// The identity named by a process's cgroup paths, if it is one the agent attributes.
     fn by_paths(&self, cgroups: &ProcCgroups) -> Option<Identity>;
+    /// The attributed cgroup with this v2 id and its path, searched in the hierarchy now (one
+    /// walk): for a rare event in a cgroup made since the last discovery, which may be gone by
+    /// the next.
+    fn find_cgroup_id(&self, _id: u64) -> Option<(Identity, String)> {
+        None
+    }
     /// What the Kubernetes API says of the identity's pod.
     fn pod(&self, identity: &Identity) -> PodLookup;
     /// Whether requests of every process are traced (`requests.watch: all`), so that one outside
@@ -464,6 +470,15 @@ impl Resolve for Resolver {
 
     fn by_paths(&self, cgroups: &ProcCgroups) -> Option<Identity> {
         cgroups.paths().map(identify).find(|identity| self.wanted(identity))
+    }
+
+    fn find_cgroup_id(&self, id: u64) -> Option<(Identity, String)> {
+        let root = self.layout.v2_root()?;
+        walk(root, self.max_depth).ok()?.into_iter().find_map(|path| {
+            let identity = identify(&path);
+            (self.wanted(&identity) && cgroup_id(&root.join(path.trim_start_matches('/'))).ok() == Some(id))
+                .then_some((identity, path))
+        })
     }
 
     fn pod(&self, identity: &Identity) -> PodLookup {

@@ -228,8 +228,16 @@ impl Store {
             .then(|| resolver.by_cgroup_id(kill.current_cgroup_id))
             .flatten()
             .or_else(|| victim_cgroups.and_then(|cgroups| resolver.by_paths(cgroups)))
-            .or_else(|| if kill.victim_is_current { None } else { resolver.by_tgid(kill.victim_tgid) });
-        let Some(identity) = found else {
+            .map(|identity| (identity, None))
+            .or_else(|| {
+                if kill.victim_is_current {
+                    // Reaped before its cgroups were read: its cgroup, if still there, by its id.
+                    resolver.find_cgroup_id(kill.current_cgroup_id).map(|(identity, path)| (identity, Some(path)))
+                } else {
+                    resolver.by_tgid(kill.victim_tgid).map(|identity| (identity, None))
+                }
+            });
+        let Some((identity, found_path)) = found else {
             if kill.victim_is_current {
                 // Its cgroup may be discovered by the next fold.
                 *self.oom_by_cgroup_id.entry(kill.current_cgroup_id).or_default() += 1;
@@ -243,10 +251,13 @@ impl Store {
         let tracked = self.tracked.entry(identity.clone()).or_default();
         tracked.oom_kills += 1;
         if tracked.cgroup.is_empty()
-            && let Some(path) =
-                victim_cgroups.and_then(|c| c.paths().find(|p| crate::identity::identify(p) == identity))
+            && let Some(path) = found_path.or_else(|| {
+                victim_cgroups
+                    .and_then(|c| c.paths().find(|p| crate::identity::identify(p) == identity))
+                    .map(str::to_owned)
+            })
         {
-            tracked.cgroup = path.to_owned();
+            tracked.cgroup = path;
         }
         if kill.victim_is_current {
             self.oom_victim_ids.insert(kill.current_cgroup_id, identity);

@@ -30,6 +30,8 @@ fn container(n: u8) -> (Identity, String) {
 #[derive(Default)]
 struct FakeResolver {
     cgroups: HashMap<u64, Identity>,
+    /// Cgroups in the hierarchy but not discovered yet: found only by a walk.
+    undiscovered: HashMap<u64, (Identity, String)>,
     tgids: HashMap<u32, Identity>,
     pods: HashMap<String, PodLookup>,
 }
@@ -45,6 +47,10 @@ impl Resolve for FakeResolver {
 
     fn by_paths(&self, cgroups: &ProcCgroups) -> Option<Identity> {
         cgroups.paths().map(identify).find(|i| matches!(i, Identity::PodContainer { .. }))
+    }
+
+    fn find_cgroup_id(&self, id: u64) -> Option<(Identity, String)> {
+        self.undiscovered.get(&id).cloned()
     }
 
     fn pod(&self, identity: &Identity) -> PodLookup {
@@ -351,6 +357,7 @@ fn a_container_killed_and_removed_between_collections_keeps_its_kill_for_a_while
     };
     let (known, known_path) = container(9);
     let (unseen, unseen_path) = container(10);
+    let (reaped, reaped_path) = container(11);
     let mut resolver = FakeResolver::default();
     resolver.cgroups.insert(90, known.clone());
     let start = SystemTime::now();
@@ -361,18 +368,21 @@ fn a_container_killed_and_removed_between_collections_keeps_its_kill_for_a_while
     store.apply(oom_kill(5, 90, true, None), &mut resolver, Instant::now(), &mut Vec::new());
     resolver.cgroups.clear();
     store.apply(oom_kill(6, 100, true, Some(&unseen_path)), &mut resolver, Instant::now(), &mut Vec::new());
+    // A third, reaped before /proc was read: its cgroup is still there, found by its id.
+    resolver.undiscovered.insert(110, (reaped.clone(), reaped_path));
+    store.apply(oom_kill(7, 110, true, None), &mut resolver, Instant::now(), &mut Vec::new());
     // Both report their kill, with the CPU their processes had (the unseen one's by its id).
     let later = start + Duration::from_secs(1);
     let gone = store.fold(with_probes(&[], vec![entry(100, 6, 250_000_000, false)]), &mut resolver, later);
-    let (known_id, unseen_id) = (known.container_id().unwrap(), unseen.container_id().unwrap());
-    assert_eq!(oom_rows(&gone), [(known_id.to_owned(), 1, 0.0), (unseen_id.to_owned(), 1, 0.25)]);
+    let ids = [&known, &unseen, &reaped].map(|i| i.container_id().unwrap().to_owned());
+    assert_eq!(oom_rows(&gone), [(ids[0].clone(), 1, 0.0), (ids[1].clone(), 1, 0.25), (ids[2].clone(), 1, 0.0)]);
     assert!(gone.containers.iter().all(|c| c.memory.is_none()), "no memory for a gone cgroup");
     let events = store.take_events();
     let kills: Vec<_> = events.iter().filter(|e| e.name == EventName::OomKill).collect();
-    assert_eq!(kills.len(), 2, "{events:?}");
+    assert_eq!(kills.len(), 3, "{events:?}");
     // They stay for OOM_LINGER, then go; the kill is announced once.
     let still = store.fold(with_probes(&[], vec![]), &mut resolver, later + OOM_LINGER - Duration::from_secs(1));
-    assert_eq!(oom_rows(&still).len(), 2);
+    assert_eq!(oom_rows(&still).len(), 3);
     assert!(store.take_events().iter().all(|e| e.name != EventName::OomKill));
     let after = store.fold(with_probes(&[], vec![]), &mut resolver, later + OOM_LINGER);
     assert!(after.containers.is_empty(), "{:?}", oom_rows(&after));
