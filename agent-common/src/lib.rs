@@ -228,14 +228,16 @@ pub mod traffic {
     const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 24);
 
     /// One request, paired in the kernel: from the first byte of it read to the last byte of its
-    /// response written.
+    /// response written. A ring record holds only what was captured: the header, the request's
+    /// `request_captured` bytes, then the response's `response_captured` bytes. Most records are
+    /// a fifth of the full size, and each byte is written on one CPU and read on another.
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct Completion {
         pub header: CompletionHeader,
-        pub request: [u8; REQUEST_CAPTURE],
-        /// The start of the response body (of its first chunk's data when chunked).
-        pub response: [u8; RESPONSE_CAPTURE],
+        /// The request's first bytes, then at once the start of the response body (of its first
+        /// chunk's data when chunked).
+        pub captured: [u8; REQUEST_CAPTURE + RESPONSE_CAPTURE],
     }
 
     /// A [`Completion`]'s fixed fields: integers only, so any 64 bytes are a valid header.

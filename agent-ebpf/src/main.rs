@@ -730,7 +730,7 @@ fn start_request(
         // byte-wise memmove.
         core::ptr::copy_nonoverlapping(
             (*first_bytes).bytes.as_ptr().cast::<u64>(),
-            c.record.request.as_mut_ptr().cast::<u64>(),
+            c.record.captured.as_mut_ptr().cast::<u64>(),
             REQUEST_CAPTURE / 8,
         );
         c.record.header.request_captured = captured;
@@ -912,7 +912,7 @@ struct Scan {
 
 // `start_request` copies a read's first bytes from here into a completion word by word.
 const _: () =
-    assert!(core::mem::offset_of!(Scan, bytes) % 8 == 0 && core::mem::offset_of!(Completion, request) % 8 == 0);
+    assert!(core::mem::offset_of!(Scan, bytes) % 8 == 0 && core::mem::offset_of!(Completion, captured) % 8 == 0);
 
 /// What `bpf_loop` hands `scan_step`.
 #[repr(C)]
@@ -1195,6 +1195,14 @@ fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64,
     if len > RESPONSE_CAPTURE as u64 {
         len = RESPONSE_CAPTURE as u64;
     }
+    // The response's bytes follow the request's at once, so that the record sent is no longer
+    // than what was captured. The mask bounds the offset for the verifier; the test makes it exact.
+    let at = usize::from(c.record.header.request_captured) & 0x1ff;
+    if at > REQUEST_CAPTURE {
+        return;
+    }
+    // SAFETY: `at` ≤ REQUEST_CAPTURE leaves RESPONSE_CAPTURE bytes of `captured` after it.
+    let response = unsafe { c.record.captured.as_mut_ptr().add(at) };
     if in_scratch && let Some(scan) = SCAN_SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch slot; the helper reads kernel memory and fails cleanly, and
         // writes at most RESPONSE_CAPTURE bytes (the mask bounds it for the verifier).
@@ -1206,7 +1214,7 @@ fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64,
                 if n > 0
                     && n as usize <= RESPONSE_CAPTURE
                     && probe_read_kernel_raw(
-                        c.record.response.as_mut_ptr().cast(),
+                        response.cast(),
                         n,
                         (*scan).bytes.as_ptr().add(at).cast(),
                     ) == 0
@@ -1217,7 +1225,7 @@ fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64,
             }
         }
     }
-    c.record.header.response_captured = copy_user(c.record.response.as_mut_ptr(), RESPONSE_CAPTURE, buf + from, len);
+    c.record.header.response_captured = copy_user(response, RESPONSE_CAPTURE, buf + from, len);
 }
 
 /// Hex digit values; 16 for anything else.
@@ -1341,7 +1349,23 @@ extern "C" fn chunk_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
 /// Sends the connection's request as one completion and makes the connection idle.
 #[inline(always)]
 fn complete(c: &mut Conn) {
-    if DATA_EVENTS.output::<Completion>(&c.record, data_wakeup_flags()).is_err() {
+    // Only the captured bytes go: the masks bound the length for the verifier, the tests make it
+    // exact.
+    let request = usize::from(c.record.header.request_captured) & 0x1ff;
+    let response = usize::from(c.record.header.response_captured) & 0xff;
+    let sent = if request <= REQUEST_CAPTURE && response <= RESPONSE_CAPTURE {
+        // SAFETY: header, request and response bytes all lie within the record.
+        let record = unsafe {
+            core::slice::from_raw_parts(
+                (&c.record as *const Completion).cast::<u8>(),
+                core::mem::size_of::<CompletionHeader>() + request + response,
+            )
+        };
+        DATA_EVENTS.output::<[u8]>(record, data_wakeup_flags())
+    } else {
+        Err(0)
+    };
+    if sent.is_err() {
         count(counters::DATA_RINGBUF_DROPS);
     }
     c.phase = PHASE_IDLE;

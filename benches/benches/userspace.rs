@@ -225,10 +225,8 @@ fn record(kind: u32, timestamp_ns: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn pipeline(c: &mut Criterion) {
-    use agent_common::traffic::{
-        Completion, CompletionHeader, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT, REQUEST_CAPTURE, RESPONSE_CAPTURE,
-    };
-    use modelmeter::sources::payload::Connections;
+    use agent_common::traffic::{CompletionHeader, KIND_COMPLETION, KIND_DATA_IN, KIND_DATA_OUT};
+    use modelmeter::sources::{kernel, payload::Connections};
     let request = record(
         KIND_DATA_IN,
         1_000,
@@ -257,30 +255,20 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 
     // The kernel path: one completion per request, as the probes pair them.
-    let mut completion = Completion {
-        header: CompletionHeader {
-            kind: KIND_COMPLETION,
-            tgid: 42,
-            conn_id: 9,
-            cgroup_id: 1234,
-            start_ns: 1_000,
-            end_ns: 2_000_000,
-            request_bytes: 90,
-            response_bytes: 40,
-            status: 200,
-            ..CompletionHeader::default()
-        },
-        request: [0; REQUEST_CAPTURE],
-        response: [0; RESPONSE_CAPTURE],
+    let header = CompletionHeader {
+        kind: KIND_COMPLETION,
+        tgid: 42,
+        conn_id: 9,
+        cgroup_id: 1234,
+        start_ns: 1_000,
+        end_ns: 2_000_000,
+        request_bytes: 90,
+        response_bytes: 40,
+        status: 200,
+        ..CompletionHeader::default()
     };
     let head = b"POST /v2/models/resnet50/versions/3/infer HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\n{}";
-    completion.request[..head.len()].copy_from_slice(head);
-    completion.header.request_captured = head.len() as u16;
-    // SAFETY: Completion is plain old data.
-    let completion = unsafe {
-        std::slice::from_raw_parts((&completion as *const Completion).cast::<u8>(), std::mem::size_of::<Completion>())
-    }
-    .to_vec();
+    let completion = kernel::encode_completion(header, head, b"");
     let mut group = c.benchmark_group("request pipeline");
     group.throughput(Throughput::Elements(1));
     group.bench_function("kernel path: completion → resolve → histogram, per request", |b| {

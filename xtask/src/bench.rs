@@ -216,7 +216,8 @@ fn sink_queue_memory() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn walk_bytes(dir: &std::path::Path) -> u64 {
+/// Bytes of the files under `dir` (0 when it does not exist).
+pub fn walk_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -287,6 +287,7 @@ Or watch one being measured: `cargo xtask run -- --demo`.
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     require_root("test")?;
+    check_free_disk()?;
     bootstrap::check_xtask_needs_no_ebpf_toolchain()?;
     setup::setup()?;
     cmd("cargo", &["fmt", "--all", "--", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
@@ -302,6 +303,51 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         bail!("{failed} tests failed");
     }
     Ok(())
+}
+
+/// What a run of `cargo xtask test` from a fresh clone leaves in `target/`: the builds (clippy's,
+/// the tests', the demo's release agent), the tests' Python environment, the images it packs.
+const TEST_TARGET_BYTES: u64 = 5 << 30;
+
+/// Fails at once, naming the figures, when the disk cannot hold what the run will build: a full
+/// disk otherwise ends the run midway, in whichever build or test it happens to hit.
+fn check_free_disk() -> anyhow::Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let built = bench::walk_bytes(&target);
+    let free = free_bytes(&target).with_context(|| format!("reading the free space of {}", target.display()))?;
+    let needed = TEST_TARGET_BYTES.saturating_sub(built);
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    println!(
+        "disk: {:.1} GiB free for {}, which holds {:.1} GiB of the {:.1} GiB a run builds",
+        gib(free),
+        target.display(),
+        gib(built),
+        gib(TEST_TARGET_BYTES)
+    );
+    if free < needed {
+        bail!(
+            "{} has {:.1} GiB free and the tests need about {:.1} GiB more there: free some disk, or point CARGO_TARGET_DIR at a larger one",
+            target.display(),
+            gib(free),
+            gib(needed)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path` (or its nearest
+/// existing parent).
+fn free_bytes(path: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value for it to overwrite.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out pointer for the duration of the call.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Runs `cargo test`, passing its output through, and adds up its `test result:` lines.

@@ -254,42 +254,26 @@ impl PayloadSource {
 
 #[cfg(test)]
 mod tests {
-    use agent_common::traffic::{
-        COMPLETION_UNTIL_CLOSE, Completion, CompletionHeader, KIND_COMPLETION, REQUEST_CAPTURE, RESPONSE_CAPTURE,
-    };
+    use agent_common::traffic::{COMPLETION_UNTIL_CLOSE, CompletionHeader, KIND_COMPLETION, REQUEST_CAPTURE};
 
     use super::*;
 
     /// A completion record's bytes, as the probes write it.
     fn completion(request: &[u8], response: &[u8]) -> Vec<u8> {
-        let mut completion = Completion {
-            header: CompletionHeader {
-                kind: KIND_COMPLETION,
-                tgid: 7,
-                conn_id: 9,
-                cgroup_id: 11,
-                start_ns: 1_000,
-                end_ns: 3_000,
-                request_bytes: 4_000,
-                response_bytes: 500,
-                status: 200,
-                flags: COMPLETION_UNTIL_CLOSE,
-                request_captured: request.len() as u16,
-                response_captured: response.len() as u16,
-            },
-            request: [0; REQUEST_CAPTURE],
-            response: [0; RESPONSE_CAPTURE],
+        let header = CompletionHeader {
+            kind: KIND_COMPLETION,
+            tgid: 7,
+            conn_id: 9,
+            cgroup_id: 11,
+            start_ns: 1_000,
+            end_ns: 3_000,
+            request_bytes: 4_000,
+            response_bytes: 500,
+            status: 200,
+            flags: COMPLETION_UNTIL_CLOSE,
+            ..CompletionHeader::default()
         };
-        completion.request[..request.len()].copy_from_slice(request);
-        completion.response[..response.len()].copy_from_slice(response);
-        // SAFETY: Completion is plain old data.
-        unsafe {
-            std::slice::from_raw_parts(
-                (&completion as *const Completion).cast::<u8>(),
-                std::mem::size_of::<Completion>(),
-            )
-        }
-        .to_vec()
+        kernel::encode_completion(header, request, response)
     }
 
     fn exchange(bytes: &[u8]) -> Option<Exchange> {
@@ -346,9 +330,15 @@ mod tests {
         assert_eq!(connections.apply(&bytes, &mut out, &telemetry), Action::None);
         assert!(matches!(&out[..], [Observation::Exchange { cgroup_id: 11, tgid: 7, .. }]));
         assert_eq!(telemetry.paired(), vec![(PairPath::Kernel, 1), (PairPath::Userspace, 0)]);
-        connections.apply(&bytes[..100], &mut out, &telemetry);
+        // Shorter than its header says, or claiming more than the probes capture.
+        connections.apply(&bytes[..bytes.len() - 1], &mut out, &telemetry);
+        let mut claiming = bytes.clone();
+        let at = std::mem::offset_of!(CompletionHeader, request_captured);
+        claiming[at..at + 2].copy_from_slice(&(REQUEST_CAPTURE as u16 + 1).to_ne_bytes());
+        claiming.resize(claiming.len() + REQUEST_CAPTURE, b'x');
+        connections.apply(&claiming, &mut out, &telemetry);
         connections.apply(&[42, 0, 0, 0], &mut out, &telemetry);
         assert_eq!(out.len(), 1);
-        assert_eq!(telemetry.dropped_for(DropReason::MalformedPayload), 2);
+        assert_eq!(telemetry.dropped_for(DropReason::MalformedPayload), 3);
     }
 }

@@ -625,24 +625,37 @@ pub struct CompletionView<'a> {
     pub response: &'a [u8],
 }
 
-/// Decodes one completion record without copying its captures; `None` for a short one.
+/// Decodes one completion record (its header, then the request's and the response's captured
+/// bytes) without copying its captures; `None` for one shorter than its header says, or claiming
+/// more than the probes capture.
 pub fn decode_completion(bytes: &[u8]) -> Option<CompletionView<'_>> {
-    if bytes.len() < std::mem::size_of::<Completion>() {
+    let header_size = std::mem::size_of::<CompletionHeader>();
+    if bytes.len() < header_size {
         return None;
     }
     // SAFETY: `bytes` holds at least a header, which is plain integers (valid for any bytes);
     // the read makes no alignment assumption.
     let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CompletionHeader>()) };
-    let captured = |len: u16, at: usize, size: usize| &bytes[at..at + usize::from(len).min(size)];
-    Some(CompletionView {
-        header,
-        request: captured(header.request_captured, std::mem::offset_of!(Completion, request), traffic::REQUEST_CAPTURE),
-        response: captured(
-            header.response_captured,
-            std::mem::offset_of!(Completion, response),
-            traffic::RESPONSE_CAPTURE,
-        ),
-    })
+    let (request, response) = (usize::from(header.request_captured), usize::from(header.response_captured));
+    if request > traffic::REQUEST_CAPTURE || response > traffic::RESPONSE_CAPTURE {
+        return None;
+    }
+    let captured = bytes.get(header_size..header_size + request + response)?;
+    let (request, response) = captured.split_at(request);
+    Some(CompletionView { header, request, response })
+}
+
+/// A completion record as the probes send it: `header` (whose captured lengths are set from the
+/// slices), then `request`'s bytes, then `response`'s.
+pub fn encode_completion(mut header: CompletionHeader, request: &[u8], response: &[u8]) -> Vec<u8> {
+    header.request_captured = request.len() as u16;
+    header.response_captured = response.len() as u16;
+    let mut record = Completion { header, captured: [0; traffic::REQUEST_CAPTURE + traffic::RESPONSE_CAPTURE] };
+    record.captured[..request.len()].copy_from_slice(request);
+    record.captured[request.len()..request.len() + response.len()].copy_from_slice(response);
+    let size = std::mem::size_of::<CompletionHeader>() + request.len() + response.len();
+    // SAFETY: Completion is plain old data, and `size` is within it.
+    unsafe { std::slice::from_raw_parts((&record as *const Completion).cast::<u8>(), size) }.to_vec()
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
