@@ -960,8 +960,8 @@ extern "C" fn scan_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
         return 1;
     }
     let left = x.readable - x.pos;
-    // The scratch buffer must hold the next 24 bytes, or what is left of the write.
-    let want = if left < 24 { left } else { 24 };
+    // The scratch buffer must hold the next 32 bytes, or what is left of the write.
+    let want = if left < 32 { left } else { 32 };
     if x.pos < x.base || x.pos + want > x.base + x.filled {
         let copied = copy_user(x.bytes.as_mut_ptr(), SCAN_CHUNK, x.buf + x.pos, left);
         if copied == 0 {
@@ -1002,30 +1002,49 @@ extern "C" fn scan_step(_index: u64, context: *mut core::ffi::c_void) -> i64 {
         // Else perhaps a framing field's name split across writes: byte by byte below.
     }
     if c.line_pos != 0 && c.scan_field == SCAN_OTHER {
-        // The rest of a line that does not matter: on to the byte after its LF.
-        let newlines = word(scratch, at) ^ NEWLINES;
-        let mut found = newlines.wrapping_sub(LOW_BITS) & !newlines & HIGH_BITS;
-        if left < 8 {
-            found &= (1u64 << (8 * left)) - 1;
+        // The rest of a line that does not matter: on to the byte after its LF, looking at up to
+        // 32 bytes a step (each step costs more than the words it tests).
+        let mut offset = 0;
+        while offset < 32 {
+            let remaining = left - offset;
+            let newlines = word(scratch, at + offset as usize) ^ NEWLINES;
+            let mut found = newlines.wrapping_sub(LOW_BITS) & !newlines & HIGH_BITS;
+            if remaining < 8 {
+                found &= (1u64 << (8 * remaining)) - 1;
+            }
+            if found != 0 {
+                // The lowest flagged byte is always a real LF.
+                let lowest = found & found.wrapping_neg();
+                x.pos += offset + ((lowest >> 7).wrapping_mul(BYTE_INDEX) >> 56) + 1;
+                c.line_pos = 0;
+                c.scan_index = 0;
+                return 0;
+            }
+            if remaining <= 8 {
+                x.pos += remaining;
+                c.line_pos = c.line_pos.saturating_add(remaining as u16);
+                return 0;
+            }
+            offset += 8;
         }
-        if found == 0 {
-            let step = if left < 8 { left } else { 8 };
-            x.pos += step;
-            c.line_pos = c.line_pos.saturating_add(step as u16);
-            return 0;
-        }
-        // The lowest flagged byte is always a real LF.
-        let lowest = found & found.wrapping_neg();
-        x.pos += ((lowest >> 7).wrapping_mul(BYTE_INDEX) >> 56) + 1;
-        c.line_pos = 0;
-        c.scan_index = 0;
+        x.pos += offset;
+        c.line_pos = c.line_pos.saturating_add(offset as u16);
         return 0;
     }
-    let byte = scratch[at];
-    x.pos += 1;
-    if scan_byte(c, byte) {
-        x.end = x.pos;
-        return 1;
+    // A framing field's value, or a head split across writes: byte by byte, up to 8 a step, and
+    // only to the end of the line, where the next step tests the line's start a word at a time.
+    let mut k: u64 = 0;
+    while k < 8 && k < left {
+        let Some(&byte) = scratch.get(at + k as usize) else { break };
+        x.pos += 1;
+        if scan_byte(c, byte) {
+            x.end = x.pos;
+            return 1;
+        }
+        if byte == b'\n' {
+            break;
+        }
+        k += 1;
     }
     0
 }

@@ -276,12 +276,23 @@ fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
     // A request split into 1-byte writes: one real request.
     let split = send_raw(b"GET /split-request HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", true);
     assert_eq!(split.map(|(status, _)| status), Some(200));
+    // A response whose head goes 3 bytes a write after its status line, its Content-Length split
+    // across writes, on a connection that stays open: counted at its last byte, not at the next
+    // request or the close.
+    let mut dribble = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connecting");
+    dribble.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    dribble.write_all(b"GET /dribble HTTP/1.1\r\nHost: t\r\n\r\n").expect("sending");
+    assert_eq!(read_response(&mut dribble).expect("the dribbled response"), (200, b"dribble\n".to_vec()));
+    wait_for(Duration::from_secs(10), "the dribbled response counted while its connection is open", || {
+        series_of(&agent.snapshot(), &uid).get(&("/dribble".to_owned(), 200)).filter(|s| s["count"] == 1).map(drop)
+    });
+    drop(dribble);
     // 1,000 distinct paths: the route budget (50) holds, the rest go to `_other`.
     let paths: Vec<String> = (0..1000).map(|i| format!("/page{i}x")).collect();
     drive_load(server.port, &paths, 8);
 
     let own: u64 = server.stats().values().map(|t| t.len() as u64).sum();
-    assert_eq!(own, 1001);
+    assert_eq!(own, 1002);
     let series = wait_for(Duration::from_secs(20), "the agent to count the real requests", || {
         let series = series_of(&agent.snapshot(), &uid);
         (total_count(&series) >= own).then_some(series)
@@ -290,9 +301,10 @@ fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
     let series_now = series_of(&agent.snapshot(), &uid);
     assert_eq!(total_count(&series_now), own, "the agent invented or lost requests: {series:?}");
     assert_eq!(series_now[&("/split-request".to_owned(), 200)]["count"], 1);
+    assert_eq!(series_now[&("/dribble".to_owned(), 200)]["count"], 1);
     assert!(series_now.len() <= 51, "route budget exceeded: {} series", series_now.len());
     let other = series_now[&("_other".to_owned(), 200)]["count"].as_u64().expect("_other count");
-    assert_eq!(other, 1000 - 49, "49 page routes fit beside /split-request");
+    assert_eq!(other, 1000 - 48, "48 page routes fit beside /split-request and /dribble");
     let metrics = agent.metrics();
     let overflow: f64 = metrics.select("modelmeter_http_route_overflow_total", &[]).map(|s| s.value).sum();
     assert_eq!(overflow as u64, other);

@@ -120,6 +120,7 @@ fn serve(mut stream: TcpStream, records: &Records) {
             "/fast" => (200, "OK", 2, String::from("fast\n")),
             "/medium" => (404, "Not Found", 20, String::from("medium\n")),
             "/slow" => (500, "Internal Server Error", 200, String::from("slow\n")),
+            "/dribble" => (200, "OK", 0, String::from("dribble\n")),
             _ => (200, "OK", 0, String::from("ok\n")),
         };
         if delay > 0 {
@@ -129,8 +130,20 @@ fn serve(mut stream: TcpStream, records: &Records) {
             "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        if stream.write_all(response.as_bytes()).is_err() {
+        // `/dribble`'s response goes out as its status line, then 3 bytes a write: its framing
+        // field's name and value split across writes.
+        let (first, rest) = match path.as_str() {
+            "/dribble" => response.as_bytes().split_at(response.find('\n').map_or(0, |end| end + 1)),
+            _ => (response.as_bytes(), &[][..]),
+        };
+        if stream.write_all(first).is_err() {
             return;
+        }
+        for bytes in rest.chunks(3) {
+            std::thread::sleep(Duration::from_millis(1));
+            if stream.write_all(bytes).is_err() {
+                return;
+            }
         }
         let took = started.elapsed().as_nanos() as u64;
         records.lock().expect("records").entry((path, status)).or_default().push(took);
