@@ -120,7 +120,7 @@ fn serve(mut stream: TcpStream, records: &Records) {
             "/fast" => (200, "OK", 2, String::from("fast\n")),
             "/medium" => (404, "Not Found", 20, String::from("medium\n")),
             "/slow" => (500, "Internal Server Error", 200, String::from("slow\n")),
-            "/dribble" => (200, "OK", 0, String::from("dribble\n")),
+            "/dribble" | "/stutter" => (200, "OK", 0, String::from("dribble\n")),
             _ => (200, "OK", 0, String::from("ok\n")),
         };
         if delay > 0 {
@@ -131,9 +131,10 @@ fn serve(mut stream: TcpStream, records: &Records) {
             body.len()
         );
         // `/dribble`'s response goes out as its status line, then 3 bytes a write: its framing
-        // field's name and value split across writes.
+        // field's name and value split across writes. `/stutter`'s status line is split too.
         let (first, rest) = match path.as_str() {
             "/dribble" => response.as_bytes().split_at(response.find('\n').map_or(0, |end| end + 1)),
+            "/stutter" => response.as_bytes().split_at(3),
             _ => (response.as_bytes(), &[][..]),
         };
         if stream.write_all(first).is_err() {
