@@ -1216,12 +1216,12 @@ fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64,
     }
     // The response's bytes follow the request's at once, so that the record sent is no longer
     // than what was captured. The mask bounds the offset for the verifier; the test makes it exact.
-    let at = usize::from(c.record.header.request_captured) & 0x1ff;
-    if at > REQUEST_CAPTURE {
+    let request_len = usize::from(c.record.header.request_captured) & 0x1ff;
+    if request_len > REQUEST_CAPTURE {
         return;
     }
-    // SAFETY: `at` ≤ REQUEST_CAPTURE leaves RESPONSE_CAPTURE bytes of `captured` after it.
-    let response = unsafe { c.record.captured.as_mut_ptr().add(at) };
+    // SAFETY: `request_len` ≤ REQUEST_CAPTURE leaves RESPONSE_CAPTURE bytes of `captured` after it.
+    let response = unsafe { c.record.captured.as_mut_ptr().add(request_len) };
     if in_scratch && let Some(scan) = SCAN_SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch slot; the helper reads kernel memory and fails cleanly, and
         // writes at most RESPONSE_CAPTURE bytes (the mask bounds it for the verifier).
