@@ -289,9 +289,10 @@ fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
     drop(dribble);
     // Status lines in pieces, twice on one connection: no status can be read, so neither request
     // is counted, nor given a status it never had.
+    const STUTTERED: u64 = 2;
     let mut stutter = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connecting");
     stutter.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    for _ in 0..2 {
+    for _ in 0..STUTTERED {
         stutter.write_all(b"GET /stutter HTTP/1.1\r\nHost: t\r\n\r\n").expect("sending");
         assert_eq!(read_response(&mut stutter).expect("the stuttered response").0, 200);
     }
@@ -304,11 +305,11 @@ fn hostile_traffic_invents_nothing_and_overflows_routes_into_other() {
     assert_eq!(own, 1004);
     let series = wait_for(Duration::from_secs(20), "the agent to count the real requests", || {
         let series = series_of(&agent.snapshot(), &uid);
-        (total_count(&series) >= own - 2).then_some(series)
+        (total_count(&series) >= own - STUTTERED).then_some(series)
     });
     std::thread::sleep(Duration::from_secs(2));
     let series_now = series_of(&agent.snapshot(), &uid);
-    assert_eq!(total_count(&series_now), own - 2, "the agent invented or lost requests: {series:?}");
+    assert_eq!(total_count(&series_now), own - STUTTERED, "the agent invented or lost requests: {series:?}");
     assert!(
         series_now.keys().all(|(route, status)| route != "/stutter" && *status != 0),
         "a response whose status was never read is not counted: {series_now:?}"

@@ -223,8 +223,12 @@ pub fn walk_bytes(dir: &std::path::Path) -> u64 {
         .flatten()
         .flatten()
         .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() { walk_bytes(&path) } else { entry.metadata().map_or(0, |m| m.len()) }
+            // The entry's own type: a link to a directory is not walked (and cannot loop).
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk_bytes(&entry.path())
+            } else {
+                entry.metadata().map_or(0, |m| m.len())
+            }
         })
         .sum()
 }
