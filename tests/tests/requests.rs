@@ -414,6 +414,17 @@ fn a_client_cannot_inflate_the_series_beyond_the_budgets() {
 }
 
 /// Each request series of one pod: (model, status) → count, summed over routes and methods.
+/// The agent's own request-tracing counters, for a failure message.
+fn http_counters(metrics: &e2e::Metrics) -> String {
+    let counters: Vec<String> = metrics
+        .samples
+        .iter()
+        .filter(|s| s.name.starts_with("modelmeter_http_") && !s.name.contains("watched"))
+        .map(|s| format!("{}{:?} {}", s.name, s.labels, s.value))
+        .collect();
+    counters.join(", ")
+}
+
 fn counts_by_model_and_status(snapshot: &Value, uid: &str) -> BTreeMap<(String, u16), u64> {
     let mut counts = BTreeMap::new();
     for series in snapshot["requests"].as_array().expect("requests") {
@@ -512,10 +523,19 @@ fn dup2_server(seed: u64, config: &str) {
             assert_eq!(body.len(), 100_000, "the whole file");
         }
     }
-    let counts = wait_for(Duration::from_secs(10), "70 requests to busybox httpd", || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let counts = loop {
         let counts = counts_by_model_and_status(&agent.snapshot(), &uid);
-        (counts.values().sum::<u64>() == 70).then_some(counts)
-    });
+        if counts.values().sum::<u64>() == 70 {
+            break counts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 10s waiting for 70 requests to busybox httpd: counted {counts:?}; {}",
+            http_counters(&agent.metrics())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(counts.get(&(String::new(), 200)), Some(&50), "{counts:?}");
     assert_eq!(counts.get(&(String::new(), 404)), Some(&20), "{counts:?}");
     std::thread::sleep(Duration::from_millis(1500));
