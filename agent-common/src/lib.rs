@@ -172,6 +172,12 @@ pub mod traffic {
     pub const FD_NOT_SOCKET: u8 = 2;
     /// Userspace was asked ([`KIND_FD_UNKNOWN`]) and has not answered yet.
     pub const FD_PENDING: u8 = 3;
+    /// In [`FD_VERDICTS_MAP`], written by the probes: the fd asked about was closed before an
+    /// answer came, so its number may name another file by the time userspace looks (a forked
+    /// server moves its socket to fd 0 and opens the file it serves under the old number).
+    /// Userspace answers with `BPF_NOEXIST`, so such an answer is refused; the connection's
+    /// other fds stay followed as a socket.
+    pub const FD_ASKED_FD_CLOSED: u8 = 4;
 
     /// Data a watched process read from a socket (fallback connections).
     pub const KIND_DATA_IN: u32 = 1;

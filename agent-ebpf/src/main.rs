@@ -446,6 +446,8 @@ fn fd_info(tgid: u32, fd: u32) -> Option<FdInfo> {
         if info.class == FD_PENDING
             // SAFETY: the value is copied out at once.
             && let Some(class) = unsafe { FD_VERDICTS.get(&info.conn_id) }.copied()
+            // A question voided by its fd's close stays in place, to refuse a late answer.
+            && class != FD_ASKED_FD_CLOSED
         {
             info.class = class;
             let _ = FD_VERDICTS.remove(&info.conn_id);
@@ -1603,6 +1605,11 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is copied out at once.
     let Some(info) = (unsafe { FD_CLASS.get(&key) }).copied() else { return 0 };
     let _ = FD_CLASS.remove(&key);
+    if info.class == FD_PENDING {
+        // Userspace will look this fd number up after it is reused: void the question, unless
+        // answered already (then about the right file).
+        let _ = FD_VERDICTS.insert(&info.conn_id, &FD_ASKED_FD_CLOSED, BPF_NOEXIST as u64);
+    }
     if info.class != FD_NOT_SOCKET {
         writes_end(key, &info, true);
     }

@@ -497,6 +497,33 @@ fn a_dup2_server_is_counted_exactly_with_enter_exit_probe_pairs() {
     dup2_server(309, ENTER_EXIT_CONFIG);
 }
 
+/// A forked child that moves its socket to fd 0 and opens a file under the socket's old number
+/// before the agent looks that number up: the answer about the file must not stop the connection
+/// being followed.
+#[test]
+fn a_socket_whose_old_fd_number_names_a_file_by_the_time_it_is_looked_up_is_still_followed() {
+    require_root();
+    let (pod, uid) = pod_cgroup(310);
+    let agent = Agent::start(AGENT_CONFIG);
+    let port_file = tempfile::NamedTempFile::new().expect("temp file");
+    let _server = pod.spawn_command(
+        std::process::Command::new(e2e::e2e_python())
+            .arg(e2e::workspace_root().join("tests/python/fork_server.py"))
+            .arg(port_file.path()),
+    );
+    let port = e2e::port_from_file(port_file.path());
+    for _ in 0..5 {
+        let (status, body) =
+            http_request(port, "GET /file HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("/file");
+        assert_eq!((status, body.as_slice()), (200, &b"ok\n"[..]));
+    }
+    let counts = wait_for(Duration::from_secs(10), "5 requests to the forking server", || {
+        let counts = counts_by_model_and_status(&agent.snapshot(), &uid);
+        (counts.values().sum::<u64>() == 5).then_some(counts)
+    });
+    assert_eq!(counts.get(&(String::new(), 200)), Some(&5), "{counts:?}");
+}
+
 fn dup2_server(seed: u64, config: &str) {
     require_root();
     let (pod, uid) = pod_cgroup(seed);

@@ -186,6 +186,9 @@ pub struct PayloadRing {
     pub fd_classes: FdClasses,
 }
 
+/// `bpf_map_update_elem`'s flag: only where the key has no entry (include/uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
 /// Where userspace answers the probes' questions about fds.
 pub struct FdClasses {
     verdicts: BpfHashMap<MapData, u64, u8>,
@@ -194,10 +197,12 @@ pub struct FdClasses {
 impl FdClasses {
     /// Tells the probes what the fd they gave `conn_id` is (they follow it meanwhile). Keyed by
     /// the connection id: an fd closed and reused since the question keeps its new identity.
+    /// Never over an entry: the probes void a question whose fd closed before the answer
+    /// (`FD_ASKED_FD_CLOSED`), since the answer may be about the file now under that number.
     pub fn classify_fd(&mut self, conn_id: u64, is_socket: bool) {
         let class = if is_socket { FD_SOCKET } else { FD_NOT_SOCKET };
-        if let Err(e) = self.verdicts.insert(conn_id, class, 0) {
-            tracing::debug!(error = %e, conn_id, "Classifying an fd failed");
+        if let Err(e) = self.verdicts.insert(conn_id, class, BPF_NOEXIST) {
+            tracing::debug!(error = %e, conn_id, "Classifying an fd failed, or its question was voided by its close");
         }
     }
 }
