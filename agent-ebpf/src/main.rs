@@ -1234,11 +1234,7 @@ fn keep_body_start(c: &mut Conn, buf: u64, readable: u64, from: u64, limit: u64,
                 let n = len as u32 & 0xff;
                 if n > 0
                     && n as usize <= RESPONSE_CAPTURE
-                    && probe_read_kernel_raw(
-                        response.cast(),
-                        n,
-                        (*scan).bytes.as_ptr().add(at).cast(),
-                    ) == 0
+                    && probe_read_kernel_raw(response.cast(), n, (*scan).bytes.as_ptr().add(at).cast()) == 0
                 {
                     c.record.header.response_captured = n as u16;
                     return;
