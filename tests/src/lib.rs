@@ -570,12 +570,22 @@ impl Prometheus {
 
 /// Polls `condition` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    wait_for_showing(timeout, what, || condition().ok_or_else(String::new))
+}
+
+/// [`wait_for`], where the condition says what it saw instead (`Err`); the last of that goes
+/// into the timeout's message.
+pub fn wait_for_showing<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(value) = condition() {
-            return value;
+        match condition() {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}{}{seen}",
+                if seen.is_empty() { "" } else { ": " }
+            ),
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use e2e::{
     Agent, CgroupGuard, HttpServer, drive_load, hex_id, http_request, pod_uid, quantile, read_response, require_root,
-    wait_for,
+    wait_for, wait_for_showing,
 };
 use serde_json::Value;
 
@@ -413,7 +413,6 @@ fn a_client_cannot_inflate_the_series_beyond_the_budgets() {
     eprintln!("{} series, /metrics {} bytes, peak RSS {:.1} MB", series.len(), exposition.len(), peak as f64 / 1e6);
 }
 
-/// Each request series of one pod: (model, status) → count, summed over routes and methods.
 /// The agent's own request-tracing counters, for a failure message.
 fn http_counters(metrics: &e2e::Metrics) -> String {
     let counters: Vec<String> = metrics
@@ -425,6 +424,7 @@ fn http_counters(metrics: &e2e::Metrics) -> String {
     counters.join(", ")
 }
 
+/// Each request series of one pod: (model, status) → count, summed over routes and methods.
 fn counts_by_model_and_status(snapshot: &Value, uid: &str) -> BTreeMap<(String, u16), u64> {
     let mut counts = BTreeMap::new();
     for series in snapshot["requests"].as_array().expect("requests") {
@@ -550,19 +550,14 @@ fn dup2_server(seed: u64, config: &str) {
             assert_eq!(body.len(), 100_000, "the whole file");
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let counts = loop {
+    let counts = wait_for_showing(Duration::from_secs(10), "70 requests to busybox httpd", || {
         let counts = counts_by_model_and_status(&agent.snapshot(), &uid);
         if counts.values().sum::<u64>() == 70 {
-            break counts;
+            Ok(counts)
+        } else {
+            Err(format!("counted {counts:?}; {}", http_counters(&agent.metrics())))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after 10s waiting for 70 requests to busybox httpd: counted {counts:?}; {}",
-            http_counters(&agent.metrics())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    });
     assert_eq!(counts.get(&(String::new(), 200)), Some(&50), "{counts:?}");
     assert_eq!(counts.get(&(String::new(), 404)), Some(&20), "{counts:?}");
     std::thread::sleep(Duration::from_millis(1500));
