@@ -156,6 +156,59 @@ fn cpu_memory_and_oom_are_attributed_to_kubelet_shaped_pods() {
     assert!(log.contains("Probes detached"), "agent did not detach its probes on SIGTERM:\n{log}");
 }
 
+/// Nanoseconds the task waited on a run queue so far, as the kernel counts them
+/// (`/proc/<pid>/schedstat`: run time, wait time, runs).
+fn kernel_run_delay(pid: u32) -> f64 {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat (CONFIG_SCHED_INFO)");
+    line.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).expect("schedstat's wait time")
+}
+
+#[test]
+fn run_queue_delay_matches_the_kernels_own_count() {
+    require_root();
+    let uid = pod_uid(4);
+    let id = hex_id(44, 64);
+    let pod = CgroupGuard::create(&format!("/kubepods/burstable/pod{uid}/{id}"));
+    let labels = [("pod_uid", uid.as_str()), ("container_id", id.as_str())];
+    let agent = Agent::start("min_collect_interval: 0s\n");
+    // Two burners on one CPU: each waits for the other about half the time.
+    let burners = [pod.spawn_workload(&["burn"]), pod.spawn_workload(&["burn"])];
+    let pids: Vec<u32> = burners.iter().map(|b| b.0.id()).collect();
+    for pid in &pids {
+        // SAFETY: cpu_set_t is plain data; sched_setaffinity on our own child.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(*pid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        assert_eq!(rc, 0, "pinning burner {pid}: {}", std::io::Error::last_os_error());
+    }
+    let sum = "container_cpu_runqueue_delay_seconds_sum";
+    wait_for(Duration::from_secs(20), "the burners' run-queue delay", || agent.metrics().get(sum, &labels));
+    // The kernel's count read on both sides of each scrape, which accounts every CPU's slice so far.
+    let read = || {
+        let before: f64 = pids.iter().map(|p| kernel_run_delay(*p)).sum();
+        let agent_seconds = agent.metrics().get(sum, &labels).expect("run-queue delay of the pod");
+        let after: f64 = pids.iter().map(|p| kernel_run_delay(*p)).sum();
+        (agent_seconds, (before + after) / 2e9)
+    };
+    let (agent_start, kernel_start) = read();
+    std::thread::sleep(Duration::from_secs(3));
+    let (agent_end, kernel_end) = read();
+    let (agent_delta, kernel_delta) = (agent_end - agent_start, kernel_end - kernel_start);
+    println!("run-queue delay over 3 s: agent {agent_delta:.4} s, kernel {kernel_delta:.4} s");
+    assert!(kernel_delta > 1.5, "the burners should wait about 3 s in all, the kernel says {kernel_delta:.4} s");
+    assert!(
+        within(agent_delta, kernel_delta, 0.05),
+        "run-queue delay: agent {agent_delta:.4} s vs the kernel's {kernel_delta:.4} s over the same window"
+    );
+    let count = agent.metrics().get("container_cpu_runqueue_delay_seconds_count", &labels).expect("count");
+    assert!(count > 100.0, "waits counted: {count}");
+    drop(burners);
+    let (status, log) = agent.stop();
+    assert!(status.success(), "agent exited with {status}:\n{log}");
+}
+
 #[test]
 fn prometheus_scrapes_the_agent() {
     require_root();
