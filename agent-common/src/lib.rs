@@ -8,6 +8,10 @@ pub mod sched {
     pub const TASK_CPU_MAP: &str = "TASK_CPU";
     /// `LruHashMap<u64, u64>`: task key (task pointer, or tid for the classic tracepoints) → enqueue time.
     pub const WAKEUP_TS_MAP: &str = "WAKEUP_TS";
+    /// `LruHashMap<u64, RunDelaySeen>`: task pointer → the kernel's run-queue count for that task at
+    /// its last switch-out. Used instead of [`WAKEUP_TS_MAP`] (and the wakeup probes) where the
+    /// agent found `task_struct.sched_info` in the kernel's BTF.
+    pub const RUN_DELAY_SEEN_MAP: &str = "RUN_DELAY_SEEN";
     /// Default `max_entries` of [`TASK_CPU_MAP`]; the agent overrides it from its config.
     pub const TASK_CPU_DEFAULT_ENTRIES: u32 = 16_384;
 
@@ -43,6 +47,16 @@ pub mod sched {
             Self::ZERO
         }
     }
+
+    /// A task's `sched_info.pcount` (runs so far) and `sched_info.run_delay` (ns waited on a run
+    /// queue so far), as the kernel kept them, read when the task was last switched out.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RunDelaySeen {
+        pub pcount: u64,
+        pub run_delay: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<RunDelaySeen>() == 16);
 
     /// Per-CPU scratch state of the sched_switch handler.
     #[repr(C)]
@@ -352,6 +366,8 @@ pub mod counters {
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const RINGBUF_DROPS: u32 = 0;
     pub const TASK_CPU_FULL: u32 = 1;
+    /// A task's entry in the per-task map of run-queue accounting (`WAKEUP_TS`, or
+    /// `RUN_DELAY_SEEN` where the kernel's own count is read) could not be stored.
     pub const WAKEUP_TS_ERRORS: u32 = 2;
     /// Payload events lost because the data ring buffer was full.
     pub const DATA_RINGBUF_DROPS: u32 = 3;
@@ -392,6 +408,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::sched::TaskKey {}
     unsafe impl aya::Pod for super::sched::TaskCpu {}
     unsafe impl aya::Pod for super::sched::CpuState {}
+    unsafe impl aya::Pod for super::sched::RunDelaySeen {}
     unsafe impl aya::Pod for super::events::Event {}
     unsafe impl aya::Pod for super::traffic::FdKey {}
     unsafe impl aya::Pod for super::traffic::SyscallArgs {}

@@ -6,17 +6,19 @@
 //! watched cgroups, pair HTTP/1 requests with their responses in the kernel, and send one
 //! completion per request through a second ring buffer.
 //!
-//! The kernel side never reads kernel structs (no CO-RE in Rust eBPF): it keys by what helpers give
-//! (`bpf_get_current_pid_tgid`, `bpf_get_current_cgroup_id`) and by tracepoint arguments. Each
-//! scheduler hook exists in three flavours — `tp_btf`, `raw_tracepoint`, classic `tracepoint` — and
-//! the agent loads the first family that works on the running kernel.
+//! Rust eBPF has no CO-RE: the probes key by what helpers give (`bpf_get_current_pid_tgid`,
+//! `bpf_get_current_cgroup_id`) and by tracepoint arguments. The one kernel struct they read,
+//! `task_struct.sched_info` (the kernel's own run-queue count), is at offsets the agent takes from
+//! the kernel's BTF; without them, wakeup probes time each wait instead. Each scheduler hook exists
+//! in three flavours — `tp_btf`, `raw_tracepoint`, classic `tracepoint` — and the agent loads the
+//! first family that works on the running kernel.
 #![no_std]
 #![no_main]
 
 use agent_common::{
     counters,
     events::{Event, KIND_OOM_VICTIM, KIND_PROCESS_EXIT},
-    sched::{CpuState, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
+    sched::{CpuState, RunDelaySeen, TASK_CPU_DEFAULT_ENTRIES, TaskCpu, TaskKey, runq_slot},
     traffic::*,
 };
 use aya_ebpf::{
@@ -40,6 +42,15 @@ use aya_ebpf::{
 #[unsafe(no_mangle)]
 static EXIT_HAS_GROUP_DEAD: Global<u8> = Global::new(1);
 
+/// Offsets in `struct task_struct` of `sched_info.pcount` and `sched_info.run_delay`, from the
+/// running kernel's BTF; 0 where the loader did not find them. With them, the switch handlers of
+/// the task-pointer flavours take each run-queue wait from the kernel's own count, and the
+/// wakeup handlers are not attached.
+#[unsafe(no_mangle)]
+static TASK_PCOUNT_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TASK_RUN_DELAY_OFFSET: Global<u32> = Global::new(0);
+
 /// Payload records that wake the reader at once: beyond this much unread data. Below it the
 /// reader's periodic poll picks them up, which spares a wakeup (an irq_work) per record.
 const DATA_WAKEUP_BYTES: u64 = 256 * 1024;
@@ -52,6 +63,9 @@ static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "WAKEUP_TS")]
 static WAKEUP_TS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(TASK_CPU_DEFAULT_ENTRIES, 0);
+
+#[map(name = "RUN_DELAY_SEEN")]
+static RUN_DELAY_SEEN: LruHashMap<u64, RunDelaySeen> = LruHashMap::with_max_entries(TASK_CPU_DEFAULT_ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
@@ -84,10 +98,22 @@ fn count(index: u32) {
     }
 }
 
+/// What a flavour's task keys are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pointers {
+    /// tids (classic tracepoints).
+    None,
+    /// `task_struct` addresses as plain numbers (raw_tracepoint): read through the helper.
+    Untyped,
+    /// `task_struct` pointers the verifier knows the type of (tp_btf): loaded directly.
+    Typed,
+}
+
 /// The common body of every sched_switch flavour. `prev_key`/`next_key` identify tasks the same way
 /// the matching wakeup handler does; `prev_requeued` is true when prev stays runnable (preempted).
+/// `task_pointers`: whether the keys are `task_struct` pointers, whose run-queue count can be read.
 #[inline(always)]
-fn on_switch(prev_key: u64, next_key: u64, prev_requeued: bool) {
+fn on_switch(prev_key: u64, next_key: u64, prev_requeued: bool, task_pointers: Pointers) {
     // SAFETY: helpers without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(state) = CPU_STATE.get_ptr_mut(0) else {
@@ -95,6 +121,7 @@ fn on_switch(prev_key: u64, next_key: u64, prev_requeued: bool) {
     };
     // SAFETY: per-CPU slot, not shared with another CPU.
     let state = unsafe { &mut *state };
+    let from_kernel = task_pointers != Pointers::None && TASK_RUN_DELAY_OFFSET.load() != 0;
     let pid_tgid = bpf_get_current_pid_tgid();
     // pid 0 is the idle task: its time is idle time, not anyone's CPU time.
     if pid_tgid as u32 != 0 {
@@ -105,13 +132,18 @@ fn on_switch(prev_key: u64, next_key: u64, prev_requeued: bool) {
             _pad: 0,
         };
         let ran_ns = if state.last_switch_ns != 0 { now.saturating_sub(state.last_switch_ns) } else { 0 };
-        account(&key, ran_ns, state.pending_valid != 0, state.pending_runq_ns);
-        if prev_requeued {
-            mark_runnable(prev_key, now);
+        if from_kernel {
+            let (waited, wait_ns) = wait_before_run(prev_key, task_pointers == Pointers::Typed);
+            account(&key, ran_ns, waited, wait_ns);
+        } else {
+            account(&key, ran_ns, state.pending_valid != 0, state.pending_runq_ns);
+            if prev_requeued {
+                mark_runnable(prev_key, now);
+            }
         }
     }
     state.pending_valid = 0;
-    if let Some(enqueued) = WAKEUP_TS.get_ptr_mut(&next_key) {
+    if !from_kernel && let Some(enqueued) = WAKEUP_TS.get_ptr_mut(&next_key) {
         // SAFETY: a map value pointer. 0 marks a wait already counted: the entry stays for the
         // task's next wakeup, written in place (an LRU map's insert and delete take its locks).
         unsafe {
@@ -123,6 +155,55 @@ fn on_switch(prev_key: u64, next_key: u64, prev_requeued: bool) {
         }
     }
     state.last_switch_ns = now;
+}
+
+/// The run-queue wait before the run of `task` that ends now, from the kernel's own count: each
+/// time the task is switched in, `sched_info.run_delay` grows by the wait and `pcount` by one.
+/// What they grew by since the task's previous switch-out is that one wait (migrations while it
+/// waited included). Returns whether there is one, and its length: none for a task seen for the
+/// first time, unless it is on its first run.
+#[inline(always)]
+fn wait_before_run(task: u64, typed_pointer: bool) -> (bool, u64) {
+    let (pcount_at, run_delay_at) =
+        (task + u64::from(TASK_PCOUNT_OFFSET.load()), task + u64::from(TASK_RUN_DELAY_OFFSET.load()));
+    let (pcount, run_delay) = if typed_pointer {
+        // SAFETY: `task` is tp_btf's typed `struct task_struct *` and the offsets are constants
+        // of the loaded program: the verifier checks each load against the kernel's BTF and
+        // makes it fault-safe. A plain load costs far less than the helper.
+        unsafe {
+            (core::ptr::read_volatile(pcount_at as *const u64), core::ptr::read_volatile(run_delay_at as *const u64))
+        }
+    } else {
+        // Both values are always set: the verifier refuses to store a register left unset on a path.
+        let (Some(pcount), Some(run_delay)) = (read_kernel_u64(pcount_at), read_kernel_u64(run_delay_at)) else {
+            return (false, 0);
+        };
+        (pcount, run_delay)
+    };
+    let now = RunDelaySeen { pcount, run_delay };
+    if let Some(seen) = RUN_DELAY_SEEN.get_ptr_mut(&task) {
+        // SAFETY: a map value pointer, written in place (an LRU map's update takes its locks).
+        let seen = unsafe { &mut *seen };
+        // One arrival since: the same task, followed without a gap. A task whose pointer was
+        // reused, or a switch-out missed, fails this and only resynchronizes.
+        let one_run = pcount == seen.pcount.wrapping_add(1) && run_delay >= seen.run_delay;
+        let wait = if one_run { run_delay - seen.run_delay } else { 0 };
+        *seen = now;
+        return (one_run, wait);
+    }
+    if RUN_DELAY_SEEN.insert(&task, &now, 0).is_err() {
+        count(counters::WAKEUP_TS_ERRORS);
+    }
+    if pcount == 1 { (true, run_delay) } else { (false, 0) }
+}
+
+/// A u64 of kernel memory (through the helper, which fails cleanly on a bad address).
+#[inline(always)]
+fn read_kernel_u64(at: u64) -> Option<u64> {
+    let mut value = 0u64;
+    // SAFETY: the helper writes at most 8 bytes into `value`.
+    let rc = unsafe { probe_read_kernel_raw((&mut value as *mut u64).cast(), 8, at as *const _) };
+    (rc == 0).then_some(value)
 }
 
 /// The task became runnable at `now`: in place when the task has an entry, as most do.
@@ -182,7 +263,7 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
-    on_switch(prev, next, preempt & 0xff != 0 || prev_state as u32 == 0);
+    on_switch(prev, next, preempt & 0xff != 0 || prev_state as u32 == 0, Pointers::Typed);
     0
 }
 
@@ -206,7 +287,7 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> u32 {
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
-    on_switch(prev, next, preempt & 0xff != 0 || prev_state as u32 == 0);
+    on_switch(prev, next, preempt & 0xff != 0 || prev_state as u32 == 0, Pointers::Untyped);
     0
 }
 
@@ -233,7 +314,7 @@ pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
     if let (Ok(prev_pid), Ok(prev_state), Ok(next_pid)) = fields {
         // The classic event folds `preempt` into prev_state as TASK_REPORT_MAX (0x100); the low
         // bits are 0 exactly when the task stays runnable.
-        on_switch(prev_pid as u64, next_pid as u64, prev_state & 0xff == 0);
+        on_switch(prev_pid as u64, next_pid as u64, prev_state & 0xff == 0, Pointers::None);
     }
     0
 }

@@ -444,6 +444,8 @@ enum ProbeRole {
     RequestsPair,
     /// Maps every probe writes to: the object does not load without them.
     RequiredMap,
+    /// The kernel's run-queue count (`task_struct.sched_info`), read by sched_switch.
+    RunDelayCount,
     /// Checked for the record; the agent does not use the type.
     Unused,
 }
@@ -455,6 +457,7 @@ fn probe_role(check: &ProbeCheck) -> ProbeRole {
         ("tracepoint", hook) if hook.contains("bpf_task_pt_regs") => ProbeRole::RequestsExitOnly,
         ("tracepoint", hook) if hook.starts_with("syscalls/") => ProbeRole::RequestsPair,
         (kind, _) if kind.ends_with(" map") => ProbeRole::RequiredMap,
+        (kernel::RUN_DELAY_CHECK, _) => ProbeRole::RunDelayCount,
         _ => ProbeRole::Unused,
     }
 }
@@ -527,6 +530,10 @@ fn program_type_checks(config: &Config, types: &[ProbeCheck], tracefs: bool) -> 
                     &name,
                     t.detail.clone(),
                     Some("Linux 5.8 or later (ring buffer maps)".to_owned()),
+                ),
+                ProbeRole::RunDelayCount => Check::info(
+                    name,
+                    format!("{}; wakeup probes time each run-queue wait instead (a probe run per wakeup)", t.detail),
                 ),
                 ProbeRole::Unused => Check::info(name, format!("{}; the agent does not use this type", t.detail)),
             }

@@ -24,6 +24,8 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, RawTracePoint, TracePoint},
 };
 
+mod btf_fields;
+
 use crate::{
     config::{ProbesConfig, SyscallHooks},
     telemetry::SkipReason,
@@ -31,6 +33,7 @@ use crate::{
 
 /// The probes' per-(cgroup, process) CPU entry and its key.
 pub use agent_common::sched::{TaskCpu, TaskKey};
+use btf_fields::RunDelayOffsets;
 
 /// The eBPF object built from agent-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modelmeter.bpf.o"));
@@ -87,7 +90,8 @@ impl HookFamily {
     }
 }
 
-/// The scheduler events every family hooks, as (tracepoint category, name).
+/// The scheduler events every family hooks, as (tracepoint category, name); sched_switch first,
+/// the only one where the kernel's run-queue count is read.
 const SCHED_EVENTS: [(&str, &str); 3] =
     [("sched", "sched_switch"), ("sched", "sched_wakeup"), ("sched", "sched_wakeup_new")];
 /// Classic tracepoints attached in every family: (program, category, name).
@@ -284,15 +288,21 @@ fn exit_has_group_dead() -> u8 {
     u8::from(std::fs::read_to_string(format).is_ok_and(|f| f.contains("group_dead")))
 }
 
-fn load_object(config: &ProbesConfig) -> Result<Ebpf, KernelError> {
+/// Loads the object. With the kernel's own run-queue count located (`run_delay`), the switch
+/// handlers read it and the wakeup handlers are left out.
+fn load_object(config: &ProbesConfig, run_delay: Option<RunDelayOffsets>) -> Result<Ebpf, KernelError> {
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
     let group_dead = exit_has_group_dead();
+    let (pcount, run_delay) = run_delay.map_or((0, 0), |o| (o.pcount, o.run_delay));
     EbpfLoader::new()
         .override_global("EXIT_HAS_GROUP_DEAD", &group_dead, true)
+        .override_global("TASK_PCOUNT_OFFSET", &pcount, true)
+        .override_global("TASK_RUN_DELAY_OFFSET", &run_delay, true)
         .map_max_entries(TASK_CPU_MAP, config.task_map_entries.get())
         .map_max_entries(agent_common::sched::WAKEUP_TS_MAP, config.task_map_entries.get())
+        .map_max_entries(agent_common::sched::RUN_DELAY_SEEN_MAP, config.task_map_entries.get())
         .map_max_entries(EVENTS_MAP, config.ring_buffer_bytes.get())
         .map_max_entries(DATA_EVENTS_MAP, config.data_ring_buffer_bytes.get())
         .load(EBPF_OBJECT)
@@ -304,12 +314,17 @@ impl Probes {
     /// (tp_btf → raw_tracepoint → tracepoint), then the exit and OOM tracepoints.
     pub fn load(config: &ProbesConfig) -> Result<Probes, KernelError> {
         let tracefs = ensure_tracefs();
-        let mut ebpf = load_object(config)?;
+        let run_delay = btf_fields::run_delay_offsets()
+            .inspect_err(|reason| {
+                tracing::info!(reason = %reason, "The kernel's run-queue count is out of reach; wakeup probes time the waits instead")
+            })
+            .ok();
+        let mut ebpf = load_object(config, run_delay)?;
         let btf = Btf::from_sys_fs().ok();
         let mut failures = Vec::new();
         let mut chosen = None;
         for family in HookFamily::ALL {
-            match attach_family(&mut ebpf, family, btf.as_ref()) {
+            match attach_family(&mut ebpf, family, btf.as_ref(), run_delay.is_some()) {
                 Ok(attached) => {
                     chosen = Some((family, attached));
                     break;
@@ -356,6 +371,14 @@ impl Probes {
         let task_cpu = take_map(&mut ebpf, TASK_CPU_MAP)?;
         let counters = take_map(&mut ebpf, counters::COUNTERS_MAP)?;
         let events = Some(Ring { ring: take_map(&mut ebpf, EVENTS_MAP)? });
+        drop(btf);
+        // Reading the kernel's BTF (twice: for the offsets, and aya's for tp_btf) and the object
+        // took megabytes of heap that glibc would otherwise keep for the agent's whole life.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: no preconditions; it only gives free heap pages back to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         Ok(Probes { ebpf, family, attached, missing, task_cpu, counters, events, traffic, _stats: stats })
     }
 
@@ -721,9 +744,19 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str)
 
 /// Loads and attaches one family's three scheduler programs; on any failure unloads what it
 /// loaded, so the next family starts clean.
-fn attach_family(ebpf: &mut Ebpf, family: HookFamily, btf: Option<&Btf>) -> Result<Vec<AttachedProgram>, String> {
+/// Attaches one family's scheduler handlers. `kernel_run_delay`: the switch handlers of the
+/// task-pointer families read each wait from the kernel's count, so those families need no
+/// wakeup handler.
+fn attach_family(
+    ebpf: &mut Ebpf,
+    family: HookFamily,
+    btf: Option<&Btf>,
+    kernel_run_delay: bool,
+) -> Result<Vec<AttachedProgram>, String> {
+    let switch_only = kernel_run_delay && family != HookFamily::Tracepoint;
+    let events = if switch_only { &SCHED_EVENTS[..1] } else { &SCHED_EVENTS[..] };
     let mut attached = Vec::new();
-    let result = SCHED_EVENTS.iter().try_for_each(|(category, event)| {
+    let result = events.iter().try_for_each(|(category, event)| {
         let name = format!("{event}_{}", family.suffix());
         let outcome = match family {
             HookFamily::BtfTracepoint => attach_btf(ebpf, &name, event, btf),
@@ -784,6 +817,9 @@ pub fn flush_cpu_slices() {
         .map(|handle| handle.join());
 }
 
+/// `ProbeCheck::program_type` of the look for the kernel's run-queue count in its BTF.
+pub const RUN_DELAY_CHECK: &str = "kernel BTF";
+
 /// One program type's verdict for `doctor`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProbeCheck {
@@ -797,11 +833,18 @@ pub struct ProbeCheck {
 /// which work on this kernel and why not.
 pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, KernelError> {
     let tracefs = ensure_tracefs();
-    let mut ebpf = load_object(config)?;
+    let run_delay = btf_fields::run_delay_offsets();
+    let mut ebpf = load_object(config, run_delay.as_ref().ok().copied())?;
     let btf = Btf::from_sys_fs().ok();
     let mut checks = Vec::new();
     let mut record = |program_type: &'static str, hook: &str, result: Result<(), String>| {
-        let works = if program_type.ends_with(" map") { "created" } else { "loads and attaches" };
+        let works = if program_type.ends_with(" map") {
+            "created"
+        } else if program_type == RUN_DELAY_CHECK {
+            "found: sched_switch reads each run-queue wait from it, no wakeup probe"
+        } else {
+            "loads and attaches"
+        };
         checks.push(ProbeCheck {
             program_type,
             hook: hook.to_owned(),
@@ -809,6 +852,7 @@ pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, Ker
             detail: result.err().unwrap_or_else(|| works.to_owned()),
         });
     };
+    record(RUN_DELAY_CHECK, "task_struct.sched_info", run_delay.map(drop));
     record("tp_btf", "sched_switch", attach_btf(&mut ebpf, "sched_switch_btf", "sched_switch", btf.as_ref()));
     record("raw_tracepoint", "sched_switch", attach_raw(&mut ebpf, "sched_switch_raw", "sched_switch"));
     let switch_tp = attach_tracepoint(&mut ebpf, "sched_switch_tp", "sched", "sched_switch");
