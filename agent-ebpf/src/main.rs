@@ -808,15 +808,15 @@ fn start_request(
         c.record.header.status = 0;
         c.record.header.flags = 0;
         c.record.header.response_captured = 0;
-        // A constant-size, non-overlapping copy between map values, word by word (both are 8-byte
-        // aligned): LLVM inlines it as loads and stores, where an assignment became a call to a
-        // byte-wise memmove.
-        core::ptr::copy_nonoverlapping(
-            (*first_bytes).bytes.as_ptr().cast::<u64>(),
-            c.record.captured.as_mut_ptr().cast::<u64>(),
-            REQUEST_CAPTURE / 8,
-        );
-        c.record.header.request_captured = captured;
+        // Only the bytes read, through the helper: a fixed-size copy of the whole capture area
+        // would touch every cache line of both buffers, most of them cold. The mask bounds the
+        // length for the verifier, the test makes it exact.
+        let n = u32::from(captured) & 0x1ff;
+        let copied = n > 0
+            && n as usize <= REQUEST_CAPTURE
+            && probe_read_kernel_raw(c.record.captured.as_mut_ptr().cast(), n, (*first_bytes).bytes.as_ptr().cast())
+                == 0;
+        c.record.header.request_captured = if copied { n as u16 } else { 0 };
         c.phase = PHASE_REQUEST;
         c.framing = 0;
         c.flags &= CONN_SEEN_REQUEST;
@@ -992,10 +992,6 @@ struct Scan {
     end: u64,
     bytes: [u8; SCAN_CHUNK + SCAN_SLACK],
 }
-
-// `start_request` copies a read's first bytes from here into a completion word by word.
-const _: () =
-    assert!(core::mem::offset_of!(Scan, bytes) % 8 == 0 && core::mem::offset_of!(Completion, captured) % 8 == 0);
 
 /// What `bpf_loop` hands `scan_step`.
 #[repr(C)]
