@@ -3,8 +3,6 @@
 //! these offsets as globals instead. Only what that needs is decoded: type kinds and their sizes,
 //! struct and union members, and names.
 
-use std::path::Path;
-
 /// The kernel's BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -38,13 +36,8 @@ pub struct RunDelayOffsets {
     pub run_delay: u32,
 }
 
-/// The run-queue count's offsets on the running kernel; why not, when they cannot be had (no
-/// BTF, or a kernel built without `CONFIG_SCHED_INFO`).
-pub fn run_delay_offsets() -> Result<RunDelayOffsets, String> {
-    let bytes = std::fs::read(Path::new(VMLINUX_BTF)).map_err(|e| format!("reading {VMLINUX_BTF}: {e}"))?;
-    run_delay_offsets_in(&bytes)
-}
-
+/// The run-queue count's offsets in the kernel's BTF; why not, when they are not there (a kernel
+/// built without `CONFIG_SCHED_INFO`) or the BTF cannot be read.
 pub fn run_delay_offsets_in(btf: &[u8]) -> Result<RunDelayOffsets, String> {
     let types = Types::parse(btf)?;
     let task = types.named_struct("task_struct")?;
@@ -301,11 +294,12 @@ mod tests {
         assert!(run_delay_offsets_in(&unknown_kind).is_err());
     }
 
-    /// The running kernel's BTF, as the agent reads it: the offsets are where bpftool's reading of
-    /// the same file puts them (checked by the run-queue tests end to end).
+    /// The running kernel's BTF has them, side by side as `struct sched_info` lays them out (that
+    /// they are the right fields is checked end to end against `/proc/<pid>/schedstat`).
     #[test]
     fn the_running_kernel_has_them() {
-        let offsets = run_delay_offsets().expect("task_struct.sched_info in /sys/kernel/btf/vmlinux");
+        let btf = std::fs::read(VMLINUX_BTF).expect("kernel BTF (CONFIG_DEBUG_INFO_BTF)");
+        let offsets = run_delay_offsets_in(&btf).expect("task_struct.sched_info in the kernel's BTF");
         assert_eq!(offsets.run_delay, offsets.pcount + 8, "{offsets:?}");
     }
 }

@@ -288,6 +288,15 @@ fn exit_has_group_dead() -> u8 {
     u8::from(std::fs::read_to_string(format).is_ok_and(|f| f.contains("group_dead")))
 }
 
+/// The kernel's BTF, read once for both uses: aya's parse of it (tp_btf, fentry), and the
+/// offsets of the run-queue count or why they cannot be had.
+fn kernel_btf() -> (Option<Btf>, Result<RunDelayOffsets, String>) {
+    match std::fs::read(btf_fields::VMLINUX_BTF) {
+        Ok(bytes) => (Btf::parse(&bytes, aya::Endianness::default()).ok(), btf_fields::run_delay_offsets_in(&bytes)),
+        Err(e) => (None, Err(format!("reading {}: {e}", btf_fields::VMLINUX_BTF))),
+    }
+}
+
 /// Loads the object. With the kernel's own run-queue count located (`run_delay`), the switch
 /// handlers read it and the wakeup handlers are left out.
 fn load_object(config: &ProbesConfig, run_delay: Option<RunDelayOffsets>) -> Result<Ebpf, KernelError> {
@@ -314,13 +323,13 @@ impl Probes {
     /// (tp_btf → raw_tracepoint → tracepoint), then the exit and OOM tracepoints.
     pub fn load(config: &ProbesConfig) -> Result<Probes, KernelError> {
         let tracefs = ensure_tracefs();
-        let run_delay = btf_fields::run_delay_offsets()
+        let (btf, run_delay) = kernel_btf();
+        let run_delay = run_delay
             .inspect_err(|reason| {
                 tracing::info!(reason = %reason, "The kernel's run-queue count is out of reach; wakeup probes time the waits instead")
             })
             .ok();
         let mut ebpf = load_object(config, run_delay)?;
-        let btf = Btf::from_sys_fs().ok();
         let mut failures = Vec::new();
         let mut chosen = None;
         for family in HookFamily::ALL {
@@ -372,8 +381,8 @@ impl Probes {
         let counters = take_map(&mut ebpf, counters::COUNTERS_MAP)?;
         let events = Some(Ring { ring: take_map(&mut ebpf, EVENTS_MAP)? });
         drop(btf);
-        // Reading the kernel's BTF (twice: for the offsets, and aya's for tp_btf) and the object
-        // took megabytes of heap that glibc would otherwise keep for the agent's whole life.
+        // Parsing the kernel's BTF and the object took megabytes of heap that glibc would
+        // otherwise keep for the agent's whole life.
         #[cfg(target_env = "gnu")]
         // SAFETY: no preconditions; it only gives free heap pages back to the kernel.
         unsafe {
@@ -742,11 +751,9 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str)
     Ok(())
 }
 
-/// Loads and attaches one family's three scheduler programs; on any failure unloads what it
-/// loaded, so the next family starts clean.
-/// Attaches one family's scheduler handlers. `kernel_run_delay`: the switch handlers of the
-/// task-pointer families read each wait from the kernel's count, so those families need no
-/// wakeup handler.
+/// Loads and attaches one family's scheduler programs; on any failure unloads what it loaded, so
+/// the next family starts clean. `kernel_run_delay`: the switch handlers of the task-pointer
+/// families read each wait from the kernel's count, so those families need no wakeup handler.
 fn attach_family(
     ebpf: &mut Ebpf,
     family: HookFamily,
@@ -833,9 +840,8 @@ pub struct ProbeCheck {
 /// which work on this kernel and why not.
 pub fn check_program_types(config: &ProbesConfig) -> Result<Vec<ProbeCheck>, KernelError> {
     let tracefs = ensure_tracefs();
-    let run_delay = btf_fields::run_delay_offsets();
+    let (btf, run_delay) = kernel_btf();
     let mut ebpf = load_object(config, run_delay.as_ref().ok().copied())?;
-    let btf = Btf::from_sys_fs().ok();
     let mut checks = Vec::new();
     let mut record = |program_type: &'static str, hook: &str, result: Result<(), String>| {
         let works = if program_type.ends_with(" map") {
